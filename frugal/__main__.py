@@ -1,0 +1,30 @@
+"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="frugal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="measure each lesson's headline numbers on this hardware")
+    b.add_argument("--section", action="append", help="run only this section (repeatable)")
+    b.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke test)")
+    b.add_argument("--out", default="results", help="folder for <device>.json and figures")
+    b.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: a GPU when present)")
+    sub.add_parser("info", help="what hardware frugal sees")
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        from frugal import bench
+        bench.run(args.section, args.out, args.quick, args.device)
+    elif args.command == "info":
+        from dataclasses import asdict
+        from frugal.device import describe
+        for k, v in asdict(describe()).items():
+            print(f"{k:20s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
