@@ -1,0 +1,153 @@
+"""Start N ranks from a notebook cell, collect what each returns, and always reap them.
+
+`launch(fn, world_size, *args)` runs fn(rank, world_size, *args) in world_size spawned processes joined
+in one torch.distributed process group: gloo on CPU (2 to 4 ranks run on a laptop), NCCL with one GPU per
+rank where there are enough GPUs. The parent owns the rendezvous store on a free port, every collective
+has a timeout, a failing rank's traceback is raised in the caller, and no child outlives the call.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue as queue_mod
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from frugal.device import gpu_count
+
+
+class RankError(RuntimeError):
+    """A rank raised; the message carries its traceback."""
+
+
+class RankTimeout(TimeoutError):
+    """Ranks did not finish in time; usually a collective that some rank never joined."""
+
+
+def pick_backend(world_size: int, backend: str = "auto") -> str:
+    """'nccl' when there is one GPU per rank, else 'gloo' (CPU ranks)."""
+    if backend == "auto":
+        return "nccl" if gpu_count() >= world_size and dist.is_nccl_available() else "gloo"
+    if backend == "nccl" and gpu_count() < world_size:
+        raise ValueError(f"backend='nccl' needs one GPU per rank: world_size={world_size} but {gpu_count()} GPU(s) "
+                         f"are visible; use backend='gloo' (CPU ranks) or world_size <= {gpu_count()}")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend={backend!r}: pick 'auto', 'gloo' or 'nccl'")
+    return backend
+
+
+def _check_picklable(fn: Callable) -> None:
+    module = getattr(fn, "__module__", None)
+    if module in (None, "__main__") or getattr(fn, "__qualname__", "").count("<locals>") or \
+            getattr(fn, "__name__", "") == "<lambda>":
+        raise ValueError(
+            f"{getattr(fn, '__qualname__', fn)!r} cannot be sent to a spawned process: functions defined in a "
+            f"notebook cell, lambdas and nested functions are not importable there. Put the worker function in a "
+            f"module (frugal/ has them, e.g. frugal.collectives) or in a .py file next to the notebook and import it.")
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this rank if its parent dies (so a killed kernel leaves no orphans)."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
+               parent_pid: int, fn: Callable, args: tuple, results: mp.Queue) -> None:
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    try:
+        store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False,
+                              timeout=timedelta(seconds=timeout_s))
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        try:
+            out = fn(rank, world_size, *args)
+        finally:
+            dist.destroy_process_group()
+        results.put((rank, "ok", pickle.dumps(out)))
+    except BaseException:  # noqa: BLE001 - every failure goes back to the parent
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def _reap(procs: list) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=3)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=3)
+
+
+def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", timeout: float = 60.0,
+           deadline: float | None = None) -> list:
+    """Run fn(rank, world_size, *args) on world_size ranks; return the list of their results, by rank.
+
+    timeout: seconds any collective (and the rendezvous) may wait. deadline: seconds the whole run may
+    take (default: none beyond the collectives' timeout, plus time for results to arrive).
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size!r}: must be a positive integer")
+    if timeout <= 0:
+        raise ValueError(f"timeout={timeout}: must be positive (seconds)")
+    _check_picklable(fn)
+    backend = pick_backend(world_size, backend)
+    ctx = mp.get_context("spawn")
+    # The parent owns the store: port 0 lets the OS pick a free port, so launches never race for one.
+    store = dist.TCPStore("127.0.0.1", 0, world_size + 1, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=timeout))
+    results: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank_main, daemon=True, name=f"frugal-rank{r}",
+                         args=(r, world_size, store.port, backend, timeout, os.getpid(), fn, args, results))
+             for r in range(world_size)]
+    out: dict[int, Any] = {}
+    t_end = None if deadline is None else time.monotonic() + deadline
+    try:
+        for p in procs:
+            p.start()
+        while len(out) < world_size:
+            try:
+                rank, status, payload = results.get(timeout=0.2)
+            except queue_mod.Empty:
+                dead = [r for r, p in enumerate(procs) if not p.is_alive() and r not in out]
+                if dead:
+                    time.sleep(0.5)  # let a dying rank's message arrive first
+                    try:
+                        rank, status, payload = results.get_nowait()
+                    except queue_mod.Empty:
+                        raise RankError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without "
+                                        f"reporting (killed, or out of memory?)") from None
+                elif t_end is not None and time.monotonic() > t_end:
+                    missing = [r for r in range(world_size) if r not in out]
+                    raise RankTimeout(f"rank(s) {missing} did not finish within deadline={deadline}s: a rank is "
+                                      f"stuck, or waits in a collective another rank never called. Raise deadline "
+                                      f"if the work is just slow.") from None
+                else:
+                    continue
+            if status == "error":
+                hint = ""
+                if "timed out" in payload.lower() or "timeout" in payload.lower():
+                    hint = (f"\n(a collective waited longer than timeout={timeout}s: another rank is stuck or never "
+                            f"called it; raise timeout if the work is just slow)")
+                raise RankError(f"rank {rank} of {world_size} failed:\n{payload}{hint}")
+            out[rank] = pickle.loads(payload)
+        for p in procs:
+            p.join(timeout=10)
+        return [out[r] for r in range(world_size)]
+    finally:
+        _reap(procs)
+        results.close()
+        results.join_thread()
+        del store

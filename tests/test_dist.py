@@ -1,0 +1,124 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import dist_workers as w
+from frugal.dist import RankError, RankTimeout, launch, pick_backend
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); read its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_launch_returns_each_ranks_result_in_rank_order():
+    out = launch(w.rank_info, 3, "x", backend="gloo", timeout=30)
+    assert [o["rank"] for o in out] == [0, 1, 2]
+    assert all(o["world"] == 3 and o["sum"] == 6.0 and o["value"] == "x" for o in out)
+    assert len({o["pid"] for o in out}) == 3          # three real processes
+    assert all(not _alive(o["pid"]) for o in out)      # and all reaped
+
+
+def test_failing_rank_surfaces_its_traceback_quickly():
+    t0 = time.monotonic()
+    with pytest.raises(RankError) as err:
+        launch(w.raise_on_rank_one, 2, backend="gloo", timeout=30)
+    assert "rank 1 of 2" in str(err.value) and "ZeroDivisionError: rank one broke on purpose" in str(err.value)
+    assert time.monotonic() - t0 < 20
+
+
+def test_hanging_rank_trips_the_collective_timeout_with_a_clear_message():
+    t0 = time.monotonic()
+    with pytest.raises(RankError, match="timeout=3"):
+        launch(w.hang_on_rank_one, 2, backend="gloo", timeout=3)
+    assert time.monotonic() - t0 < 30
+
+
+def test_deadline_stops_ranks_that_never_finish(tmp_path):
+    pid_file = str(tmp_path / "pid")
+    with pytest.raises(RankTimeout, match="deadline"):
+        launch(w.sleep_forever, 2, pid_file, backend="gloo", timeout=30, deadline=4)
+    pids = [int(open(f"{pid_file}.{r}").read()) for r in range(2)]
+    assert not any(_alive(p) for p in pids)
+
+
+def test_interrupted_parent_leaves_no_children(tmp_path):
+    """A KeyboardInterrupt (a notebook's stop button) in the parent terminates and reaps every rank."""
+    pid_file = str(tmp_path / "pid")
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import dist_workers as w
+        from frugal.dist import launch
+        try:
+            launch(w.sleep_forever, 2, {pid_file!r}, backend="gloo", timeout=30)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(f"{pid_file}.{r}") for r in range(2)):
+            assert time.monotonic() < deadline, "ranks did not start"
+            time.sleep(0.2)
+        time.sleep(0.3)
+        pids = [int(open(f"{pid_file}.{r}").read()) for r in range(2)]
+        parent.send_signal(signal.SIGINT)
+        assert "interrupted" in parent.communicate(timeout=30)[0]
+    finally:
+        parent.kill()
+    time.sleep(0.5)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_killed_parent_leaves_no_orphans(tmp_path):
+    """Even a SIGKILLed parent (a crashed kernel) leaves no rank behind: each rank watches its parent."""
+    pid_file = str(tmp_path / "pid")
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import dist_workers as w
+        from frugal.dist import launch
+        launch(w.sleep_forever, 2, {pid_file!r}, backend="gloo", timeout=30)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{pid_file}.{r}") for r in range(2)):
+        assert time.monotonic() < deadline, "ranks did not start"
+        time.sleep(0.2)
+    pids = [int(open(f"{pid_file}.{r}").read()) for r in range(2)]
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_notebook_functions_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="module"):
+        launch(lambda rank, world: rank, 2)
+
+
+def test_nccl_without_enough_gpus_names_the_fix():
+    import torch
+    if torch.cuda.device_count() >= 64:
+        pytest.skip("this machine has 64 GPUs")
+    with pytest.raises(ValueError, match="gloo"):
+        pick_backend(64, "nccl")
+
+
+def test_bad_world_size():
+    with pytest.raises(ValueError, match="world_size"):
+        launch(w.rank_info, 0, "x")
