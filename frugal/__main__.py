@@ -1,4 +1,4 @@
-"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`."""
+"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`, `report`, `info`."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +14,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="results", help="folder for <device>.json and figures")
     b.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: a GPU when present)")
     sub.add_parser("info", help="what hardware frugal sees")
+    r = sub.add_parser("report", help="write the measured results into README.md's results block")
+    r.add_argument("--readme", default="README.md")
+    r.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from frugal import bench
         bench.run(args.section, args.out, args.quick, args.device)
+    elif args.command == "report":
+        from frugal import bench
+        changed = bench.update_readme(args.readme, args.results)
+        print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
     elif args.command == "info":
         from dataclasses import asdict
         from frugal.device import describe

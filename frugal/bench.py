@@ -80,6 +80,51 @@ def run(sections: list[str] | None = None, out_dir: str | Path = "results", quic
     return results
 
 
+README_START = "<!-- results:start (written by `python -m frugal report`) -->"
+README_END = "<!-- results:end -->"
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def markdown_report(results_dir: str | Path = "results") -> str:
+    """Every committed results/<device>.json as markdown: a heading per device, a table per section,
+    and the section's figures."""
+    parts = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        d = data.get("device", {})
+        parts.append(f"### {d.get('name', path.stem)} (`{path.name}`, torch {d.get('torch_version', '?')})\n")
+        for name, sec in data.get("sections", {}).items():
+            rows = sec.get("rows", [])
+            parts.append(f"**{name}** (measured {sec.get('when', '?')}, `python -m frugal bench --section {name}`)\n")
+            if rows:
+                cols = list(dict.fromkeys(k for r in rows for k in r))
+                parts.append("| " + " | ".join(cols) + " |")
+                parts.append("|" + "---|" * len(cols))
+                parts.extend("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows)
+                parts.append("")
+            parts.extend(f"![{name}](results/{f})" for f in sec.get("figures", []))
+            parts.append("")
+    return "\n".join(parts).strip() + "\n"
+
+
+def update_readme(readme: str | Path = "README.md", results_dir: str | Path = "results") -> bool:
+    """Replace the README's results block with markdown_report(); True if the README changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results block: add the lines {README_START!r} and {README_END!r}")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{markdown_report(results_dir)}{README_END}{tail}"
+    readme.write_text(new)
+    return new != text
+
+
 # ----------------------------------------------------------------------------- lesson 00: baseline
 
 @section("baseline")
