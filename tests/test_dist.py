@@ -49,8 +49,9 @@ def test_hanging_rank_trips_the_collective_timeout_with_a_clear_message():
 
 def test_deadline_stops_ranks_that_never_finish(tmp_path):
     pid_file = str(tmp_path / "pid")
+    # the deadline leaves a loaded machine time to spawn both ranks (each imports torch) before it trips
     with pytest.raises(RankTimeout, match="deadline"):
-        launch(w.sleep_forever, 2, pid_file, backend="gloo", timeout=30, deadline=4)
+        launch(w.sleep_forever, 2, pid_file, backend="gloo", timeout=60, deadline=25)
     pids = [int(open(f"{pid_file}.{r}").read()) for r in range(2)]
     assert not any(_alive(p) for p in pids)
 
