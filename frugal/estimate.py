@@ -199,7 +199,8 @@ def estimate_activation_bytes(cfg, batch: int, seq: int, act_bytes: int = 4,
     the two MLP matmul inputs and the GELU input (16 values of s·b·h in all at `act_bytes` each; no dropout masks when dropout=0),
     plus LayerNorm statistics. A fused attention (flash / memory-efficient, what SDPA picks) keeps a
     log-sum-exp per row instead of the s×s score matrix. Then the final LayerNorm and the fp32 logits
-    the cross-entropy keeps.
+    the cross-entropy keeps. Dropout masks are counted as CUDA keeps them (1 byte, none inside fused
+    attention); the CPU keeps fp32 masks and unfused attention, so compare on CPU with dropout=0 or eval().
     """
     _positive(batch=batch, seq=seq, act_bytes=act_bytes)
     if seq > cfg.block_size:
