@@ -24,12 +24,13 @@ def test_quick_baseline_writes_json_and_png(tmp_path, capsys):
 
 
 def test_a_later_run_merges_its_section_into_the_file(tmp_path, monkeypatch):
-    bench.run(["baseline"], tmp_path, quick=True, device="cpu")
+    (tmp_path / "cpu.json").write_text(json.dumps({"sections": {"baseline": {"rows": [{"mfu": 0.1}]}}}))
     monkeypatch.setitem(bench.SECTIONS, "dummy", lambda ctx: {"rows": [{"quick": ctx.quick}]})
     bench.run(["dummy"], tmp_path, quick=True, device="cpu")
     saved = json.loads((tmp_path / "cpu.json").read_text())
     assert set(saved["sections"]) == {"baseline", "dummy"}
     assert saved["sections"]["dummy"]["rows"] == [{"quick": True}]
+    assert saved["sections"]["baseline"]["rows"] == [{"mfu": 0.1}]     # the earlier section is kept as it was
     assert saved["device"]["device"] == "cpu"
 
 
