@@ -95,7 +95,7 @@ def estimate_cost(plan: Plan) -> CostEstimate:
     """Time and money: FLOPs / (n_gpus · peak · MFU), priced at plan.price_per_hour or the catalog's rate."""
     _check_mfu(plan.mfu)
     _positive(n_gpus=plan.n_gpus)
-    if not isinstance(plan.n_gpus, int):
+    if int(plan.n_gpus) != plan.n_gpus:
         raise TypeError(f"n_gpus={plan.n_gpus!r}: must be a whole number of GPUs")
     gpu = get_gpu(plan.gpu)
     price = gpu.price_per_hour if plan.price_per_hour is None else plan.price_per_hour
