@@ -7,19 +7,20 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import re
 from dataclasses import dataclass
 
 import torch
 
 # GPU names as torch reports them, mapped to the keys of estimate.GPU_CATALOG (first match wins).
+# Whole words only, so an 'L40S' is not taken for an 'L4', nor a 'GH200' for an 'H200'.
 _CATALOG_PATTERNS = [
-    ("H200", "H200"),
-    ("H100", "H100"),
-    ("A100-SXM4-80GB", "A100-80GB"),
-    ("A100 80GB", "A100-80GB"),
-    ("A100", "A100-40GB"),
-    ("L4", "L4"),
-    ("T4", "T4"),
+    (r"\bH200\b", "H200"),
+    (r"\bH100\b", "H100"),
+    (r"\bA100\b.*\b80\s?GB\b", "A100-80GB"),
+    (r"\bA100\b", "A100-40GB"),
+    (r"\bL4\b", "L4"),
+    (r"\bT4\b", "T4"),
 ]
 
 
@@ -29,11 +30,15 @@ def pick_device(prefer: str | None = None) -> torch.device:
         dev = torch.device(prefer)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} asked for, but no CUDA GPU is visible: use 'cpu' or pick_device()")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {prefer!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible: "
+                             f"use an index below {torch.cuda.device_count()}")
         return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def has_cuda() -> bool:
+    """True when a CUDA GPU is visible."""
     return torch.cuda.is_available()
 
 
@@ -51,7 +56,7 @@ def catalog_name(name: str | None = None) -> str | None:
     if not name:
         return None
     for pattern, key in _CATALOG_PATTERNS:
-        if pattern.lower() in name.lower():
+        if re.search(pattern, name, flags=re.IGNORECASE):
             return key
     return None
 
@@ -95,7 +100,7 @@ def device_slug(device: torch.device | str | None = None) -> str:
     if device.type != "cuda":
         return "cpu"
     key = catalog_name() or (gpu_name() or "gpu").split()[-1]
-    slug = key.lower().replace(" ", "-")
+    slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-") or "gpu"
     return slug if gpu_count() == 1 else f"{slug}-x{gpu_count()}"
 
 
@@ -112,6 +117,7 @@ class DeviceInfo:
 
 
 def describe(device: torch.device | str | None = None) -> DeviceInfo:
+    """Everything frugal knows about the hardware, in one record (printed by `python -m frugal info`)."""
     device = pick_device() if device is None else torch.device(device)
     is_cuda = device.type == "cuda"
     return DeviceInfo(

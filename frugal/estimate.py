@@ -80,6 +80,7 @@ class Plan:
     n_gpus: int = 1
     mfu: float = 0.4         # model FLOPs utilisation in (0, 1]
     dtype: str = "bf16"      # the dtype whose peak the MFU is relative to
+    price_per_hour: float | None = None  # US$ per GPU-hour; None = the catalog's price
 
 
 @dataclass
@@ -91,14 +92,24 @@ class CostEstimate:
 
 
 def estimate_cost(plan: Plan) -> CostEstimate:
-    """Time and money: FLOPs / (n_gpus · peak · MFU), priced at the catalog's hourly rate."""
+    """Time and money: FLOPs / (n_gpus · peak · MFU), priced at plan.price_per_hour or the catalog's rate."""
     _check_mfu(plan.mfu)
     _positive(n_gpus=plan.n_gpus)
+    if int(plan.n_gpus) != plan.n_gpus:
+        raise TypeError(f"n_gpus={plan.n_gpus!r}: must be a whole number of GPUs")
     gpu = get_gpu(plan.gpu)
+    price = gpu.price_per_hour if plan.price_per_hour is None else plan.price_per_hour
+    _positive(price_per_hour=price)
     flops = training_flops(plan.n_params, plan.n_tokens)
-    gpu_seconds = flops / (gpu.peak_flops(plan.dtype) * plan.mfu)
-    gpu_hours = gpu_seconds / 3600
-    return CostEstimate(flops, gpu_hours, gpu_hours / plan.n_gpus / 24, gpu_hours * gpu.price_per_hour)
+    gpu_hours = estimate_seconds(plan.n_params, plan.n_tokens, gpu.peak_flops(plan.dtype), plan.mfu) / 3600
+    return CostEstimate(flops, gpu_hours, gpu_hours / plan.n_gpus / 24, gpu_hours * price)
+
+
+def estimate_seconds(n_params: float, n_tokens: float, peak_flops: float, mfu: float) -> float:
+    """Seconds one device of `peak_flops` needs for 6·N·D at `mfu`: works for a CPU's measured peak too."""
+    _check_mfu(mfu)
+    _positive(peak_flops=peak_flops)
+    return training_flops(n_params, n_tokens) / (peak_flops * mfu)
 
 
 def implied_mfu(n_params: float, n_tokens: float, gpu_hours: float, gpu: str, dtype: str = "bf16") -> float:
@@ -188,7 +199,8 @@ def estimate_activation_bytes(cfg, batch: int, seq: int, act_bytes: int = 4,
     the two MLP matmul inputs and the GELU input (16 values of s·b·h in all at `act_bytes` each; no dropout masks when dropout=0),
     plus LayerNorm statistics. A fused attention (flash / memory-efficient, what SDPA picks) keeps a
     log-sum-exp per row instead of the s×s score matrix. Then the final LayerNorm and the fp32 logits
-    the cross-entropy keeps.
+    the cross-entropy keeps. Dropout masks are counted as CUDA keeps them (1 byte, none inside fused
+    attention); the CPU keeps fp32 masks and unfused attention, so compare on CPU with dropout=0 or eval().
     """
     _positive(batch=batch, seq=seq, act_bytes=act_bytes)
     if seq > cfg.block_size:
@@ -209,6 +221,27 @@ def estimate_activation_bytes(cfg, batch: int, seq: int, act_bytes: int = 4,
                                + mask * sbh)
     out["logits"] = b * s * V * 4                                            # fp32 log-softmax kept by the loss
     return out
+
+
+def model_shape(n_params: float, aspect: float = 128, head_dim: int = 128) -> tuple[int, int, int]:
+    """(n_layer, n_embd, n_head) of a GPT of about n_params parameters, from N ≈ 12·L·d² (Kaplan et al. 2020,
+    sec. 2.1) and the width/depth ratio d/L = aspect that large models share (Llama 2 7B, GPT-3: 128)."""
+    _positive(n_params=n_params, aspect=aspect, head_dim=head_dim)
+    d = (n_params * aspect / 12) ** (1 / 3)
+    n_head = max(1, round(d / head_dim))
+    return max(1, round(d / aspect)), n_head * head_dim, n_head
+
+
+def estimate_training_memory(n_params: float, seq: int, batch: int, precision: str = "mixed",
+                             optimizer: str = "adam", recompute: str = "none", zero_stage: int = 0,
+                             world_size: int = 1) -> MemoryEstimate:
+    """Bytes per GPU of a whole training step: states (estimate_state_memory) plus the activations of
+    model_shape(n_params)'s layers (Korthikanti et al. 2022, sec. 4; doubled for fp32 activations).
+    `batch` is the micro-batch on one GPU: ZeRO shards states, never activations."""
+    states = estimate_state_memory(n_params, precision, optimizer, zero_stage, world_size)
+    n_layer, n_embd, n_head = model_shape(n_params)
+    per_layer = korthikanti_activation_bytes_per_layer(seq, batch, n_embd, n_head, recompute)
+    return replace(states, activations=n_layer * per_layer * (1 if precision == "mixed" else 2))
 
 
 def fits(n_params: float, gpu: str, activation_bytes: float = 0.0, **state_kwargs) -> bool:

@@ -117,8 +117,8 @@ def count_saved_tensors(exclude: list[torch.Tensor] | tuple = ()):
 
 def measure_activation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """Bytes saved for backward by one forward of model(x, y), parameters excluded."""
-    with count_saved_tensors(exclude=list(model.parameters())) as saved:
-        _, loss = model(x, y)
+    with torch.enable_grad(), count_saved_tensors(exclude=list(model.parameters())) as saved:
+        _, loss = model(x, y)      # enable_grad: under no_grad autograd would save nothing
     del loss
     return saved.nbytes
 
@@ -129,6 +129,9 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     6N counts the forward and backward matmuls of N weights (here N counts the tied embedding once,
     as the output projection, and drops positions); 12·L·d·T the attention scores and values.
     """
+    for name, v in (("n_params", n_params), ("n_layer", n_layer), ("n_embd", n_embd), ("seq_len", seq_len)):
+        if not v > 0:
+            raise ValueError(f"{name}={v}: must be positive")
     return 6 * n_params + 12 * n_layer * n_embd * seq_len
 
 
@@ -141,13 +144,18 @@ def model_flops_per_token(model, seq_len: int) -> float:
 
 def mfu(tokens_per_s: float, flops_per_tok: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the device's peak FLOP/s."""
-    if peak_flops <= 0:
-        raise ValueError(f"peak_flops={peak_flops}: must be positive")
+    if not peak_flops > 0:
+        raise ValueError(f"peak_flops={peak_flops}: must be positive (a catalog peak, or measure_cpu_peak_flops())")
+    if not (tokens_per_s >= 0 and flops_per_tok > 0):
+        raise ValueError(f"tokens_per_s={tokens_per_s}, flops_per_tok={flops_per_tok}: "
+                         f"need tokens_per_s >= 0 and flops_per_tok > 0")
     return tokens_per_s * flops_per_tok / peak_flops
 
 
 def measure_cpu_peak_flops(seconds: float = 0.5, n: int = 512, dtype=torch.float32) -> float:
     """This CPU's matmul FLOP/s, measured (the CPU has no catalog peak): median of repeated n×n matmuls."""
+    if not (seconds > 0 and n > 0):
+        raise ValueError(f"seconds={seconds}, n={n}: both must be positive")
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times, t_end = [], time.perf_counter() + seconds

@@ -38,9 +38,13 @@ def memory_bars(breakdowns: dict[str, dict[str, float]], gpu_memory_gb: dict[str
         values = [breakdowns[n].get(kind, 0.0) / 1e9 for n in names]
         ax.bar(names, values, bottom=bottoms, color=color, label=kind)
         bottoms = [b + v for b, v in zip(bottoms, values)]
-    for gpu, gb in (gpu_memory_gb or {}).items():
+    by_size: dict[float, list[str]] = {}
+    for gpu, gb in (gpu_memory_gb or {}).items():         # one line per size: A100-80GB and H100 share 80 GB
+        by_size.setdefault(gb, []).append(gpu)
+    for gb, gpus in by_size.items():
         ax.axhline(gb, color="grey", ls="--", lw=1)
-        ax.text(len(names) - 0.5, gb, f" {gpu} {gb:g} GB", va="bottom", ha="right", fontsize=8, color="grey")
+        ax.text(len(names) - 0.5, gb, f" {' / '.join(gpus)} {gb:g} GB", va="bottom", ha="right",
+                fontsize=8, color="grey")
     ax.set_ylabel("GB (1e9 bytes)")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)

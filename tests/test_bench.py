@@ -1,0 +1,47 @@
+import json
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from frugal import bench  # noqa: E402
+from frugal.__main__ import main  # noqa: E402
+
+
+def test_quick_baseline_writes_json_and_png(tmp_path, capsys):
+    results = bench.run(["baseline"], tmp_path, quick=True, device="cpu")
+    path = tmp_path / "cpu.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(results, default=str))
+    section = results["sections"]["baseline"]
+    (row,) = section["rows"]
+    assert row["model"] == "tiny" and row["tokens_per_s"] > 0 and 0 < row["mfu"] <= 1
+    assert row["act_error"] < 0.01                      # estimate vs count, as in test_measure
+    for name in section["figures"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert section["figures"] == ["cpu_baseline_activations.png"]
+    assert "== baseline" in capsys.readouterr().out     # the printed table
+
+
+def test_a_later_run_merges_its_section_into_the_file(tmp_path, monkeypatch):
+    (tmp_path / "cpu.json").write_text(json.dumps({"sections": {"baseline": {"rows": [{"mfu": 0.1}]}}}))
+    monkeypatch.setitem(bench.SECTIONS, "dummy", lambda ctx: {"rows": [{"quick": ctx.quick}]})
+    bench.run(["dummy"], tmp_path, quick=True, device="cpu")
+    saved = json.loads((tmp_path / "cpu.json").read_text())
+    assert set(saved["sections"]) == {"baseline", "dummy"}
+    assert saved["sections"]["dummy"]["rows"] == [{"quick": True}]
+    assert saved["sections"]["baseline"]["rows"] == [{"mfu": 0.1}]     # the earlier section is kept as it was
+    assert saved["device"]["device"] == "cpu"
+
+
+def test_unknown_section_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="baseline"):
+        bench.run(["nope"], tmp_path, quick=True, device="cpu")
+
+
+def test_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.SECTIONS, "dummy", lambda ctx: {"rows": [{"x": 1.5}]})
+    assert main(["bench", "--quick", "--section", "dummy", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (tmp_path / "cpu.json").exists()
+    assert main(["info"]) == 0
+    assert "torch_version" in capsys.readouterr().out

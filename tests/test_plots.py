@@ -1,0 +1,50 @@
+import matplotlib
+import pytest
+from matplotlib.figure import Figure
+
+matplotlib.use("Agg")
+
+from frugal import plots  # noqa: E402
+
+
+def _bar_heights(ax):
+    return [p.get_height() for p in ax.patches]
+
+
+def test_human_bytes():
+    assert plots.human_bytes(512) == "512 B"
+    assert plots.human_bytes(3 * 2 ** 20) == "3 MiB"
+    assert plots.human_bytes(2 ** 50) == "1.02e+03 TiB"
+
+
+# ----------------------------------------------------------------------------- lesson 00
+
+def test_memory_bars_stack_each_kind_and_draw_one_line_per_gpu_size():
+    plans = {"a": {"weights": 2e9, "gradients": 2e9, "optimizer": 12e9, "activations": 4e9},
+             "b": {"weights": 1e9}}
+    fig = plots.memory_bars(plans, {"A100-80GB": 80, "H100": 80, "T4": 16})
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    heights = _bar_heights(ax)                       # 4 kinds × 2 plans, in GB
+    assert len(heights) == 8 and sum(heights) == pytest.approx(21.0)
+    tops = {round(p.get_y() + p.get_height(), 6) for p in ax.patches}
+    assert 20.0 in tops and 1.0 in tops              # stacked: plan a tops out at its total
+    assert sorted(line.get_ydata()[0] for line in ax.lines) == [16, 80]   # 80 GB drawn once
+    assert any("A100-80GB / H100" in t.get_text() for t in ax.texts)
+
+
+def test_cost_bars_are_sorted_cheapest_first():
+    fig = plots.cost_bars({"H100": 300.0, "T4": 100.0, "L4": 200.0})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["T4", "L4", "H100"]
+    assert [p.get_width() for p in ax.patches] == [100.0, 200.0, 300.0]
+
+
+def test_loss_curve_draws_each_run():
+    fig = plots.loss_curve({"fp32": [3, 2, 1], "bf16": [3, 2.5, 1.5]})
+    assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[3, 2, 1], [3, 2.5, 1.5]]
+
+
+def test_predicted_vs_measured_stacks_the_estimate_beside_the_count():
+    fig = plots.predicted_vs_measured({"mlp": 3 * 2 ** 20, "attention": 1 * 2 ** 20}, 5 * 2 ** 20)
+    assert _bar_heights(fig.axes[0]) == [3.0, 1.0, 5.0]
