@@ -87,3 +87,96 @@ def test_notebooks_are_stored_stripped():
 
 def test_corpus_ships_inside_the_package():
     assert "corpus/*.txt" in _pyproject()["tool"]["setuptools"]["package-data"]["frugal"]
+
+
+# ----------------------------------------------------------------------------- Colab readiness
+
+# What a Colab GPU runtime already ships of the packages frugal and its lessons import (Colab's image: torch
+# with triton, numpy, matplotlib, ipywidgets 7.7, tqdm, IPython). frugal is installed with --no-deps over them.
+COLAB_SHIPS = {"torch", "triton", "numpy", "matplotlib", "matplotlib_inline", "ipywidgets", "IPython", "tqdm",
+               "psutil", "pandas", "scipy"}
+KEEP_COLABS_OWN = {"torch", "matplotlib", "ipywidgets"}
+
+
+def _notebook_paths() -> list[Path]:
+    paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert paths, "no notebooks found"
+    return paths
+
+
+def _code(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def _run_colab_cell(source: str, on_colab: bool) -> list[list[str]]:
+    """Execute the install cell with subprocess.check_call recorded instead of run; on_colab fakes google.colab."""
+    import subprocess
+    import sys
+    import types
+    from unittest import mock
+
+    calls = []
+    modules = {"google": types.ModuleType("google"), "google.colab": types.ModuleType("google.colab")}
+    with mock.patch.dict(sys.modules, modules if on_colab else {}), \
+            mock.patch.object(subprocess, "check_call", side_effect=lambda cmd, **kw: calls.append(list(cmd)) or 0), \
+            mock.patch.object(subprocess, "run", side_effect=AssertionError("use subprocess.check_call")):
+        if not on_colab:
+            sys.modules.pop("google.colab", None)
+        exec(compile(source, "<colab cell>", "exec"), {"__name__": "__main__"})
+    return calls
+
+
+def test_every_notebook_starts_with_the_colab_install_cell():
+    """Only on Colab: pip-install frugal from [project.urls] Repository with --no-deps, and nothing that
+    would replace Colab's own torch, matplotlib or ipywidgets. Off Colab the cell runs nothing."""
+    import sys
+
+    repository = _pyproject()["project"]["urls"]["Repository"]
+    for path in _notebook_paths():
+        first = json.loads(path.read_text())["cells"][0]
+        hint = f"{path.name}: the first cell must be the Colab install cell (copy it from 00_gpu_economics.ipynb)"
+        assert first["cell_type"] == "code" and '"google.colab" in sys.modules' in _code(first), hint
+        assert _run_colab_cell(_code(first), on_colab=False) == [], f"{path.name}: the cell acts off Colab"
+        calls = _run_colab_cell(_code(first), on_colab=True)
+        assert calls and calls[0][:4] == [sys.executable, "-m", "pip", "install"], hint
+        assert "--no-deps" in calls[0] and f"git+{repository}" in calls[0], \
+            f"{path.name}: install git+{repository} with --no-deps (pyproject's [project.urls] Repository)"
+        for call in calls:
+            named = {re.split(r"[<>=!~\[; ]", arg)[0].lower() for arg in call[4:] if not arg.startswith("-")}
+            assert not named & KEEP_COLABS_OWN, f"{path.name}: {call} would replace Colab's own {named & KEEP_COLABS_OWN}"
+
+
+def test_every_notebook_asks_colab_for_a_gpu_runtime():
+    for path in _notebook_paths():
+        meta = json.loads(path.read_text())["metadata"]
+        assert meta.get("accelerator") == "GPU", f"{path.name}: metadata needs \"accelerator\": \"GPU\""
+        assert meta.get("colab", {}).get("gpuType") == "T4", f"{path.name}: metadata needs colab.gpuType T4"
+
+
+def _imports(source: str) -> set[str]:
+    import ast
+
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_colab_has_every_package_frugal_and_the_lessons_import():
+    """--no-deps installs frugal alone: whatever else it imports, Colab must ship (or the cell must install it)."""
+    import sys
+
+    sources = [p.read_text() for p in (ROOT / "frugal").rglob("*.py")]
+    installed_by_cell = set()
+    for path in _notebook_paths():
+        cells = json.loads(path.read_text())["cells"]
+        sources += [_code(c) for c in cells if c["cell_type"] == "code"]
+        for call in _run_colab_cell(_code(cells[0]), on_colab=True)[1:]:
+            installed_by_cell |= {re.split(r"[<>=!~\[; ]", a)[0].replace("-", "_") for a in call[4:] if a[0] != "-"}
+    third_party = set().union(*map(_imports, sources)) - set(sys.stdlib_module_names) - {"frugal", "google"}
+    missing = third_party - COLAB_SHIPS - installed_by_cell
+    assert not missing, f"imported but not on Colab: {sorted(missing)}; pip-install them in every notebook's first cell"

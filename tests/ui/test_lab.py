@@ -1,0 +1,68 @@
+"""Every notebook in a real JupyterLab in headless Chromium: Run All, then look at what a learner sees, and move
+the dashboards' controls as a learner would."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from .notebook import NotebookPage, Op, expected
+
+# What a person does to each dashboard (notebook -> [(dashboard index, Op)]). A dashboard listed nowhere
+# gets its first slider nudged one step with the arrow key; every dashboard is operated at least once.
+OPS = {
+    "00_gpu_economics.ipynb": [
+        (0, Op("pick", "sequence", "8192")),         # cost calculator: a longer sequence, bigger activation bars
+        (0, Op("key", "GPUs", "ArrowRight")),        # 64 -> 65 GPUs: ZeRO shards shrink
+        (1, Op("drag", "batch", 60)),                # activation meter: drag the batch up on the live TinyGPT
+    ],
+}
+
+
+def _where(cells, i):
+    return f"code cell {i} (prompt {cells[i]['prompt'].strip()})"
+
+
+def test_notebook_runs_clean_and_shows_its_widgets_and_plots(notebook):
+    cells = notebook.cells()
+    sources = notebook.sources()
+    assert len(cells) == len(sources), f"{len(cells)} code cells rendered, {len(sources)} in the file"
+    errors = [f"{_where(cells, i)}:\n{e}" for i, c in enumerate(cells) for e in c["errors"]]
+    assert not errors, "error output in the browser:\n" + "\n".join(errors)
+    not_run = [i for i, c in enumerate(cells) if not re.search(r"\[\d+\]", c["prompt"])]
+    assert not not_run, f"code cells {not_run} did not run"
+    for i, (cell, source) in enumerate(zip(cells, sources)):
+        want = expected(source)
+        if want["dashboard"]:
+            assert cell["widgets"] and not cell["loading"], f"{_where(cells, i)}: its widget did not render"
+            assert cell["widget_images"], f"{_where(cells, i)}: its dashboard shows no plot"
+        if want["plot"]:
+            assert cell["images"], f"{_where(cells, i)}: its plot is missing"
+    assert sum(c["images"] for c in cells), "the notebook shows no plot at all"
+    assert notebook.dashboards().count() >= sum(expected(s)["dashboard"] for s in sources)
+    assert not notebook.console_errors, f"JavaScript errors on the page: {notebook.console_errors}"
+
+
+def _plan(notebook: NotebookPage) -> list[tuple[int, Op]]:
+    plan = list(OPS.get(notebook.name, []))
+    for i in range(notebook.dashboards().count()):
+        if not any(j == i for j, _ in plan):
+            labels = notebook.dashboards().nth(i).locator(".widget-slider label.widget-label").all_inner_texts()
+            assert labels, f"dashboard {i} has no slider: say in OPS how a person operates it"
+            plan.append((i, Op("key", labels[0].strip(), "ArrowRight")))
+    return plan
+
+
+def test_dashboards_redraw_when_a_person_moves_their_controls(notebook, timings):
+    if not notebook.dashboards().count():
+        pytest.skip(f"{notebook.name} has no dashboard")
+    done = []
+    for index, op in _plan(notebook):
+        result = notebook.operate(index, op)
+        done.append({"dashboard": index, "op": vars(op), **result})
+        assert not result["errors"], f"dashboard {index} after {op}: error output\n{result['errors']}"
+        if op.kind != "click":
+            assert result["state"][0] != result["state"][1], f"dashboard {index}: {op} did not move the control"
+        assert result["changed"], f"dashboard {index}: {op} did not redraw the plot ({result})"
+    timings.setdefault(notebook.name, {})["operations"] = json.loads(json.dumps(done, default=str))
