@@ -59,7 +59,7 @@ def run(sections: list[str] | None = None, out_dir: str | Path = "results", quic
     path = ctx.out_dir / f"{ctx.slug}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results["device"] = asdict(dev.describe(ctx.device))
-    results["host"] = {"cpu_count": torch.get_num_threads(), "platform": platform.platform()}
+    results["host"] = {"torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     results.setdefault("sections", {})
     for name in sections or list(SECTIONS):
         t0 = time.perf_counter()
