@@ -21,9 +21,9 @@ def add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, h_ptr, rstd_ptr, n_cols, eps,
     cols = tl.arange(0, BLOCK_N)
     mask = cols < n_cols
     offsets = row * n_cols + cols
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
-    r = tl.load(r_ptr + offsets, mask=mask, other=0.0)
-    h = (x + r).to(h_ptr.dtype.element_ty)                 # rounded as stored, as eager does
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    h = (x + r).to(h_ptr.dtype.element_ty)                 # rounded to the stored dtype, as eager's add
     tl.store(h_ptr + offsets, h, mask=mask)
     h = h.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / n_cols + eps)

@@ -51,7 +51,7 @@ def linear_cross_entropy_kernel(logits_ptr, row_stride, targets_ptr, loss_ptr, n
 
 def default_chunk_size(n_tokens: int, n_vocab: int, n_embd: int) -> int:
     """Tokens per chunk so a chunk's logits are about as big as the hidden states (Liger-Kernel's rule)."""
-    return min(max(1, n_tokens), triton.next_power_of_2(triton.cdiv(n_tokens, triton.cdiv(n_vocab, n_embd))))
+    return max(1, min(n_tokens, triton.next_power_of_2(triton.cdiv(n_tokens, triton.cdiv(n_vocab, n_embd)))))
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
