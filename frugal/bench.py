@@ -193,6 +193,67 @@ def bench_baseline(ctx: BenchContext) -> dict:
 
 # ----------------------------------------------------------------------------- lesson 06: Triton kernels
 
+@section("kernels")
+def bench_kernels(ctx: BenchContext) -> dict:
+    """Vector add GB/s (every config of ours, torch.add, copy) at 2^20..2^28 floats; fused add+RMSNorm against
+    the eager chain, fwd+bwd; chunked linear cross-entropy peak memory and time against the unfused head."""
+    from frugal import plots
+    try:
+        from frugal.kernels import fused_add_rmsnorm as frms, fused_linear_cross_entropy as fce, vector_add as va
+    except ImportError as e:
+        return {"rows": [{"skipped": str(e)}], "figures": {}}
+    on_gpu = ctx.device.type == "cuda"
+    big = on_gpu and not ctx.quick
+    rows, figures = [], {}
+
+    sizes = [2 ** k for k in range(20, 29, 2)] if big else [2 ** 10, 2 ** 12]
+    configs = va.CONFIGS if on_gpu else va.CONFIGS[:2]
+    add_rows = va.benchmark_vector_add(sizes, ctx.device, configs, repeats=30 if big else 2)
+    best = {}
+    for n in sizes:
+        ours = [r for r in add_rows if r["n"] == n and r["impl"] == "ours"]
+        torch_add = next(r for r in add_rows if r["n"] == n and r["impl"] == "torch.add")
+        best[n] = max(ours, key=lambda r: r["GB/s"])
+        for r in ours + [torch_add]:
+            r["vs torch.add"] = r["GB/s"] / torch_add["GB/s"]
+    for r in add_rows:
+        rows.append({"part": "vector add", **r, "best of ours": r is best.get(r["n"])})
+    series = {"ours (best config per size)": (sizes, [best[n]["GB/s"] for n in sizes])}
+    for impl in ("torch.add", "copy"):
+        series[impl] = (sizes, [r["GB/s"] for r in add_rows if r["impl"] == impl])
+    figures["vector_add"] = plots.bandwidth_vs_size(series, title=f"Vector add, {ctx.slug}"
+                                                    + ("" if on_gpu else " (Triton interpreter)"))
+
+    shapes = [(8192, 768), (16384, 4096)] if big else [(64, 128)]
+    fused_rows = frms.benchmark_add_rmsnorm(shapes, ctx.device, repeats=20 if big else 2)
+    rows += [{"part": "add+rmsnorm fwd+bwd", **r} for r in fused_rows]
+    last = [r for r in fused_rows if r["shape"] == f"{shapes[-1][0]}x{shapes[-1][1]}"]
+    figures["fused"] = plots.fused_vs_unfused({r["impl"]: r["fwd+bwd ms"] for r in last},
+                                              {r["impl"]: r["bytes moved"] for r in last},
+                                              title=f"Residual add + RMSNorm {last[0]['shape']}, fwd+bwd, {ctx.slug}")
+
+    if big:
+        ce_cases = [(8192, 50304, 768, dtype) for dtype in (torch.float32, torch.bfloat16)]
+        chunks = (None, 1024, 4096)
+    else:
+        ce_cases, chunks = [(128, 50304 if on_gpu else 512, 32, torch.float32)], (None, 32)
+    for n_tok, vocab, n_embd, dtype in ce_cases:
+        ce = fce.benchmark_linear_cross_entropy(n_tok, vocab, n_embd, ctx.device, dtype, chunks,
+                                                repeats=10 if big else 2)
+        rows += [{"part": "linear cross-entropy fwd+bwd", **r} for r in ce]
+    n_tok, vocab, n_embd, _ = ce_cases[0]
+    vocabs, tokens = [2 ** k for k in range(10, 18)], [2 ** k for k in range(9, 17)]
+    est = fce.estimate_linear_cross_entropy_memory
+    chunk = lambda t, v: fce.default_chunk_size(t, v, n_embd)
+    figures["cross_entropy_memory"] = plots.cross_entropy_memory(
+        {"unfused (estimate)": (vocabs, [est(n_tok, v, n_embd, None) for v in vocabs]),
+         "chunked (estimate)": (vocabs, [est(n_tok, v, n_embd, chunk(n_tok, v)) for v in vocabs])},
+        {"unfused (estimate)": (tokens, [est(t, vocab, n_embd, None) for t in tokens]),
+         "chunked (estimate)": (tokens, [est(t, vocab, n_embd, chunk(t, vocab)) for t in tokens])},
+        title=f"Head peak memory, n_embd={n_embd}, fp32 (left: {n_tok} tokens; right: vocab {vocab})")
+    return {"rows": rows, "figures": figures}
+
+
 
 # ----------------------------------------------------------------------------- lesson 07: the recipe
 

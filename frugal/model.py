@@ -150,11 +150,17 @@ class TinyGPT(nn.Module):
         return self.drop(self.wte(idx) + self.wpe(pos))                       # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy loss (else None)."""
+        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy loss (else None).
+
+        With `model.fused_cross_entropy = True` and targets, the loss is chunked and logits come back None."""
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
+        if targets is not None and getattr(self, "fused_cross_entropy", False):
+            # lesson 06: projection + loss chunk by chunk, the (B·T, V) logits never exist (so none are returned)
+            from frugal.kernels.fused_linear_cross_entropy import linear_cross_entropy
+            return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(x)                                             # (B, T, V)
         if targets is None:
             return logits, None

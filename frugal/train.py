@@ -29,6 +29,7 @@ class TrainConfig:
     data: str = "corpus"            # 'corpus' (the shipped text) or 'synthetic' (random tokens, for speed)
     precision: str = "fp32"         # number format of the matmuls
     progress: bool = True           # show a tqdm progress bar
+    fused_cross_entropy: bool = False  # lesson 06: chunked output projection + loss (frugal.kernels), no full logits
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
@@ -93,6 +94,7 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig):
     else:
         torch.manual_seed(cfg.seed)
         model = TinyGPT(model_cfg).to(device)
+    model.fused_cross_entropy = cfg.fused_cross_entropy
     if cfg.seq_len > model.cfg.block_size:
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's block_size={model.cfg.block_size}: "
                          f"lower seq_len or raise GPTConfig.block_size")
