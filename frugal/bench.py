@@ -181,6 +181,86 @@ def bench_baseline(ctx: BenchContext) -> dict:
 
 # ----------------------------------------------------------------------------- lesson 02: activation checkpointing
 
+@section("checkpointing")
+def bench_checkpointing(ctx: BenchContext) -> dict:
+    """TinyGPT (GPT-2 small, bf16 autocast, B=32, T=1024 on a GPU; tiny on CPU): peak memory, saved-activation
+    bytes and step time (forward, backward, AdamW) with no, full (ours and torch's), selective and √n recompute,
+    and the curve over 0..L checkpointed blocks."""
+    import functools
+    from contextlib import nullcontext
+    import torch.utils.checkpoint as tcp
+    from frugal import estimate, measure, plots
+    from frugal.data import synthetic_batch
+    from frugal.model import TinyGPT, preset
+    from frugal.recompute import Recompute
+
+    on_gpu = ctx.device.type == "cuda"
+    name = "gpt2-small" if on_gpu and not ctx.quick else "tiny"
+    cfg = preset(name)
+    batch, seq = (32, 1024) if name == "gpt2-small" else (8, cfg.block_size)
+    bf16 = on_gpu and dev.bf16_is_native(ctx.device)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
+    torch.manual_seed(0)
+    model = TinyGPT(cfg).to(ctx.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = synthetic_batch(cfg.vocab_size, batch, seq, torch.Generator().manual_seed(0), ctx.device)
+    theirs = functools.partial(tcp.checkpoint, use_reentrant=False)
+    theirs_seq = lambda f, inp: tcp.checkpoint(f, inp, use_reentrant=False)
+
+    def step():
+        with amp():
+            _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def point(label, impl, recompute):
+        model.recompute = recompute
+        with amp():
+            saved = measure.measure_activation_bytes(model, x, y)
+        timing = measure.measure_time(step, ctx.device, warmup=2 if ctx.quick else 3, repeats=3 if ctx.quick else 10)
+        peak = measure.measure_peak_memory(step, ctx.device)
+        model.recompute = None
+        return {"policy": label, "impl": impl, "model": name, "batch": batch, "seq": seq,
+                "dtype": "bf16 autocast" if bf16 else "fp32", "saved_bytes": saved,
+                "peak_memory_bytes": peak, "step_s": timing.median_s}
+
+    L = cfg.n_layer
+    rows = [point("none", "-", None),
+            point("all", "frugal", Recompute("all")),
+            point("all", "torch", Recompute("all", checkpoint_fn=theirs)),
+            point("selective", "frugal", Recompute("selective")),
+            point("sqrt", "frugal", Recompute("sqrt")),
+            point("sqrt", "torch", Recompute("sqrt", checkpoint_fn=theirs_seq))]
+    curve = {"frugal": [], "torch.utils.checkpoint": []}
+    for k in range(1, L):
+        curve["frugal"].append(point(f"first:{k}", "frugal", Recompute("first", k)))
+        curve["torch.utils.checkpoint"].append(point(f"first:{k}", "torch", Recompute("first", k, checkpoint_fn=theirs)))
+    base = rows[0]
+    blocks_saved = base["saved_bytes"] - rows[1]["saved_bytes"]
+    for r in rows + [p for pts in curve.values() for p in pts]:
+        r["step_vs_none"] = r["step_s"] / base["step_s"]
+        r["saved_vs_none"] = r["saved_bytes"] / base["saved_bytes"]
+        r["block_saving_kept"] = (base["saved_bytes"] - r["saved_bytes"]) / blocks_saved if blocks_saved else None
+    act = 2 if bf16 else 4
+    for r in rows:
+        k, sel = {"none": (0, False), "all": (L, False), "selective": (L, True),
+                  "sqrt": (estimate.sqrt_segmentation(L)[0], False)}[r["policy"]]
+        segs = estimate.sqrt_segmentation(L)[1] if r["policy"] == "sqrt" else None
+        r["saved_bytes_estimated"] = sum(estimate.estimate_recompute_activation_bytes(
+            cfg, batch, seq, k, sel, act_bytes=act, segments=segs).values())
+    rows_by = {(r["policy"], r["impl"]): r for r in rows}
+    for impl, key in (("frugal", "frugal"), ("torch", "torch.utils.checkpoint")):
+        curve[key] = [dict(rows_by[("none", "-")], label="0")] + [dict(p, label=p["policy"].split(":")[1])
+                                                                   for p in curve[key]]
+        curve[key].append(dict(rows_by[("all", impl)], label=f"{L}"))
+        curve[key].append(dict(rows_by[("sqrt", impl)], label="√n"))
+    curve["frugal selective"] = [dict(rows_by[("selective", "frugal")], label="sel")]
+    fig = plots.recompute_tradeoff(curve, title=f"{name} B={batch} T={seq}")
+    return {"rows": rows + [p for pts in curve.values() for p in pts if p["policy"].startswith("first")],
+            "figures": {"tradeoff": fig}}
+
+
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
 

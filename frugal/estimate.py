@@ -244,6 +244,50 @@ def estimate_training_memory(n_params: float, seq: int, batch: int, precision: s
     return replace(states, activations=n_layer * per_layer * (1 if precision == "mixed" else 2))
 
 
+def estimate_recompute_activation_bytes(cfg, batch: int, seq: int, checkpointed: int = 0, selective: bool = False,
+                                        act_bytes: int = 4, fused_attention: bool = True,
+                                        segments: int | None = None) -> dict[str, float]:
+    """estimate_activation_bytes when `checkpointed` of the L blocks recompute in backward (lesson 02).
+
+    A checkpointed block keeps only its input, s·b·h (Chen et al. 2016); a selective one also keeps its matmul
+    outputs, q/k/v, attention output (+ log-sum-exp), attention projection and MLP up-projection, 9·s·b·h more,
+    and recomputes LayerNorm, GELU and dropout (the idea of Korthikanti et al. 2022, sec. 5). Other blocks keep all.
+    `segments` checkpointed segments (default: one per block) keep one input each.
+    """
+    if not isinstance(checkpointed, int) or not 0 <= checkpointed <= cfg.n_layer:
+        raise ValueError(f"checkpointed={checkpointed!r}: must be an integer in 0..n_layer={cfg.n_layer}")
+    full = estimate_activation_bytes(cfg, batch, seq, act_bytes, fused_attention)
+    b, s, h, a = batch, seq, cfg.n_embd, cfg.n_head
+    sbh = s * b * h
+    stored = cfg.n_layer - checkpointed
+    out = {k: full[k] * stored / cfg.n_layer for k in ("layernorm inputs", "attention", "mlp")}
+    out["checkpointed block inputs"] = (checkpointed if segments is None else segments) * sbh * act_bytes
+    if selective:
+        attention_core = a * s * b * 4 if fused_attention else a * s * s * b * act_bytes  # lse, or the scores
+        out["kept matmul outputs"] = checkpointed * ((3 + 1 + 1 + 4) * sbh * act_bytes + attention_core)
+    out["embedding + head"] = full["embedding + head"]
+    out["logits"] = full["logits"]
+    return out
+
+
+def sqrt_segmentation(n_layer: int) -> tuple[int, int]:
+    """(checkpointed blocks, checkpointed segments) of the √n segmentation (Chen et al. 2016): round(√L)
+    segments of L // k blocks, all but the last recomputed (as torch's checkpoint_sequential)."""
+    k = max(1, round(n_layer ** 0.5))
+    return (n_layer // k) * (k - 1), k - 1
+
+
+def largest_batch(cfg, seq: int, budget_bytes: float, checkpointed: int = 0, selective: bool = False,
+                  act_bytes: int = 4, state_bytes: float = 0.0) -> int:
+    """The largest batch whose predicted activations plus `state_bytes` (weights, grads, optimizer) fit the budget.
+
+    Activation bytes are linear in the batch, so it is (budget - state) / bytes of one sequence, rounded down.
+    """
+    _positive(budget_bytes=budget_bytes)
+    per_sequence = sum(estimate_recompute_activation_bytes(cfg, 1, seq, checkpointed, selective, act_bytes).values())
+    return max(0, int((budget_bytes - state_bytes) // per_sequence))
+
+
 def fits(n_params: float, gpu: str, activation_bytes: float = 0.0, **state_kwargs) -> bool:
     """Does a training run fit in one GPU's memory: states (estimate_state_memory) plus activations?"""
     mem = estimate_state_memory(n_params, **state_kwargs)

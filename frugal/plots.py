@@ -98,6 +98,58 @@ def predicted_vs_measured(predicted: dict[str, float], measured: float, title: s
 
 # ----------------------------------------------------------------------------- lesson 02: activation checkpointing
 
+def recompute_tradeoff(series: dict[str, list[dict]], title: str = "Memory for time") -> Figure:
+    """Saved-activation bytes (and, when measured, peak CUDA memory) against step time, one line per
+    implementation; each point is a dict with 'label', 'step_s', 'saved_bytes' and optional 'peak_memory_bytes'."""
+    has_peak = any(p.get("peak_memory_bytes") for pts in series.values() for p in pts)
+    fig, axes = _figure(11.0 if has_peak else 6.4, 4.2, ncols=2 if has_peak else 1)
+    axes = list(axes) if has_peak else [axes]
+    keys = [("saved_bytes", "saved activations")] + ([("peak_memory_bytes", "peak CUDA memory")] if has_peak else [])
+    for ax, (key, label) in zip(axes, keys):
+        for (name, pts), marker in zip(series.items(), "os^Dv"):
+            pts = [p for p in pts if p.get(key) is not None]
+            ax.plot([p["step_s"] * 1e3 for p in pts], [p[key] / 2 ** 20 for p in pts], marker=marker,
+                    label=name, alpha=0.8)
+            for p in pts:
+                ax.annotate(p["label"], (p["step_s"] * 1e3, p[key] / 2 ** 20), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("step time (ms, median)")
+        ax.set_ylabel(f"{label} (MiB)")
+        ax.set_title(f"{title}: {label}")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def saved_bytes_by_block(predicted: list[float], measured: list[float] | None, n_checkpointed: int,
+                         title: str = "Saved activations") -> Figure:
+    """Bars of measured saved bytes for 0..L checkpointed blocks, the prediction as a line, the current choice marked."""
+    fig, ax = _figure(6.4, 3.8)
+    xs = list(range(len(predicted)))
+    if measured is not None:
+        ax.bar(xs, [m / 2 ** 20 for m in measured], color=["#C44E52" if i == n_checkpointed else "#BBBBBB" for i in xs],
+               label="counted")
+    ax.plot(xs, [p / 2 ** 20 for p in predicted], "k.--", label="estimated")
+    ax.set_xlabel("checkpointed blocks")
+    ax.set_ylabel("MiB saved for backward")
+    ax.set_xticks(xs)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def largest_batch_bars(batches: dict[str, int], title: str = "Largest batch that fits") -> Figure:
+    """One horizontal bar per recompute policy: the largest batch its predicted memory allows."""
+    fig, ax = _figure(6.4, 0.6 + 0.45 * len(batches))
+    names = list(batches)
+    ax.barh(names, [batches[n] for n in names], color="#4C72B0")
+    for i, n in enumerate(names):
+        ax.text(batches[n], i, f" {batches[n]:,}", va="center", fontsize=8)
+    ax.set_xlabel("sequences per step")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    return fig
+
+
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from frugal import data
+from frugal import data, recompute
 from frugal.device import pick_device
 from frugal.measure import synchronize
 from frugal.model import GPTConfig, TinyGPT
@@ -30,6 +30,7 @@ class TrainConfig:
     precision: str = "fp32"         # number format of the matmuls
     progress: bool = True           # show a tqdm progress bar
     fused_cross_entropy: bool = False  # lesson 06: chunked output projection + loss (frugal.kernels), no full logits
+    recompute: str = "none"         # activation checkpointing (lesson 02): none | all | every:K | first:K | selective | sqrt
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
@@ -39,6 +40,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr={self.lr}: must be positive")
         if self.data not in ("corpus", "synthetic"):
             raise ValueError(f"TrainConfig.data={self.data!r}: pick 'corpus' or 'synthetic'")
+        recompute.from_spec(self.recompute)   # raises ValueError naming the valid policies
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
 
@@ -98,6 +100,7 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig):
     if cfg.seq_len > model.cfg.block_size:
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's block_size={model.cfg.block_size}: "
                          f"lower seq_len or raise GPTConfig.block_size")
+    model.recompute = recompute.from_spec(cfg.recompute)
     return model, make_optimizer(model, cfg), batch_fn(cfg, model.cfg.vocab_size, device), device
 
 
