@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.checkpoint import checkpoint as recompute_checkpoint
 
 from frugal import data, measure, serialization
 from frugal.device import catalog_name
 from frugal.estimate import get_gpu
 from frugal.model import TinyGPT, preset
+from frugal.recipe import apply_full_recompute
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -104,12 +104,6 @@ def check_args(args, world_size: int, block_size: int) -> None:
         raise ValueError(f"--save-every {args.save_every}: use 0 (save at the end only) or a positive step count")
 
 
-def recompute_blocks(model: TinyGPT) -> None:
-    """Full recompute: each block keeps only its input and reruns its forward in backward."""
-    for block in model.blocks:
-        block.forward = (lambda f: lambda x: recompute_checkpoint(f, x, use_reentrant=False))(block.forward)
-
-
 def wrap(model: TinyGPT, parallel: str, precision: str, device: torch.device, distributed: bool):
     """DDP, or FSDP2's fully_shard on each block then the root (weights kept in `precision` while gathered)."""
     if not distributed:
@@ -160,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         flops_per_token = measure.model_flops_per_token(model, args.seq_len)
         n_params = model.num_params()
         if args.recompute == "full":
-            recompute_blocks(model)
+            apply_full_recompute(model)
         if args.compile:
             for block in model.blocks:
                 block.compile()
