@@ -1,4 +1,4 @@
-"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`."""
+"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`, `python -m frugal train-dist ...`."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-dist"]:                   # every option belongs to the script, --help included
+        from frugal import torchrun_train
+        torchrun_train.main(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(prog="frugal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="measure each lesson's headline numbers on this hardware")
@@ -14,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="results", help="folder for <device>.json and figures")
     b.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: a GPU when present)")
     sub.add_parser("info", help="what hardware frugal sees")
+    t = sub.add_parser("train-dist", help="the recipe on torch DDP/FSDP; for N ranks launch "
+                       "`torchrun --nproc-per-node N -m frugal.torchrun_train ...` (here: one process)",
+                       add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER, help="see `python -m frugal.torchrun_train --help`")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from frugal import bench
