@@ -237,3 +237,36 @@ def cross_entropy_memory(by_vocab: dict[str, tuple[list[int], list[float]]],
 
 # ----------------------------------------------------------------------------- lesson 07: the recipe
 
+def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
+                         title: str = "The largest model a budget trains") -> Figure:
+    """Estimated training bytes against parameters, one line per plan, the budget as a dashed line.
+
+    curves: plan name -> rows with 'params', 'estimated_bytes' and optionally 'verified' (True: a real step
+    trained, False: it ran out of memory) and 'measured_bytes'; the largest size under the budget is starred.
+    """
+    fig, ax = _figure()
+    for i, (name, rows) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot([r["params"] for r in rows], [r["estimated_bytes"] / 1e9 for r in rows], "-o", ms=3,
+                color=color, label=f"{name} (estimated)")
+        fitting = [r for r in rows if r["estimated_bytes"] <= budget_bytes]
+        if fitting:
+            best = max(fitting, key=lambda r: r["params"])
+            ax.plot(best["params"], best["estimated_bytes"] / 1e9, "*", ms=14, color=color)
+            ax.annotate(f"{best['params'] / 1e6:,.0f}M", (best["params"], best["estimated_bytes"] / 1e9),
+                        textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
+        for r in rows:
+            if r.get("verified") is not None:
+                y = (r.get("measured_bytes") or r["estimated_bytes"]) / 1e9
+                ax.plot(r["params"], y, "s" if r["verified"] else "x", ms=7, color=color, mfc="none")
+    ax.axhline(budget_bytes / 1e9, color="grey", ls="--", lw=1)
+    ax.text(ax.get_xlim()[0], budget_bytes / 1e9, f" budget {budget_bytes / 1e9:g} GB", va="bottom",
+            fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("GB per GPU (1e9 bytes)")
+    ax.set_title(title + "\n(square: a real step trained, x: out of memory)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
