@@ -171,13 +171,15 @@ def bench_precision(ctx: BenchContext) -> dict:
     for label, precision, _ in settings:
         t = statistics.median(times[label])
         dtype = precision                            # MFU against the peak of the format the matmuls run in
-        if gpu:
+        if gpu and dtype in estimate.get_gpu(gpu).peak_tflops:
             peak, src = estimate.get_gpu(gpu).peak_flops(dtype), f"{gpu} {dtype} data sheet"
+        elif gpu:                                    # e.g. bf16 on a T4: emulated, no data-sheet peak
+            peak, src = None, f"{gpu} has no native {dtype}"
         else:
             peak, src = cpu_peak, "measured fp32 matmul"
         rows.append({"setting": label, "model": name, "batch": batch, "seq": seq, "step_ms": t * 1e3,
                      "tokens_per_s": batch * seq / t, "peak_memory_bytes": peaks[label],
-                     "mfu": measure.mfu(batch * seq / t, fpt, peak), "peak_source": src,
+                     "mfu": measure.mfu(batch * seq / t, fpt, peak) if peak else None, "peak_source": src,
                      "repeats": len(times[label])})
     ms = {r["setting"]: r["step_ms"] for r in rows}
     rows.append({"setting": "ratios", "bf16_speedup_over_fp32": ms["fp32"] / ms["bf16"],
