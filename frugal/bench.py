@@ -178,6 +178,73 @@ def bench_baseline(ctx: BenchContext) -> dict:
 
 # ----------------------------------------------------------------------------- lesson 01: mixed precision
 
+@section("precision")
+def bench_precision(ctx: BenchContext) -> dict:
+    """TinyGPT step time, tokens/s, peak memory and MFU in fp32 (TF32 off), tf32, bf16, fp16 + LossScaler and
+    fp16 + GradScaler; rounds alternate between settings so drift hits all alike. GPT-2 small on a GPU."""
+    import statistics
+    from frugal import estimate, measure, plots
+    from frugal.data import synthetic_batch
+    from frugal.model import TinyGPT, preset
+    from frugal.train import TrainConfig, make_optimizer, make_scaler, train_step
+
+    on_gpu = ctx.device.type == "cuda"
+    name = "gpt2-small" if on_gpu and not ctx.quick else "tiny"
+    cfg = preset(name)
+    batch, seq = (8, 1024) if name == "gpt2-small" else (4, 32)
+    settings = [("fp32", "fp32", "none"), ("tf32", "tf32", "none"), ("bf16", "bf16", "none"),
+                ("fp16+LossScaler", "fp16", "frugal"), ("fp16+GradScaler", "fp16", "torch")]
+    x, y = synthetic_batch(cfg.vocab_size, batch, seq, torch.Generator().manual_seed(0), ctx.device)
+    steps, times, peaks = {}, {}, {}
+    for label, precision, scaler_name in settings:
+        torch.manual_seed(0)
+        model = TinyGPT(cfg).to(ctx.device)
+        tcfg = TrainConfig(batch_size=batch, seq_len=seq, precision=precision, scaler=scaler_name,
+                           progress=False, grad_clip=None)
+        opt, scaler = make_optimizer(model, tcfg), make_scaler(tcfg, ctx.device)
+        steps[label] = (lambda m=model, o=opt, c=tcfg, s=scaler: train_step(m, o, x, y, c, s))
+        times[label] = []
+        peaks[label] = measure.measure_peak_memory(steps[label], ctx.device)
+    rounds, repeats = (1, 3) if ctx.quick else (3, 10)
+    for _ in range(rounds):
+        for label in steps:
+            times[label] += measure.measure_time(steps[label], ctx.device, warmup=3, repeats=repeats).times_s
+    fpt = measure.model_flops_per_token(_meta_model(cfg), seq)
+    gpu = dev.catalog_name() if on_gpu else None
+    cpu_peak = None if gpu else measure.measure_cpu_peak_flops()
+    rows = []
+    for label, precision, _ in settings:
+        t = statistics.median(times[label])
+        dtype = precision                            # MFU against the peak of the format the matmuls run in
+        if gpu and dtype in estimate.get_gpu(gpu).peak_tflops:
+            peak, src = estimate.get_gpu(gpu).peak_flops(dtype), f"{gpu} {dtype} data sheet"
+        elif gpu:                                    # e.g. bf16 on a T4: emulated, no data-sheet peak
+            peak, src = None, f"{gpu} has no native {dtype}"
+        else:
+            peak, src = cpu_peak, "measured fp32 matmul"
+        rows.append({"setting": label, "model": name, "batch": batch, "seq": seq, "step_ms": t * 1e3,
+                     "tokens_per_s": batch * seq / t, "peak_memory_bytes": peaks[label],
+                     "mfu": measure.mfu(batch * seq / t, fpt, peak) if peak else None, "peak_source": src,
+                     "repeats": len(times[label])})
+    ms = {r["setting"]: r["step_ms"] for r in rows}
+    rows.append({"setting": "ratios", "bf16_speedup_over_fp32": ms["fp32"] / ms["bf16"],
+                 "tf32_speedup_over_fp32": ms["fp32"] / ms["tf32"],
+                 "losscaler_over_gradscaler": ms["fp16+LossScaler"] / ms["fp16+GradScaler"]})
+    fig, ax = plots._figure(6.4, 3.6)
+    ax.bar(list(ms), list(ms.values()), color=[plots.FORMAT_COLORS.get(k.split("+")[0], "grey") for k in ms])
+    ax.set_ylabel("median step (ms)")
+    ax.set_title(f"{name}, B={batch} T={seq} on {dev.describe(ctx.device).name}")
+    ax.tick_params(axis="x", labelsize=8)
+    return {"rows": rows, "figures": {"step_time": fig}}
+
+
+def _meta_model(cfg):
+    """A TinyGPT on the meta device: its parameter counts without allocating memory."""
+    from frugal.model import TinyGPT
+    with torch.device("meta"):
+        return TinyGPT(cfg)
+
+
 
 # ----------------------------------------------------------------------------- lesson 02: activation checkpointing
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 
@@ -9,11 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from frugal import data, recompute
+from frugal.loss_scaler import LossScaler
 from frugal.device import pick_device
 from frugal.measure import synchronize
 from frugal.model import GPTConfig, TinyGPT
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+SCALERS = ("frugal", "torch", "none")   # fp16 loss scaler: ours, torch.amp.GradScaler, or none (to watch it fail)
 
 
 @dataclass
@@ -27,7 +30,11 @@ class TrainConfig:
     seed: int = 0                   # seeds the weights and the batch sampler
     device: str | None = None       # 'cpu', 'cuda', ...; None = frugal.device.pick_device()
     data: str = "corpus"            # 'corpus' (the shipped text) or 'synthetic' (random tokens, for speed)
-    precision: str = "fp32"         # number format of the matmuls
+    precision: str = "fp32"         # number format of the matmuls: fp32 (TF32 off), tf32, fp16 or bf16 (autocast)
+    scaler: str = "frugal"          # fp16 only: 'frugal' (our LossScaler), 'torch' (GradScaler) or 'none'
+    init_scale: float = 2.0 ** 16   # fp16 only: the loss scaler's first scale
+    loss_divisor: float = 1.0       # backward of loss/loss_divisor: per-token gradients as small as in a batch
+                                    # this many times larger (lesson 01; Adam barely notices, fp16 does)
     progress: bool = True           # show a tqdm progress bar
     fused_cross_entropy: bool = False  # lesson 06: chunked output projection + loss (frugal.kernels), no full logits
     recompute: str = "none"         # activation checkpointing (lesson 02): none | all | every:K | first:K | selective | sqrt
@@ -43,6 +50,10 @@ class TrainConfig:
         recompute.from_spec(self.recompute)   # raises ValueError naming the valid policies
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
+        if not self.loss_divisor > 0:
+            raise ValueError(f"TrainConfig.loss_divisor={self.loss_divisor}: must be positive (1.0 = plain loss)")
+        if self.scaler not in SCALERS:
+            raise ValueError(f"TrainConfig.scaler={self.scaler!r}: pick one of {SCALERS}")
 
 
 @dataclass
@@ -52,6 +63,8 @@ class StepRecord:
     time_s: float                   # wall time of the step, synchronized
     tokens_per_s: float
     peak_memory_bytes: int | None   # peak CUDA memory of the step; None on CPU
+    loss_scale: float | None = None  # fp16 with a scaler: the loss scale this step used
+    skipped: bool = False           # fp16 with a scaler: the step was skipped (an inf/NaN gradient)
 
 
 @dataclass
@@ -104,14 +117,62 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig):
     return model, make_optimizer(model, cfg), batch_fn(cfg, model.cfg.vocab_size, device), device
 
 
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_scaler(cfg: TrainConfig, device: torch.device):
+    """The loss scaler cfg asks for: fp16 gets LossScaler ('frugal') or GradScaler ('torch'); else None."""
+    if cfg.precision != "fp16" or cfg.scaler == "none":
+        return None
+    if cfg.scaler == "torch":
+        return torch.amp.GradScaler(torch.device(device).type, init_scale=cfg.init_scale)
+    return LossScaler(init_scale=cfg.init_scale)
+
+
+@contextmanager
+def matmul_precision(cfg: TrainConfig):
+    """TF32 matmuls on for 'tf32', off for 'fp32' (a true fp32 baseline), restored on exit (CUDA only)."""
+    if cfg.precision not in ("fp32", "tf32"):
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """torch.autocast to fp16/bf16 for the forward pass (weights stay fp32); a no-op for fp32 and tf32."""
+    if cfg.precision not in _AUTOCAST:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST[cfg.precision])
+
+
 def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               cfg: TrainConfig) -> torch.Tensor:
-    """Forward, backward, clip, step: one optimizer step. Returns the loss (a tensor, not synced)."""
-    _, loss = model(x, y)
-    loss.backward()
-    if cfg.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
+               cfg: TrainConfig, scaler=None) -> torch.Tensor:
+    """Forward, backward, clip, step: one optimizer step. Returns the loss (a tensor, not synced).
+
+    fp16 needs `scaler=make_scaler(cfg, device)` unless cfg.scaler == 'none'.
+    """
+    if scaler is None and cfg.precision == "fp16" and cfg.scaler != "none":
+        raise ValueError("fp16 training needs a loss scaler: pass scaler=make_scaler(cfg, device), "
+                         "or set TrainConfig.scaler='none' to train unscaled")
+    with matmul_precision(cfg):
+        with autocast(cfg, x.device):
+            _, loss = model(x, y)
+        objective = loss / cfg.loss_divisor if cfg.loss_divisor != 1.0 else loss
+        (scaler.scale(objective) if scaler is not None else objective).backward()
+        if cfg.grad_clip is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)      # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)              # skipped when a gradient is inf/NaN
+            scaler.update()
+        else:
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
@@ -120,6 +181,7 @@ def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> Tra
     """Train for cfg.steps steps, recording loss, time and memory of each step."""
     cfg = cfg or TrainConfig()
     model, optimizer, next_batch, device = build(model_cfg, cfg)
+    scaler = make_scaler(cfg, device)
     model.train()
     result = TrainResult(model, cfg)
     tokens = cfg.batch_size * cfg.seq_len
@@ -129,11 +191,13 @@ def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> Tra
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
+        scale = scaler.get_scale() if scaler is not None else None
         t0 = time.perf_counter()
-        loss = train_step(model, optimizer, x, y, cfg)
+        loss = train_step(model, optimizer, x, y, cfg, scaler)
         synchronize(device)
         dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        result.history.append(StepRecord(step, loss.item(), dt, tokens / dt, peak))
+        skipped = scaler is not None and scaler.get_scale() < scale   # the scale backs off only on a skip
+        result.history.append(StepRecord(step, loss.item(), dt, tokens / dt, peak, scale, skipped))
         bar.set_postfix(loss=f"{result.history[-1].loss:.3f}")
     return result
