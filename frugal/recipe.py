@@ -214,7 +214,8 @@ def train_step_fits_gpu(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int, 
         raise ValueError(f"budget {budget_bytes / 1e9:.1f} GB is more than this GPU's {total / 1e9:.1f} GB: "
                          f"verify on a larger GPU or lower the budget")
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(budget_bytes / total, device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(budget_bytes / total, index)
     torch.cuda.reset_peak_memory_stats(device)
     model = opt = None
     try:
@@ -230,7 +231,7 @@ def train_step_fits_gpu(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int, 
     finally:
         del model, opt
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def counted_training_bytes(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int) -> int:

@@ -47,9 +47,21 @@ class _Hold(torch.autograd.Function):
         return (None,) * len(ctx.needs_input_grad)
 
 
-def _hold(tensors: list[torch.Tensor]):
-    """The autograd node holding `tensors`; its .saved_tensors gives them back (through the outer hooks)."""
-    return _Hold.apply(torch.empty(0, requires_grad=True), *tensors).grad_fn
+class _Held:
+    """A _Hold node kept alive through its output: some torch releases (2.11) free a node's saved
+    tensors once its outputs are gone, so the output is held too."""
+
+    def __init__(self, out: torch.Tensor):
+        self.out = out
+
+    @property
+    def saved_tensors(self):
+        return self.out.grad_fn.saved_tensors
+
+
+def _hold(tensors: list[torch.Tensor]) -> _Held:
+    """Tensors held in an autograd node; .saved_tensors gives them back (through the outer hooks)."""
+    return _Held(_Hold.apply(torch.empty(0, requires_grad=True), *tensors))
 
 
 def _storage(t: torch.Tensor) -> int | None:
