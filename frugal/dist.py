@@ -81,6 +81,7 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: f
 
 
 def _reap(procs: list) -> None:
+    procs = [p for p in procs if p.pid is not None]   # never started: nothing to reap
     for p in procs:
         if p.is_alive():
             p.terminate()
@@ -128,7 +129,8 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                         rank, status, payload = results.get_nowait()
                     except queue_mod.Empty:
                         raise RankError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without "
-                                        f"reporting (killed, or out of memory?)") from None
+                                        f"reporting (killed, out of memory, or a script calling launch "
+                                        f"outside `if __name__ == '__main__':`?)") from None
                 elif t_end is not None and time.monotonic() > t_end:
                     missing = [r for r in range(world_size) if r not in out]
                     raise RankTimeout(f"rank(s) {missing} did not finish within deadline={deadline}s: a rank is "
