@@ -316,3 +316,44 @@ def check_against_reference(rank: int, world_size: int, steps: int = 3, bucket_c
         out["vs_ddp"][(flavour, accumulate)] = max((p - q).abs().max().item()
                                                    for p, q in zip(params, final[("ddp", accumulate)]))
     return out
+
+
+def benchmark_rank(rank: int, world_size: int, preset_name: str, flavours: list[str], batch_per_rank: int,
+                   seq_len: int, steps: int, warmup: int, bucket_cap_mb: float = 25.0, bf16: bool = False) -> list[dict]:
+    """Median global tokens/s of each flavour ('none' = no wrapper) on synthetic tokens; bf16 autocast
+    on a GPU. Each flavour gets a fresh model from the same seed."""
+    from frugal.measure import synchronize
+    from frugal.model import TinyGPT, preset
+    from frugal.data import synthetic_batch
+    _cpu_threads(world_size)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    cfg = preset(preset_name)
+    gen = torch.Generator().manual_seed(rank)
+    x, y = synthetic_batch(cfg.vocab_size, batch_per_rank, seq_len, gen, device)
+    rows = []
+    for flavour in flavours:
+        torch.manual_seed(0)
+        model = TinyGPT(cfg).to(device)
+        dp = model if flavour == "none" else wrap(model, flavour, bucket_cap_mb)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        times = []
+        for i in range(warmup + steps):
+            synchronize(device)
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                _, loss = dp(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        slowest, _ = _max_and_mean(times, device)
+        med = float(torch.tensor(slowest).median())
+        rows.append({"flavour": flavour, "world_size": world_size, "model": preset_name,
+                     "batch_per_rank": batch_per_rank, "seq": seq_len, "bf16": bf16, "step_ms": med * 1e3,
+                     "tokens_per_s": world_size * batch_per_rank * seq_len / med})
+        del dp, model, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
