@@ -144,16 +144,17 @@ def overlap_timeline(timeline: list[tuple], backward_end_s: float,
     from launch to done (timeline rows: (bucket, launched_s, done_s, bytes), as DataParallelBucket keeps)."""
     fig, ax = _figure(6.4, 1.2 + 0.3 * len(timeline))
     ax.barh(0, backward_end_s * 1e3, left=0, color="#55A868", label="backward (compute)")
-    for b, t0, t1, nbytes in timeline:
-        ax.barh(1 + b, (t1 - t0) * 1e3, left=t0 * 1e3, color="#DD8452",
-                label="all-reduce (communication)" if b == 0 else None)
-        ax.text(t1 * 1e3, 1 + b, f" {human_bytes(nbytes)}", va="center", fontsize=7)
+    for i, (b, t0, t1, nbytes) in enumerate(timeline, start=1):
+        ax.barh(i, (t1 - t0) * 1e3, left=t0 * 1e3, color="#DD8452",
+                label="all-reduce (communication)" if i == 1 else None)
+        ax.text(t1 * 1e3, i, f" {human_bytes(nbytes)}", va="center", fontsize=7)
     ax.axvline(backward_end_s * 1e3, color="grey", ls="--", lw=1)
     ax.set_yticks(range(len(timeline) + 1), ["compute"] + [f"bucket {t[0]}" for t in timeline], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("ms after forward")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.margins(x=0.15)
     return fig
 
 

@@ -96,3 +96,16 @@ def test_bad_input_names_the_fix():
         C.ring_all_reduce(torch.ones(4))
     with pytest.raises(ValueError, match="world_size"):
         C.chunk_bounds(4, 0)
+
+
+def test_lesson_plots_draw():
+    """The lesson's figures render from the data the collectives produce."""
+    from frugal import plots
+    n = 3
+    log = [(ph, s, r, (r + 1) % n, send, 0) for r in range(n) for ph, s, send, _ in C.ring_schedule(r, n)]
+    fig = plots.ring_steps(C.replay_ring(log, n))
+    assert len(fig.axes) == 2 * (n - 1) + 1
+    fig = plots.bytes_per_rank({"ring": [8, 8, 8]}, {"ring": [8.0] * 3})
+    assert len(fig.axes) == 1
+    rows = [{"algorithm": a, "busbw_GBps": v} for a, v in (("ring", 1.0), ("nccl", 2.0))]
+    assert len(plots.bus_bandwidth(rows).axes[0].patches) == 2

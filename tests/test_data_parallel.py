@@ -90,3 +90,12 @@ def test_bad_input_names_the_fix():
         D.DataParallelNaive("not a model")
     with pytest.raises(ValueError, match="module"):              # a notebook-defined worker is refused
         launch(lambda rank, world: rank, 2)
+
+
+def test_lesson_plots_draw():
+    from frugal import plots
+    timeline = [(0, 0.001, 0.004, 1024), (1, 0.002, 0.006, 2048)]
+    fig = plots.overlap_timeline(timeline, 0.005)
+    assert len(fig.axes[0].patches) == 3                       # compute + one bar per bucket
+    fig = plots.scaling({"ddp": {1: 100.0, 2: 190.0}, "bucket": {1: 100.0, 2: 185.0}}, ideal_from="ddp")
+    assert len(fig.axes[0].lines) == 3                         # two flavours + the ideal
