@@ -167,16 +167,19 @@ def bench_data_parallel(ctx: BenchContext) -> dict:
         r["scaling_efficiency"] = r["tokens_per_s"] / (r["world_size"] * one[r["flavour"]])
         ddp = next(q for q in rows if q["flavour"] == "ddp" and q["world_size"] == r["world_size"])
         r["vs_ddp"] = r["tokens_per_s"] / ddp["tokens_per_s"]
-    bw_rows = launch(collectives.benchmark_all_reduce, n_max, nbytes, repeats, 3, backend=backend, timeout=300)[0]
-    nccl = next(r for r in bw_rows if r["algorithm"] == "dist.all_reduce")["busbw_GBps"]
-    for r in bw_rows:
-        r["vs_dist_all_reduce"] = r["busbw_GBps"] / nccl
+    bw_rows = []
+    if n_max > 1:                                  # one rank sends nothing: no bandwidth to measure
+        bw_rows = launch(collectives.benchmark_all_reduce, n_max, nbytes, repeats, 3, backend=backend,
+                         timeout=300)[0]
+        ref = next(r for r in bw_rows if r["algorithm"] == "dist.all_reduce")["busbw_GBps"]
+        for r in bw_rows:
+            r["vs_dist_all_reduce"] = r["busbw_GBps"] / ref
     by_flavour = {f: {r["world_size"]: r["tokens_per_s"] for r in rows if r["flavour"] == f} for f in flavours[1:]}
     hw = dev.gpu_name() if on_gpu else "CPU, gloo"
     figs = {"scaling": plots.scaling(by_flavour, title=f"{name}, {batch}x{seq} tokens per rank, {hw}",
                                      ideal_from="ddp"),
-            "busbw": plots.bus_bandwidth(bw_rows, title=f"All-reduce of {nbytes / 2 ** 20:g} MiB on {n_max} "
-                                                       f"ranks, {hw}")}
+            **({"busbw": plots.bus_bandwidth(bw_rows, title=f"All-reduce of {nbytes / 2 ** 20:g} MiB on {n_max} "
+                                                          f"ranks, {hw}")} if bw_rows else {})}
     return {"rows": rows + bw_rows, "figures": figs}
 
 
