@@ -331,6 +331,50 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
 
+@section("data_parallel")
+def bench_data_parallel(ctx: BenchContext) -> dict:
+    """tokens/s against ranks for torch DDP, DataParallelNaive and DataParallelBucket (one GPU per rank,
+    NCCL; 2 gloo ranks on CPU), and all-reduce bus bandwidth of our ring, our naive one and NCCL's."""
+    from frugal import collectives, data_parallel, plots
+    from frugal.dist import launch
+
+    on_gpu = ctx.device.type == "cuda"
+    n_max = dev.gpu_count() if on_gpu else 2
+    backend = "nccl" if on_gpu else "gloo"
+    if on_gpu:
+        name, batch, seq, steps, warmup, bf16 = "gpt2-small", 8, 1024, (5 if ctx.quick else 20), 5, True
+        nbytes, repeats = (2 ** 24 if ctx.quick else 256 * 2 ** 20), (5 if ctx.quick else 20)
+    else:
+        name, batch, seq, steps, warmup, bf16 = "tiny", 4, 64, (4 if ctx.quick else 20), 2, False
+        nbytes, repeats = (2 ** 20 if ctx.quick else 2 ** 24), (3 if ctx.quick else 10)
+    flavours = ["none", "ddp", "naive", "bucket"]
+    worlds = sorted({1, *[2 ** k for k in range(1, 8) if 2 ** k <= n_max], n_max})
+    rows = []
+    for n in worlds:
+        flv = flavours if n == 1 else flavours[1:]
+        rows += launch(data_parallel.benchmark_rank, n, name, flv, batch, seq, steps, warmup, 25.0, bf16,
+                       backend=backend, timeout=300)[0]
+    one = {r["flavour"]: r["tokens_per_s"] for r in rows if r["world_size"] == 1}
+    for r in rows:
+        r["scaling_efficiency"] = r["tokens_per_s"] / (r["world_size"] * one[r["flavour"]])
+        ddp = next(q for q in rows if q["flavour"] == "ddp" and q["world_size"] == r["world_size"])
+        r["vs_ddp"] = r["tokens_per_s"] / ddp["tokens_per_s"]
+    bw_rows = []
+    if n_max > 1:                                  # one rank sends nothing: no bandwidth to measure
+        bw_rows = launch(collectives.benchmark_all_reduce, n_max, nbytes, repeats, 3, backend=backend,
+                         timeout=300)[0]
+        ref = next(r for r in bw_rows if r["algorithm"] == "dist.all_reduce")["busbw_GBps"]
+        for r in bw_rows:
+            r["vs_dist_all_reduce"] = r["busbw_GBps"] / ref
+    by_flavour = {f: {r["world_size"]: r["tokens_per_s"] for r in rows if r["flavour"] == f} for f in flavours[1:]}
+    hw = dev.gpu_name() if on_gpu else "CPU, gloo"
+    figs = {"scaling": plots.scaling(by_flavour, title=f"{name}, {batch}x{seq} tokens per rank, {hw}",
+                                     ideal_from="ddp"),
+            **({"busbw": plots.bus_bandwidth(bw_rows, title=f"All-reduce of {nbytes / 2 ** 20:g} MiB on {n_max} "
+                                                          f"ranks, {hw}")} if bw_rows else {})}
+    return {"rows": rows + bw_rows, "figures": figs}
+
+
 
 # ----------------------------------------------------------------------------- lesson 04: sharding
 

@@ -251,6 +251,100 @@ def largest_batch_bars(batches: dict[str, int], title: str = "Largest batch that
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
 
+def ring_steps(states: list, titles: list[str] | None = None,
+               title: str = "Ring all-reduce: whose data each chunk holds") -> Figure:
+    """One panel per step of collectives.replay_ring: rows are ranks, columns chunks, the colour and
+    the label say which ranks' data a chunk has summed (full sum = darkest)."""
+    import numpy as np
+    n = len(states[0])
+    fig, axes = _figure(1.9 * len(states) + 0.6, 2.2, ncols=len(states))
+    axes = np.atleast_1d(axes)
+    for t, (ax, state) in enumerate(zip(axes, states)):
+        grid = np.array([[len(cell) for cell in row] for row in state])
+        ax.imshow(grid, cmap="Blues", vmin=0, vmax=n + 0.5)
+        for r in range(n):
+            for c in range(n):
+                ax.text(c, r, "".join(str(i) for i in sorted(state[r][c])), ha="center", va="center",
+                        fontsize=8, color="white" if grid[r, c] == n else "black")
+        ax.set_xticks(range(n), [f"c{c}" for c in range(n)], fontsize=7)
+        ax.set_yticks(range(n), [f"rank {r}" for r in range(n)] if t == 0 else [], fontsize=7)
+        ax.set_title(titles[t] if titles else f"step {t}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def bytes_per_rank(measured: dict[str, list[float]], predicted: dict[str, list[float]],
+                   title: str = "Bytes sent per rank by one all-reduce") -> Figure:
+    """Grouped bars of bytes each rank sent, per algorithm, with the formula's value as a black tick."""
+    fig, ax = _figure()
+    names = list(measured)
+    n = len(next(iter(measured.values())))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [r + (k - (len(names) - 1) / 2) * width for r in range(n)]
+        ax.bar(xs, measured[name], width, label=f"{name} (counted)")
+        ax.scatter(xs, predicted[name], marker="_", s=400, color="black",
+                   label="formula" if k == 0 else None, zorder=3)
+    ax.set_xticks(range(n), [f"rank {r}" for r in range(n)])
+    ax.set_ylabel("bytes sent")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def overlap_timeline(timeline: list[tuple], backward_end_s: float,
+                     title: str = "Backward compute and bucket all-reduces") -> Figure:
+    """Gantt of one backward: compute from 0 to backward_end_s, then one bar per bucket's all-reduce
+    from launch to done (timeline rows: (bucket, launched_s, done_s, bytes), as DataParallelBucket keeps)."""
+    fig, ax = _figure(6.4, 1.2 + 0.3 * len(timeline))
+    ax.barh(0, backward_end_s * 1e3, left=0, color="#55A868", label="backward (compute)")
+    for i, (b, t0, t1, nbytes) in enumerate(timeline, start=1):
+        ax.barh(i, (t1 - t0) * 1e3, left=t0 * 1e3, color="#DD8452",
+                label="all-reduce (communication)" if i == 1 else None)
+        ax.text(t1 * 1e3, i, f" {human_bytes(nbytes)}", va="center", fontsize=7)
+    ax.axvline(backward_end_s * 1e3, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(timeline) + 1), ["compute"] + [f"bucket {t[0]}" for t in timeline], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms after forward")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.margins(x=0.15)
+    return fig
+
+
+def scaling(tokens_per_s: dict[str, dict[int, float]], title: str = "Data parallel scaling",
+            ideal_from: str | None = None) -> Figure:
+    """tokens/s against world size, one line per flavour, with the ideal N x (one rank) dashed."""
+    fig, ax = _figure()
+    for name, by_n in tokens_per_s.items():
+        ns = sorted(by_n)
+        ax.plot(ns, [by_n[n] for n in ns], marker="o", label=name)
+    base_name = ideal_from or next(iter(tokens_per_s))
+    base = tokens_per_s[base_name]
+    if 1 in base:
+        ns = sorted({n for by_n in tokens_per_s.values() for n in by_n})
+        ax.plot(ns, [base[1] * n for n in ns], ls="--", color="grey", label=f"ideal ({base_name} x N)")
+    ax.set_xlabel("ranks (world size)")
+    ax.set_ylabel("tokens / s")
+    ax.set_xticks(sorted({n for by_n in tokens_per_s.values() for n in by_n}))
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def bus_bandwidth(rows: list[dict], title: str = "All-reduce bus bandwidth") -> Figure:
+    """Bars of busbw (GB/s) per algorithm, from collectives.benchmark_all_reduce rows."""
+    fig, ax = _figure(5.5, 3.5)
+    names = [r["algorithm"] for r in rows]
+    values = [r["busbw_GBps"] for r in rows]
+    ax.bar(names, values, color=["#4C72B0", "#C44E52", "#55A868"][: len(rows)])
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("bus bandwidth, GB/s  (S/t x 2(n-1)/n)")
+    ax.set_title(title)
+    return fig
+
+
 
 # ----------------------------------------------------------------------------- lesson 04: sharding
 

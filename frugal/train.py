@@ -38,6 +38,9 @@ class TrainConfig:
     progress: bool = True           # show a tqdm progress bar
     fused_cross_entropy: bool = False  # lesson 06: chunked output projection + loss (frugal.kernels), no full logits
     recompute: str = "none"         # activation checkpointing (lesson 02): none | all | every:K | first:K | selective | sqrt
+    world_size: int = 1             # data-parallel ranks (lesson 03); batch_size stays the global batch, split evenly
+    data_parallel: str = "bucket"   # with world_size > 1: 'naive', 'bucket' (frugal.data_parallel) or 'ddp' (torch's)
+    bucket_cap_mb: float = 25.0     # gradient bucket size of 'bucket' and 'ddp', MiB
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
@@ -48,6 +51,13 @@ class TrainConfig:
         if self.data not in ("corpus", "synthetic"):
             raise ValueError(f"TrainConfig.data={self.data!r}: pick 'corpus' or 'synthetic'")
         recompute.from_spec(self.recompute)   # raises ValueError naming the valid policies
+        if not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ValueError(f"TrainConfig.world_size={self.world_size!r}: must be a positive integer")
+        if self.batch_size % self.world_size:
+            raise ValueError(f"world_size={self.world_size} does not divide batch {self.batch_size}: pick a batch "
+                             f"that is a multiple of {self.world_size} (each rank gets batch_size / world_size)")
+        if self.data_parallel not in ("naive", "bucket", "ddp"):
+            raise ValueError(f"TrainConfig.data_parallel={self.data_parallel!r}: pick 'naive', 'bucket' or 'ddp'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
         if not self.loss_divisor > 0:
@@ -88,13 +98,23 @@ class TrainResult:
                 "config": asdict(self.config)}
 
 
-def batch_fn(cfg: TrainConfig, vocab_size: int, device: torch.device) -> Callable[[], tuple]:
-    """A function returning the next (x, y) batch, seeded by cfg.seed."""
+def batch_fn(cfg: TrainConfig, vocab_size: int, device: torch.device, rank: int = 0) -> Callable[[], tuple]:
+    """A function returning the next (x, y) batch, seeded by cfg.seed; with world_size > 1, rank's shard
+    (rows rank*b to (rank+1)*b, b = batch_size / world_size) of the same global batch every rank draws."""
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.data == "synthetic":
-        return lambda: data.synthetic_batch(vocab_size, cfg.batch_size, cfg.seq_len, gen, device)
-    tokens, _ = data.split(data.corpus_tokens())
-    return lambda: data.get_batch(tokens, cfg.batch_size, cfg.seq_len, gen, device)
+        draw = lambda: data.synthetic_batch(vocab_size, cfg.batch_size, cfg.seq_len, gen, device)
+    else:
+        tokens, _ = data.split(data.corpus_tokens())
+        draw = lambda: data.get_batch(tokens, cfg.batch_size, cfg.seq_len, gen, device)
+    if cfg.world_size == 1:
+        return draw
+    b = cfg.batch_size // cfg.world_size
+
+    def shard():
+        x, y = draw()                                                    # (B, T) global batch
+        return x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b]    # (B / world_size, T)
+    return shard
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -104,8 +124,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig):
-    """(model, optimizer, next_batch, device) ready to train; a TinyGPT passed in is trained in place."""
+def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, rank: int = 0):
+    """(model, optimizer, next_batch, device) ready to train; a TinyGPT passed in is trained in place.
+    rank picks the batch shard when cfg.world_size > 1."""
     device = pick_device(cfg.device)
     if isinstance(model_cfg, TinyGPT):
         model = model_cfg.to(device)
@@ -117,7 +138,7 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig):
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's block_size={model.cfg.block_size}: "
                          f"lower seq_len or raise GPTConfig.block_size")
     model.recompute = recompute.from_spec(cfg.recompute)
-    return model, make_optimizer(model, cfg), batch_fn(cfg, model.cfg.vocab_size, device), device
+    return model, make_optimizer(model, cfg), batch_fn(cfg, model.cfg.vocab_size, device, rank), device
 
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -183,6 +204,9 @@ def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor
 def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> TrainResult:
     """Train for cfg.steps steps, recording loss, time and memory of each step."""
     cfg = cfg or TrainConfig()
+    if cfg.world_size > 1:                       # lesson 03: cfg.world_size ranks, each on its shard
+        from frugal.data_parallel import train_data_parallel
+        return train_data_parallel(model_cfg, cfg)
     model, optimizer, next_batch, device = build(model_cfg, cfg)
     scaler = make_scaler(cfg, device)
     model.train()

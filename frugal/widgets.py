@@ -222,6 +222,35 @@ def largest_batch_explorer(cfg, seq: int = 1024, gpu: str = "H100", n_params: fl
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
 
+def data_parallel_trainer(model_cfg, steps: int = 15, batch_size: int = 8) -> W.Widget:
+    """World size, flavour and bucket size in; ranks really launched (train()), loss against the
+    single-process run on the same global batch, and the last backward's bucket timeline out."""
+    from frugal.train import TrainConfig, train
+    single_cache: dict = {}
+
+    controls = {
+        "world_size": W.Dropdown(options=[1, 2, 4], value=2, description="ranks"),
+        "flavour": W.Dropdown(options=["naive", "bucket", "ddp"], value="bucket", description="flavour"),
+        "bucket_cap_mb": _log_slider("bucket MiB", 0.05, 0.005, 25),
+    }
+
+    def draw(world_size, flavour, bucket_cap_mb):
+        kw = dict(steps=steps, batch_size=batch_size, seq_len=32, progress=False)
+        if "loss" not in single_cache:
+            single_cache["loss"] = train(model_cfg, TrainConfig(**kw)).column("loss")
+        run = train(model_cfg, TrainConfig(**kw, world_size=world_size, data_parallel=flavour,
+                                           bucket_cap_mb=bucket_cap_mb))
+        gap = max(abs(a - b) for a, b in zip(run.column("loss"), single_cache["loss"]))
+        print(f"{world_size} rank(s) x {batch_size // world_size} sequences, {flavour}: largest loss gap to "
+              f"single-process = {gap:.2e}")
+        display(plots.loss_curve({"1 process, whole batch": single_cache["loss"],
+                                  f"{world_size} ranks, {flavour}": run.column("loss")}))
+        if getattr(run, "timeline", None):
+            display(plots.overlap_timeline(run.timeline, run.backward_end_s))
+
+    return _dashboard(controls, draw, columns=3)
+
+
 
 # ----------------------------------------------------------------------------- lesson 04: sharding
 
