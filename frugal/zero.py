@@ -107,7 +107,8 @@ class ZeroDataParallel(nn.Module):
     zero.clip_grad_norm_(1.0); zero.step(); zero.zero_grad(). Call it on every rank (inside frugal.dist.launch):
     the model must start identical on all ranks. param_dtype=torch.bfloat16 (or float16) computes with 16-bit
     copies of the weights and keeps an fp32 master shard. units: the modules gathered one at a time in
-    stage 3 (default: model.blocks); parameters outside them form the root unit.
+    stage 3 (default: model.blocks; stages 1-2 reduce unit by unit); the other parameters form the root unit.
+    With recompute, make each checkpointed module a unit, so its recomputed forward gathers it again.
     """
 
     def __init__(self, model: nn.Module, stage: int, optimizer_cls=torch.optim.AdamW,
@@ -135,7 +136,7 @@ class ZeroDataParallel(nn.Module):
             raise ValueError(f"the model has {n_total} parameters but world_size={self.world_size}: every rank "
                              f"must own at least one; use fewer ranks or a larger model")
         device = params[0].device
-        self.units = self._find_units(model, units)
+        self.units = self._find_units(model, units, required=stage == 3)
         # unit 0 is the root (what no unit owns); unit i+1 is self.units[i]
         owned: list[list[nn.Parameter]] = []
         seen: set[int] = set()
@@ -196,10 +197,13 @@ class ZeroDataParallel(nn.Module):
         self._reduced = False
 
     @staticmethod
-    def _find_units(model: nn.Module, units):
+    def _find_units(model: nn.Module, units, required: bool):
+        """The units to shard one by one: given, else model.blocks; stages 1-2 may do with the root alone."""
         if units is None:
             units = getattr(model, "blocks", None)
             if not isinstance(units, (nn.ModuleList, nn.Sequential)) or len(units) == 0:
+                if not required:
+                    return []
                 raise ValueError(f"{type(model).__name__} has no `blocks` list to shard unit by unit: pass "
                                  f"units=[...] (the modules to gather one at a time, e.g. its layers)")
         units = list(units)
@@ -485,6 +489,8 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if dist.get_backend() == "nccl" \
         else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(1)        # gloo ranks share the CPU's cores: one thread each, no oversubscription
     if run.memory_fraction is not None and device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(run.memory_fraction, device)
     cfg = preset(run.model)
