@@ -455,6 +455,7 @@ class ZeroRun:
     dtype: str = "fp32"             # compute copies: 'fp32', or 'bf16'/'fp16' with fp32 master weights
     recompute: bool = False         # checkpoint every block (torch.utils.checkpoint, non-reentrant)
     seed: int = 0                   # same weights on every rank; batches differ by rank
+    data: str = "synthetic"         # 'synthetic' (random tokens) or 'corpus' (the shipped text: loss falls)
     warmup: int = 1                 # steps left out of the timing median
     memory_fraction: float | None = None  # CUDA only: cap this process's memory (emulates a smaller GPU)
     return_params: bool = False     # return every parameter, whole, in fp32 (tests compare them)
@@ -462,6 +463,8 @@ class ZeroRun:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"ZeroRun.mode={self.mode!r}: pick one of {MODES}")
+        if self.data not in ("synthetic", "corpus"):
+            raise ValueError(f"ZeroRun.data={self.data!r}: pick 'synthetic' or 'corpus'")
         if self.dtype not in DTYPES:
             raise ValueError(f"ZeroRun.dtype={self.dtype!r}: pick one of {tuple(DTYPES)}")
 
@@ -483,7 +486,7 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
     loss of each step over all ranks, step times, peak CUDA memory, counted state bytes and bytes sent."""
     import statistics
     import time
-    from frugal.data import synthetic_batch
+    from frugal.data import corpus_tokens, get_batch, split, synthetic_batch
     from frugal.measure import synchronize
     from frugal.model import TinyGPT, preset
 
@@ -502,7 +505,12 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
             model.blocks[i] = _Recompute(block)
     dtype = DTYPES[run.dtype]
     gen = torch.Generator().manual_seed(run.seed * 1000 + rank)
-    batches = [synthetic_batch(cfg.vocab_size, run.batch_size, run.seq_len, gen, device) for _ in range(run.steps)]
+    if run.data == "corpus":
+        tokens = split(corpus_tokens())[0]
+        batches = [get_batch(tokens, run.batch_size, run.seq_len, gen, device) for _ in range(run.steps)]
+    else:
+        batches = [synthetic_batch(cfg.vocab_size, run.batch_size, run.seq_len, gen, device)
+                   for _ in range(run.steps)]
     comm = CommCounter(world_size)
     autocast = nullcontext()
     if run.mode.startswith("zero"):
@@ -585,3 +593,15 @@ def _state_bytes(net, model: nn.Module, opt) -> dict[str, int] | None:
             "gradients": sum(local(p.grad).nbytes for p in ps if p.grad is not None),
             "optimizer": sum(local(t).nbytes for st in opt.state.values() for t in st.values()
                              if torch.is_tensor(t) and t.dim() > 0)}
+
+
+def run_many(rank: int, world_size: int, runs: dict[str, ZeroRun]) -> dict[str, dict]:
+    """run_rank for each named run, one after the other in one launch (spawning ranks costs seconds).
+    A run that raises (torch FSDP where this torch lacks it, say) reports {'error': ...} and the rest go on."""
+    out = {}
+    for name, run in runs.items():
+        try:
+            out[name] = run_rank(rank, world_size, run)
+        except Exception as e:  # noqa: BLE001 - every rank raises alike: report it, keep the others
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    return out
