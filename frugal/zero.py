@@ -180,6 +180,8 @@ class ZeroDataParallel(nn.Module):
                 for m, name in [mn for w in self._where[u] for mn in w]:
                     del m._parameters[name]
                     setattr(m, name, None)                 # filled with a gathered view just before use
+                for p in ps:
+                    p.data = torch.empty(0, dtype=p.dtype, device=device)   # free the whole weights
             del full
         self.optimizer = optimizer_cls(self.master, **optim_kwargs)
         self._hooks = []
@@ -569,8 +571,8 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
            "state_bytes": state_bytes, "comm_bytes_per_step": comm.total / run.steps,
            "n_params": sum(p.numel() for p in TinyGPT(cfg).parameters()) if run.return_params else None}
     if run.return_params:
-        out["params"] = (net.full_parameters() if run.mode.startswith("zero")
-                         else {k: v.detach().float().cpu().clone() for k, v in _plain_params(model).items()})
+        params = net.full_parameters() if run.mode.startswith("zero") else _plain_params(model)
+        out["params"] = {k: v.detach().float().cpu().clone() for k, v in params.items()}
     return out
 
 

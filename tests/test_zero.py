@@ -157,3 +157,13 @@ def test_estimates_of_comm_and_largest_model():
     assert estimate.estimate_max_params(80, 1, 8) == pytest.approx(80e9 / (4 + 12 / 8))
     with pytest.raises(ValueError, match="zero_stage"):
         estimate.estimate_zero_comm_bytes(1e9, 5, 2)
+
+
+@pytest.mark.gpu
+def test_stages_match_ddp_on_nccl():
+    """The same check on 2 GPUs with NCCL (its reduce-scatter is native): fp32, TF32 left as torch's default."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs for NCCL ranks")
+    eq = launch(w.equivalence, 2, False, backend="nccl", timeout=120)[0]
+    for stage in STAGES:
+        assert _max_diff(eq[stage]["params"], eq["ddp"]["params"]) < 1e-4, stage
