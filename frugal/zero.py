@@ -258,7 +258,9 @@ class ZeroDataParallel(nn.Module):
         g = self._reduce_scatter(flat)
         self.grad_shard[u] = g if self.grad_shard[u] is None else self.grad_shard[u] + g
         for p in ps:
-            p.grad = None                                  # stage 2: keep only the shard's gradients
+            p.grad = None                                  # keep only the shard's gradients
+        if self.stage == 2:
+            self._pending[u] = len(ps)                     # ready for the next backward (or micro-batch)
 
     def reduce_gradients(self) -> None:
         """Stages 1-2: make sure every unit's gradient is reduce-scattered into this rank's shard."""
@@ -267,8 +269,6 @@ class ZeroDataParallel(nn.Module):
         for u in range(len(self.layouts)):
             if self.stage == 1 or any(p.grad is not None for p in self.unit_params[u]):
                 self._reduce_unit(u)
-        if self.stage == 2:
-            self._pending = [len(ps) for ps in self.unit_params]
         self._reduced = True
 
     # ------------------------------------------------------------------ stage 3: gather, free, regather
@@ -360,7 +360,7 @@ class ZeroDataParallel(nn.Module):
         self._reduced = False
 
     # ------------------------------------------------------------------ serialization
-    def state_dict(self) -> dict:  # noqa: D102 - the sharded optimizer's state, this rank's part
+    def state_dict(self) -> dict:
         """This rank's shard of the training state: fp32 master weights and the optimizer's state for them."""
         return {"stage": self.stage, "rank": self.rank, "world_size": self.world_size,
                 "numels": [lay.numel for lay in self.layouts],

@@ -167,3 +167,13 @@ def test_stages_match_ddp_on_nccl():
     eq = launch(w.equivalence, 2, False, backend="nccl", timeout=120)[0]
     for stage in STAGES:
         assert _max_diff(eq[stage]["params"], eq["ddp"]["params"]) < 1e-4, stage
+
+
+def test_lesson_figures_and_widgets_build():
+    from matplotlib.figure import Figure
+    from frugal import plots, widgets
+    pred = {"DP": {"weights": 4.0, "gradients": 4.0, "optimizer": 8.0}, "stage 3": {"weights": 2.0}}
+    assert isinstance(plots.sharding_memory_bars(pred, pred), Figure)
+    assert isinstance(plots.comm_volume_bars({"DP": 2.0, "stage 3": 3.0}, {"DP": 2.0, "stage 3": 3.0}), Figure)
+    assert isinstance(plots.max_model_bars({"DP": 5e9, "stage 3": 4e10}, 80, 8), Figure)
+    assert widgets.sharding_explorer() is not None and widgets.sharding_live(lambda n, m: None) is not None
