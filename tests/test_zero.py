@@ -57,6 +57,14 @@ def test_stage3_with_recompute_is_stage3(two):
     assert all(torch.equal(v, b[k.replace(".block.", ".")]) for k, v in a.items())
 
 
+def test_stage3_gathers_one_unit_at_a_time_and_frees_it(two):
+    for r in range(2):
+        f = two[r]["freeing"]
+        assert f["live_in_forward"] == [2, 2]                  # the root unit and this block, never more
+        assert f["after_forward"] == {"live": 0, "weight": None, "wte": None}
+        assert f["regathered_after_backward"] == 0 and all(f["grads"])
+
+
 def test_bf16_compute_copies_track_fp32(two):
     """bf16 weights/gradients with an fp32 master: losses within 1e-2 of fp32 DDP's (bf16 keeps 8 bits of
     mantissa, ~4e-3 relative per rounding) and the 2 + 2 + 12 bytes-per-parameter split."""

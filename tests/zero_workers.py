@@ -65,6 +65,23 @@ def roundtrip(rank, world_size):
     return out
 
 
+def freeing(rank, world_size):
+    """Stage 3 holds at most the root and one block gathered in forward, drops them after, and frees every
+    unit gathered again for backward once the backward is done."""
+    torch.manual_seed(0)
+    model = TinyGPT(preset("tiny"))
+    zero = ZeroDataParallel(model, 3, lr=3e-3)
+    live = []
+    for block in model.blocks:                       # runs after zero's own pre-hook has gathered the block
+        block.register_forward_pre_hook(lambda m, a: live.append(len(zero._live)))
+    x, y = synthetic_batch(256, 2, 16, torch.Generator().manual_seed(rank))
+    _, loss = zero(x, y)
+    after_forward = {"live": len(zero._live), "weight": model.blocks[0].attn.c_attn.weight, "wte": model.wte.weight}
+    loss.backward()
+    return {"live_in_forward": live, "after_forward": after_forward, "regathered_after_backward": len(zero._regathered),
+            "grads": [s.grad is not None for s in zero.shard]}
+
+
 def bad_inputs(rank, world_size):
     """Errors that need a process group: more ranks than parameters, a model with no units to find."""
     torch.set_num_threads(1)
@@ -89,4 +106,5 @@ def three_ranks(rank, world_size):
 
 
 def two_ranks(rank, world_size):
-    return {"equivalence": equivalence(rank, world_size, extra=True), "roundtrip": roundtrip(rank, world_size)}
+    return {"equivalence": equivalence(rank, world_size, extra=True), "roundtrip": roundtrip(rank, world_size),
+            "freeing": freeing(rank, world_size)}
