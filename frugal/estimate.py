@@ -288,6 +288,27 @@ def largest_batch(cfg, seq: int, budget_bytes: float, checkpointed: int = 0, sel
     return max(0, int((budget_bytes - state_bytes) // per_sequence))
 
 
+def estimate_zero_comm_bytes(n_params: float, zero_stage: int = 0, world_size: int = 2,
+                             bytes_per_value: int = 2) -> float:
+    """Bytes each rank sends per step with ring collectives: plain DP's all-reduce is a reduce-scatter plus
+    an all-gather, 2·Ψ·(N-1)/N values; stages 1 and 2 the same; stage 3 gathers the weights twice (forward
+    and backward) and reduce-scatters once, 3·Ψ·(N-1)/N: 1.5× (ZeRO paper, sec. 7.2-7.3)."""
+    _positive(n_params=n_params, world_size=world_size, bytes_per_value=bytes_per_value)
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage={zero_stage}: must be 0 (plain data parallel), 1, 2 or 3")
+    passes = 3 if zero_stage == 3 else 2
+    return passes * n_params * bytes_per_value * (world_size - 1) / world_size
+
+
+def estimate_max_params(memory_gb: float, zero_stage: int = 0, world_size: int = 1, precision: str = "mixed",
+                        optimizer: str = "adam", activation_bytes: float = 0.0) -> float:
+    """The largest model whose weights, gradients and optimizer states fit in memory_gb per rank
+    (after activation_bytes), inverting estimate_state_memory, which is linear in the parameter count."""
+    _positive(memory_gb=memory_gb)
+    per_param = estimate_state_memory(1.0, precision, optimizer, zero_stage, world_size).total
+    return max(memory_gb * GB - activation_bytes, 0.0) / per_param
+
+
 def fits(n_params: float, gpu: str, activation_bytes: float = 0.0, **state_kwargs) -> bool:
     """Does a training run fit in one GPU's memory: states (estimate_state_memory) plus activations?"""
     mem = estimate_state_memory(n_params, **state_kwargs)

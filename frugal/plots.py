@@ -348,6 +348,69 @@ def bus_bandwidth(rows: list[dict], title: str = "All-reduce bus bandwidth") -> 
 
 # ----------------------------------------------------------------------------- lesson 04: sharding
 
+def sharding_memory_bars(predicted: dict[str, dict[str, float]], measured: dict[str, dict[str, float]] | None = None,
+                         title: str = "Memory per rank", unit: float = 2 ** 20, unit_name: str = "MiB") -> Figure:
+    """For each plan (DP, stage 1-3): a stacked bar of the predicted bytes by kind, and beside it (hatched)
+    the measured or counted bytes, so prediction and observation stand side by side."""
+    fig, ax = _figure(7.0, 4.2)
+    names = list(predicted)
+    width = 0.38 if measured else 0.7
+    for j, (series, offset, hatch) in enumerate(((predicted, -width / 2 if measured else 0.0, None),
+                                                 (measured or {}, width / 2, "//"))):
+        if not series:
+            continue
+        bottoms = [0.0] * len(names)
+        xs = [i + offset for i in range(len(names))]
+        for kind, color in COLORS.items():
+            values = [series.get(n, {}).get(kind, 0.0) / unit for n in names]
+            ax.bar(xs, values, width, bottom=bottoms, color=color, hatch=hatch, edgecolor="white",
+                   label=kind if j == 0 else None)
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+        for x, b in zip(xs, bottoms):
+            ax.text(x, b, "pred." if j == 0 else "meas.", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(unit_name)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def comm_volume_bars(predicted: dict[str, float], counted: dict[str, float] | None = None,
+                     title: str = "Bytes each rank sends per step") -> Figure:
+    """Predicted (and counted) communication per step for each plan, labelled as a multiple of the first (DP)."""
+    fig, ax = _figure(6.4, 3.8)
+    names = list(predicted)
+    width = 0.38 if counted else 0.7
+    base = predicted[names[0]]
+    for series, offset, label, color in ((predicted, -width / 2 if counted else 0.0, "predicted", "#8172B3"),
+                                         (counted or {}, width / 2, "counted", "#937860")):
+        if not series:
+            continue
+        xs = [i + offset for i in range(len(names))]
+        values = [series.get(n, 0.0) / 2 ** 20 for n in names]
+        ax.bar(xs, values, width, label=label, color=color)
+        for x, n, v in zip(xs, names, values):
+            ax.text(x, v, f"{series.get(n, 0.0) / base:.2f}×", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("MiB per step")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def max_model_bars(max_params: dict[str, float], memory_gb: float, world_size: int) -> Figure:
+    """The largest model (parameters) whose training state fits memory_gb per rank, for each plan."""
+    fig, ax = _figure(6.4, 3.6)
+    names = list(max_params)
+    values = [max_params[n] / 1e9 for n in names]
+    ax.bar(names, values, color="#4C72B0")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.3g} B", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("parameters (billions)")
+    ax.set_title(f"Largest model that fits {memory_gb:g} GB per rank, {world_size} ranks")
+    return fig
+
+
 
 # ----------------------------------------------------------------------------- lesson 05: tensor and pipeline parallel
 
