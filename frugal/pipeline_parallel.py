@@ -78,12 +78,6 @@ def in_flight(actions: list[tuple[str, int]]) -> int:
     return peak
 
 
-def bubble_formula(n_stages: int, m: int) -> float:
-    """(p-1)/(m+p-1): the idle share of a pipelined step (GPipe sec. 2.2; Narayanan et al. 2021 sec. 2.2)."""
-    _check_m(m)
-    return (n_stages - 1) / (m + n_stages - 1)
-
-
 def simulate(schedule, n_stages: int, m: int, t_forward: float = 1.0, t_backward: float = 2.0) -> list[list[dict]]:
     """The ideal timeline of a schedule: each action starts when its stage is free and its input has arrived
     (free, instant communication). Same event format as a measured timeline."""
@@ -114,8 +108,8 @@ def simulate(schedule, n_stages: int, m: int, t_forward: float = 1.0, t_backward
     return timelines
 
 
-def bubble_fraction(timelines: list[list[dict]]) -> float:
-    """Measured bubble: per stage, idle time over the whole step's window (first start to last end), averaged."""
+def measure_bubble(timelines: list[list[dict]]) -> float:
+    """Measured bubble (estimate.pipeline_bubble_fraction predicts it): per stage, idle time over the whole step's window (first start to last end), averaged."""
     t0 = min(e["start"] for tl in timelines for e in tl)
     t1 = max(e["end"] for tl in timelines for e in tl)
     window = t1 - t0

@@ -169,7 +169,8 @@ class RowParallelLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
-def _check_cfg(cfg: GPTConfig, world_size: int) -> None:
+def check_config(cfg: GPTConfig, world_size: int) -> None:
+    """Refuse a config that cannot be split world_size ways: heads, MLP hidden size, dropout."""
     if cfg.dropout > 0:
         raise ValueError(f"dropout={cfg.dropout}: tensor-parallel ranks would draw different masks on the replicated "
                          f"activations (Megatron keeps a per-region RNG state for that); use dropout=0.0")
@@ -233,7 +234,7 @@ class TensorParallelBlock(nn.Module):
     def from_block(cls, block: nn.Module, cfg: GPTConfig, group=None, log: CommLog | None = None,
                    name: str = "block") -> "TensorParallelBlock":
         """This rank's share of a full frugal.model.Block (copied, so the full block stays untouched)."""
-        _check_cfg(cfg, _tp_world(group)[1])
+        check_config(cfg, _tp_world(group)[1])
         ln_1, ln_2 = (nn.LayerNorm(cfg.n_embd, bias=cfg.bias).to(block.ln_1.weight.device) for _ in range(2))
         ln_1.load_state_dict(block.ln_1.state_dict())
         ln_2.load_state_dict(block.ln_2.state_dict())
@@ -278,6 +279,7 @@ def tp_equivalence_rank(rank: int, world_size: int, cfg: GPTConfig, batch: int, 
     Returns per-module outputs, input gradients, this rank's parameter gradients and shapes, and the comm log,
     so the caller can compare them with the unsplit Block it builds from the same seed."""
     from frugal.model import Block
+    check_config(cfg, world_size)
     dev = _rank_device()
     torch.manual_seed(seed)
     full = Block(cfg).to(dev)
@@ -288,7 +290,6 @@ def tp_equivalence_rank(rank: int, world_size: int, cfg: GPTConfig, batch: int, 
         if what == "mlp":
             mod = TensorParallelMLP.from_mlp(full.mlp, log=log, name="mlp")
         elif what == "attn":
-            _check_cfg(cfg, world_size)
             mod = TensorParallelAttention.from_attention(full.attn, log=log, name="attn")
         else:
             mod = TensorParallelBlock.from_block(full, cfg, log=log)
