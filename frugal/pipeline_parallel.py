@@ -93,11 +93,13 @@ def simulate(schedule, n_stages: int, m: int, t_forward: float = 1.0, t_backward
             if nxt[s] == len(orders[s]):
                 continue
             kind, i = orders[s][nxt[s]]
-            dep = ("F", s - 1, i) if kind == "F" and s > 0 else ("B", s + 1, i) if kind == "B" and s < n_stages - 1 \
-                else None
-            if dep is not None and dep not in done:
+            if kind == "F":
+                deps = [("F", s - 1, i)] if s > 0 else []
+            else:                                   # its own forward, and the gradient from the next stage
+                deps = [("F", s, i)] + ([("B", s + 1, i)] if s < n_stages - 1 else [])
+            if any(d not in done for d in deps):
                 continue
-            start = max(free[s], done.get(dep, 0.0))
+            start = max([free[s]] + [done[d] for d in deps])
             end = start + (t_forward if kind == "F" else t_backward)
             timelines[s].append({"kind": kind, "mb": i, "start": start, "end": end})
             done[(kind, s, i)] = free[s] = end
