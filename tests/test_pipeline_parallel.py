@@ -46,6 +46,22 @@ def test_loss_and_gradients_equal_single_process(runs, reference, schedule, m):
     assert len(run["grads"]["wte.weight"]) == 2
 
 
+@pytest.mark.slow
+def test_three_stages_with_a_middle_stage(reference):
+    """A middle stage receives and sends in both directions, which 2 stages never exercise."""
+    runs = [("gpipe", 2), ("1f1b", 2), ("gpipe", 4), ("1f1b", 4)]
+    out = pp.gather_runs(launch(pp.pipeline_rank, 3, CFG, BATCH, SEQ, runs, SEED, 1, True, 1,
+                                backend="gloo", timeout=60))
+    loss, grads = reference
+    for run in out:
+        assert run["loss"] == pytest.approx(loss, rel=RTOL)
+        for name, per_stage in run["grads"].items():
+            for g in per_stage:
+                torch.testing.assert_close(g, grads[name], atol=ATOL, rtol=RTOL)
+        m = run["m"]
+        assert run["in_flight"] == ([m] * 3 if run["schedule"] == "gpipe" else [min(3, m), min(2, m), 1])
+
+
 @pytest.mark.parametrize("m", MS)
 def test_1f1b_holds_fewer_micro_batches_than_gpipe(runs, m):
     g, f = runs[("gpipe", m)], runs[("1f1b", m)]
