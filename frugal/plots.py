@@ -163,7 +163,8 @@ def activation_per_stage(values: dict[str, list[float]], ylabel: str = "saved ac
 
 def rank_grid(dp: int, tp: int, pp: int) -> Figure:
     """The dp x tp x pp ranks as boxes: one panel per data-parallel replica, a column per pipeline stage,
-    a row per tensor-parallel shard; global rank = (dp_rank * pp + stage) * tp + tp_rank (tp innermost)."""
+    a row per tensor-parallel shard; rank = (stage * dp + dp_rank) * tp + tp_rank, Megatron's order (tp innermost,
+    so a layer's shards share a server's NVLink; pipeline outermost)."""
     shown = min(dp, 4)
     fig, axes = plt.subplots(1, shown, figsize=(min(2.0 + 1.1 * pp * shown, 12), 0.9 + 0.5 * tp),
                              layout="constrained", squeeze=False)
@@ -171,7 +172,7 @@ def rank_grid(dp: int, tp: int, pp: int) -> Figure:
     for d, ax in enumerate(axes[0]):
         for s in range(pp):
             for t in range(tp):
-                rank = (d * pp + s) * tp + t
+                rank = (s * dp + d) * tp + t
                 ax.add_patch(plt.Rectangle((s, t), 0.9, 0.9, color=plt.cm.tab10(s % 10), alpha=0.35 + 0.5 * t / max(tp, 1)))
                 ax.text(s + 0.45, t + 0.45, str(rank), ha="center", va="center", fontsize=8)
         ax.set_xlim(-0.1, pp)

@@ -183,3 +183,31 @@ def test_parallel_memory_bad_layouts():
         estimate.estimate_parallel_memory(**gpt3, layout=estimate.ParallelLayout(tp=7))
     with pytest.raises(ValueError, match="schedule"):
         estimate.estimate_parallel_memory(**gpt3, layout=estimate.ParallelLayout(), schedule="zigzag")
+
+
+# ----------------------------------------------------------------------------- lesson 05's plots and widgets
+# (kept here so this branch adds no file that lesson 00's test_plots.py / test_widgets.py also add)
+
+def test_gantt_draws_one_bar_per_event():
+    from frugal import plots
+    sim = {s: pp.simulate(s, 3, 4) for s in pp.SCHEDULES}
+    fig = plots.pipeline_gantt(sim)
+    assert len(fig.axes) == 2
+    assert all(len(ax.patches) == 3 * 2 * 4 for ax in fig.axes)         # p stages x (F + B) x m
+    fig = plots.bubble_vs_formula({"gpipe": {1: 0.5, 4: 0.25}}, 2)
+    assert len(fig.axes[0].lines) == 2
+    fig = plots.activation_per_stage({"gpipe": [4.0, 4.0], "1f1b": [2.0, 1.0]})
+    assert len(fig.axes[0].patches) == 4
+
+
+def test_rank_grid_numbers_ranks_tp_innermost():
+    from frugal import plots
+    fig = plots.rank_grid(2, 2, 3)
+    labels = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    assert labels[0] == ["0", "1", "4", "5", "8", "9"] and labels[1] == ["2", "3", "6", "7", "10", "11"]
+
+
+def test_widgets_build(runs):
+    widgets = pytest.importorskip("frugal.widgets")
+    assert widgets.pipeline_explorer(list(runs.values())) is not None
+    assert widgets.layout_explorer() is not None
