@@ -186,7 +186,7 @@ def bench_model_parallel(ctx: BenchContext) -> dict:
                        n_head=cfg.n_head, n_embd=cfg.n_embd)
     tp_batch = 8 if on_gpu and not ctx.quick else 4
     for w in sorted({1, p}):
-        out = launch(tp.tp_stack_step_rank, w, tp_cfg, tp_batch, seq, 3, 10 if on_gpu else 3,
+        out = launch(tp.tp_stack_step_rank, w, tp_cfg, tp_batch, seq, 3, 10 if on_gpu else 3, threads,
                      backend=backend, timeout=300)[0]
         rows.append({"part": "tensor", "backend": backend, "ranks": w, "layers": tp_cfg.n_layer,
                      "step_ms": out["step_s"] * 1e3, "tokens_per_s": tp_batch * seq / out["step_s"],

@@ -306,10 +306,14 @@ def tp_equivalence_rank(rank: int, world_size: int, cfg: GPTConfig, batch: int, 
 
 
 def tp_stack_step_rank(rank: int, world_size: int, cfg: GPTConfig, batch: int, seq: int,
-                       warmup: int = 3, repeats: int = 10) -> dict:
-    """Time forward+backward of a stack of cfg.n_layer tensor-parallel blocks (a benchmark rank)."""
+                       warmup: int = 3, repeats: int = 10, threads: int | None = None) -> dict:
+    """Time forward+backward of a stack of cfg.n_layer tensor-parallel blocks (a benchmark rank).
+
+    threads: CPU threads per rank (1 keeps CPU ranks from fighting over cores)."""
     import time
     from frugal.model import Block
+    if threads:
+        torch.set_num_threads(threads)
     dev = _rank_device()
     torch.manual_seed(0)
     log = CommLog()
