@@ -62,6 +62,19 @@ def test_three_stages_with_a_middle_stage(reference):
         assert run["in_flight"] == ([m] * 3 if run["schedule"] == "gpipe" else [min(3, m), min(2, m), 1])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < P, reason=f"needs {P} GPUs for NCCL ranks")
+def test_nccl_pipeline_matches_single_process(reference):
+    out = pp.gather_runs(launch(pp.pipeline_rank, P, CFG, BATCH, SEQ, [("gpipe", 4), ("1f1b", 4)], SEED, 1, True,
+                                backend="nccl", timeout=120))
+    loss, grads = reference                           # on CPU: GPU kernels round differently, within ATOL
+    for run in out:
+        assert run["loss"] == pytest.approx(loss, rel=RTOL)
+        for name, per_stage in run["grads"].items():
+            for g in per_stage:
+                torch.testing.assert_close(g, grads[name], atol=ATOL, rtol=RTOL)
+
+
 @pytest.mark.parametrize("m", MS)
 def test_1f1b_holds_fewer_micro_batches_than_gpipe(runs, m):
     g, f = runs[("gpipe", m)], runs[("1f1b", m)]

@@ -92,3 +92,15 @@ def test_dropout_is_refused():
 def test_layers_need_a_process_group():
     with pytest.raises(RuntimeError, match="frugal.dist.launch"):
         tp.ColumnParallelLinear(8, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < WORLD, reason=f"needs {WORLD} GPUs for NCCL ranks")
+def test_nccl_ranks_match_the_unsplit_block():
+    out = launch(tp.tp_equivalence_rank, WORLD, CFG, BATCH, SEQ, SEED, backend="nccl", timeout=120)
+    y, x_grad, params = _reference("block")           # on CPU: GPU kernels round differently, within ATOL
+    for rank, o in enumerate(out):
+        torch.testing.assert_close(o["block"]["y"], y, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(o["block"]["x_grad"], x_grad, atol=ATOL, rtol=RTOL)
+        for name, g in o["block"]["grads"].items():
+            torch.testing.assert_close(g, tp.shard_of(name, params[name].grad, rank, WORLD), atol=ATOL, rtol=RTOL)
