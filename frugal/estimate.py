@@ -309,6 +309,61 @@ def estimate_max_params(memory_gb: float, zero_stage: int = 0, world_size: int =
     return max(memory_gb * GB - activation_bytes, 0.0) / per_param
 
 
+# ----------------------------------------------------------------------------- model parallel (lesson 05)
+
+@dataclass
+class ParallelLayout:
+    """How a run's GPUs split the work: dp x tp x pp ranks (Narayanan et al. 2021, sec. 3)."""
+    dp: int = 1   # data-parallel replicas, each on its own share of the batch
+    tp: int = 1   # tensor-parallel ranks sharing every matrix of a layer (Megatron)
+    pp: int = 1   # pipeline stages, each holding consecutive layers
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+
+def pipeline_bubble_fraction(n_stages: int, n_micro: int) -> float:
+    """(p-1)/(m+p-1): the idle share of a step with p stages and m micro-batches, for GPipe and 1F1B alike
+    (Huang et al. 2019 sec. 2.2; Narayanan et al. 2021 sec. 2.2)."""
+    _positive(n_stages=n_stages, n_micro=n_micro)
+    return (n_stages - 1) / (n_micro + n_stages - 1)
+
+
+def estimate_parallel_memory(n_layer: int, hidden: int, heads: int, vocab: int, seq: int, micro_batch: int,
+                             layout: ParallelLayout, n_micro: int = 1, schedule: str = "1f1b",
+                             precision: str = "mixed", optimizer: str = "adam", zero_stage: int = 0,
+                             recompute: str = "none", act_bytes: int = 2) -> MemoryEstimate:
+    """Bytes on one rank of the first pipeline stage (the fullest) of a GPT with 12h^2 + 13h parameters per layer.
+
+    States: its n_layer/pp layers and the vocabulary-parallel embedding V·h, split tp ways, ZeRO over dp.
+    Activations: Korthikanti et al. 2022 table 2, s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes per layer at 16 bits,
+    for the micro-batches the first stage holds: m under GPipe, min(p, m) under 1F1B (their sec. 4.2.3)."""
+    _positive(n_layer=n_layer, hidden=hidden, heads=heads, vocab=vocab, seq=seq, micro_batch=micro_batch,
+              n_micro=n_micro)
+    t, p = layout.tp, layout.pp
+    for name, v in (("dp", layout.dp), ("tp", t), ("pp", p)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"ParallelLayout.{name}={v!r}: must be a positive integer")
+    if n_layer % p:
+        raise ValueError(f"n_layer={n_layer} does not split into pp={p} equal stages: pick pp dividing {n_layer}")
+    if heads % t:
+        raise ValueError(f"heads={heads} is not divisible by tp={t}: pick tp dividing {heads}")
+    if schedule not in ("gpipe", "1f1b"):
+        raise ValueError(f"schedule={schedule!r}: pick 'gpipe' or '1f1b'")
+    layers = n_layer // p
+    n_params = (layers * (12 * hidden ** 2 + 13 * hidden) + vocab * hidden) / t + seq * hidden
+    mem = estimate_state_memory(n_params, precision, optimizer, zero_stage, layout.dp)
+    sbh = seq * micro_batch * hidden
+    per_layer = {"none": sbh * (10 + 24 / t + 5 * heads * seq / (hidden * t)),
+                 "selective": sbh * (10 + 24 / t), "full": 2 * sbh}
+    if recompute not in per_layer:
+        raise ValueError(f"recompute={recompute!r}: pick 'none', 'selective' or 'full'")
+    in_flight = n_micro if schedule == "gpipe" else min(p, n_micro)
+    mem.activations = per_layer[recompute] * act_bytes / 2 * layers * in_flight
+    return mem
+
+
 def fits(n_params: float, gpu: str, activation_bytes: float = 0.0, **state_kwargs) -> bool:
     """Does a training run fit in one GPU's memory: states (estimate_state_memory) plus activations?"""
     mem = estimate_state_memory(n_params, **state_kwargs)

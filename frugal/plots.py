@@ -414,6 +414,88 @@ def max_model_bars(max_params: dict[str, float], memory_gb: float, world_size: i
 
 # ----------------------------------------------------------------------------- lesson 05: tensor and pipeline parallel
 
+PIPE_COLORS = {"F": "#4C72B0", "B": "#DD8452"}
+
+
+def pipeline_gantt(timelines: dict[str, list[list[dict]]], unit: str = "ms", scale: float = 1e3) -> Figure:
+    """One panel per named timeline: a row per stage, a bar per forward (F) or backward (B) event, labelled by
+    micro-batch; white space is the bubble. Times are shifted so the step starts at 0."""
+    n = len(timelines)
+    rows = max(len(tl) for tl in timelines.values())
+    fig, axes = plt.subplots(n, 1, figsize=(7.5, 0.6 + (0.45 * rows + 0.6) * n), layout="constrained", squeeze=False)
+    plt.close(fig)
+    for ax, (name, tl) in zip(axes[:, 0], timelines.items()):
+        t0 = min(e["start"] for stage in tl for e in stage)
+        for s, stage in enumerate(tl):
+            for e in stage:
+                x, w = (e["start"] - t0) * scale, (e["end"] - e["start"]) * scale
+                ax.barh(s, w, left=x, color=PIPE_COLORS[e["kind"]], edgecolor="white", height=0.8)
+                ax.text(x + w / 2, s, f"{e['kind']}{e['mb']}", ha="center", va="center", fontsize=7, color="white")
+        ax.set_yticks(range(len(tl)), [f"stage {s}" for s in range(len(tl))])
+        ax.invert_yaxis()
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(unit)
+    return fig
+
+
+def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int) -> Figure:
+    """Measured bubble fraction per schedule against the number of micro-batches m, over (p-1)/(m+p-1)."""
+    fig, ax = _figure(5.5, 3.6)
+    ms = sorted({m for per_m in measured.values() for m in per_m})
+    grid = [m / 4 for m in range(4, 4 * max(ms) + 1)]
+    ax.plot(grid, [(n_stages - 1) / (m + n_stages - 1) for m in grid], color="grey", label="(p-1)/(m+p-1)")
+    for (name, per_m), marker in zip(measured.items(), "os^v"):
+        ax.plot(sorted(per_m), [per_m[m] for m in sorted(per_m)], marker, label=f"{name} measured")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ms, [str(m) for m in ms])
+    ax.set_xlabel("micro-batches m")
+    ax.set_ylabel("bubble fraction")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Pipeline bubble, p={n_stages} stages")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def activation_per_stage(values: dict[str, list[float]], ylabel: str = "saved activations (MiB)",
+                         scale: float = 2 ** 20) -> Figure:
+    """Grouped bars: peak activation memory held by each stage under each schedule."""
+    fig, ax = _figure(5.5, 3.6)
+    names = list(values)
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [s + (k - (len(names) - 1) / 2) * width for s in range(len(values[name]))]
+        ax.bar(xs, [v / scale for v in values[name]], width, label=name)
+    ax.set_xticks(range(len(values[names[0]])), [f"stage {s}" for s in range(len(values[names[0]]))])
+    ax.set_ylabel(ylabel)
+    ax.set_title("Peak activation memory per stage")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def rank_grid(dp: int, tp: int, pp: int) -> Figure:
+    """The dp x tp x pp ranks as boxes: one panel per data-parallel replica, a column per pipeline stage,
+    a row per tensor-parallel shard; rank = (stage * dp + dp_rank) * tp + tp_rank, Megatron's order (tp innermost,
+    so a layer's shards share a server's NVLink; pipeline outermost)."""
+    shown = min(dp, 4)
+    fig, axes = plt.subplots(1, shown, figsize=(min(2.0 + 1.1 * pp * shown, 12), 0.9 + 0.5 * tp),
+                             layout="constrained", squeeze=False)
+    plt.close(fig)
+    for d, ax in enumerate(axes[0]):
+        for s in range(pp):
+            for t in range(tp):
+                rank = (s * dp + d) * tp + t
+                ax.add_patch(plt.Rectangle((s, t), 0.9, 0.9, color=plt.cm.tab10(s % 10), alpha=0.35 + 0.5 * t / max(tp, 1)))
+                ax.text(s + 0.45, t + 0.45, str(rank), ha="center", va="center", fontsize=8)
+        ax.set_xlim(-0.1, pp)
+        ax.set_ylim(tp, -0.1)
+        ax.set_xticks([s + 0.45 for s in range(pp)], [f"stage {s}" for s in range(pp)], fontsize=7)
+        ax.set_yticks([t + 0.45 for t in range(tp)], [f"tp {t}" for t in range(tp)], fontsize=7)
+        ax.set_title(f"replica {d}" + (f"  (of {dp})" if d == shown - 1 and dp > shown else ""), fontsize=9)
+        ax.set_frame_on(False)
+    fig.suptitle(f"dp={dp} x tp={tp} x pp={pp} = {dp * tp * pp} ranks", fontsize=10)
+    return fig
+
+
 
 # ----------------------------------------------------------------------------- lesson 06: Triton kernels
 
