@@ -109,7 +109,10 @@ def count_saved_tensors(exclude: list[torch.Tensor] | tuple = ()):
             record.skipped_params += 1
         else:
             record.tensors.append(SavedTensor(tuple(t.shape), t.dtype, storage.nbytes(), ptr))
-        return t
+        # detached: returning t itself, when t is the output of the node saving it, makes node -> t -> grad_fn
+        # -> node, a cycle through C++ that not even gc.collect() frees when no backward runs (PyTorch's
+        # saved-tensor-hooks docs); the leaked graph would keep every activation of the forward alive
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield record

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+# Recent torch (2.13 here) wraps a mode's __torch_dispatch__ in torch._disable_dynamo, which imports torch._dynamo
+# on its first call. Inside a forward that import pins every frame on the stack (torch.fx.wrap holds its own frame
+# in a cycle), _run's `frame` and its tensors too, until a gc pass; so import it now, outside any forward.
+import torch._dynamo  # noqa: F401
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten

@@ -1,11 +1,16 @@
 import functools
+import gc
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as tcp
 
-from frugal import estimate, measure
+from frugal import estimate, measure, recompute
 from frugal.model import TinyGPT, preset
 from frugal.recompute import (Recompute, checkpoint, checkpoint_selective, checkpoint_sequential, from_spec,
                               sqrt_segments)
@@ -241,6 +246,55 @@ def test_nondeterministic_fn_is_caught():
     with pytest.raises(RuntimeError, match="same thing"):
         checkpoint(fn, x).sum().backward()
 
+
+
+def _live_frames() -> int:
+    return sum(type(o) is recompute._Frame for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("policy", ["all", "selective"])
+@pytest.mark.parametrize("backward", [True, False])
+def test_no_frame_outlives_its_step_without_gc(policy, backward):
+    """A _Frame holds its block's kept tensors (gigabytes on a GPU) and GPU memory never triggers Python's gc:
+    freed by reference counting alone, after backward or when the graph is dropped without one."""
+    model = _model()
+    model.recompute = Recompute(policy)
+    x = torch.randint(model.cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    before = _live_frames()
+    gc.disable()
+    try:
+        for _ in range(2):
+            logits, loss = model(x, x)
+            if backward:
+                loss.backward()
+            del logits, loss
+            assert _live_frames() == before
+    finally:
+        gc.enable()
+
+
+def test_first_selective_step_of_a_process_leaves_no_frame():
+    """In a fresh interpreter the mode's first dispatch imported torch._dynamo inside the forward, and that import
+    pinned the whole stack (the _Frame too) until a gc pass. A subprocess: this one has long imported it."""
+    script = textwrap.dedent("""
+        import gc
+        gc.disable()
+        import torch
+        from frugal import recompute
+        from frugal.model import TinyGPT, preset
+        model = TinyGPT(preset("tiny", n_layer=2))
+        model.recompute = recompute.Recompute("selective")
+        x = torch.randint(model.cfg.vocab_size, (2, 32))
+        _, loss = model(x, x)
+        loss.backward()
+        del loss
+        print(sum(type(o) is recompute._Frame for o in gc.get_objects()))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"]
 
 def test_bad_inputs_name_the_fix():
     with pytest.raises(TypeError, match="callable"):
