@@ -1,4 +1,5 @@
-"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`, `report`, `info`."""
+"""Command line: `python -m frugal bench [--section NAME ...] [--quick] [--out results]`, `report`, `info`,
+`train-dist ...` (one process; torchrun for more)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-dist"]:                   # every option belongs to the script, --help included
+        from frugal import torchrun_train
+        torchrun_train.main(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(prog="frugal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="measure each lesson's headline numbers on this hardware")
@@ -17,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="write the measured results into README.md's results block")
     r.add_argument("--readme", default="README.md")
     r.add_argument("--results", default="results")
+    t = sub.add_parser("train-dist", help="the recipe on torch DDP/FSDP; for N ranks launch "
+                       "`torchrun --nproc-per-node N -m frugal.torchrun_train ...` (here: one process)",
+                       add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER, help="see `python -m frugal.torchrun_train --help`")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from frugal import bench

@@ -73,14 +73,40 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: f
                                 timeout=timedelta(seconds=timeout_s))
         try:
             out = fn(rank, world_size, *args)
-        finally:
-            dist.destroy_process_group()
+        except BaseException:  # noqa: BLE001 - report before the group closes, so this cause arrives first
+            results.put((rank, "error", traceback.format_exc()))
+            time.sleep(0.5)    # let the message leave before peers see the connections drop
+            raise SystemExit(1) from None
+        dist.destroy_process_group()
         results.put((rank, "ok", pickle.dumps(out)))
+    except SystemExit:
+        pass
     except BaseException:  # noqa: BLE001 - every failure goes back to the parent
         results.put((rank, "error", traceback.format_exc()))
 
 
+_COLLATERAL = ("connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def _first_cause(first: tuple, results, wait_s: float = 1.0) -> tuple:
+    """When a rank dies, its peers fail too ('connection closed by peer'): wait briefly for every error
+    and report a rank whose error is not one of those echoes."""
+    errors, t_end = [first], time.monotonic() + wait_s
+    while time.monotonic() < t_end:
+        try:
+            item = results.get(timeout=0.1)
+        except queue_mod.Empty:
+            continue
+        if item[1] == "error":
+            errors.append(item)
+    for item in errors:
+        if not any(c in item[2].lower() for c in _COLLATERAL):
+            return item
+    return first
+
+
 def _reap(procs: list) -> None:
+    procs = [p for p in procs if p.pid is not None]   # never started: nothing to reap
     for p in procs:
         if p.is_alive():
             p.terminate()
@@ -128,7 +154,8 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                         rank, status, payload = results.get_nowait()
                     except queue_mod.Empty:
                         raise RankError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without "
-                                        f"reporting (killed, or out of memory?)") from None
+                                        f"reporting (killed, out of memory, or a script calling launch "
+                                        f"outside `if __name__ == '__main__':`?)") from None
                 elif t_end is not None and time.monotonic() > t_end:
                     missing = [r for r in range(world_size) if r not in out]
                     raise RankTimeout(f"rank(s) {missing} did not finish within deadline={deadline}s: a rank is "
@@ -137,6 +164,7 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                 else:
                     continue
             if status == "error":
+                rank, status, payload = _first_cause((rank, status, payload), results)
                 hint = ""
                 if "timed out" in payload.lower() or "timeout" in payload.lower():
                     hint = (f"\n(a collective waited longer than timeout={timeout}s: another rank is stuck or never "

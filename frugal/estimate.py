@@ -244,6 +244,126 @@ def estimate_training_memory(n_params: float, seq: int, batch: int, precision: s
     return replace(states, activations=n_layer * per_layer * (1 if precision == "mixed" else 2))
 
 
+def estimate_recompute_activation_bytes(cfg, batch: int, seq: int, checkpointed: int = 0, selective: bool = False,
+                                        act_bytes: int = 4, fused_attention: bool = True,
+                                        segments: int | None = None) -> dict[str, float]:
+    """estimate_activation_bytes when `checkpointed` of the L blocks recompute in backward (lesson 02).
+
+    A checkpointed block keeps only its input, s·b·h (Chen et al. 2016); a selective one also keeps its matmul
+    outputs, q/k/v, attention output (+ log-sum-exp), attention projection and MLP up-projection, 9·s·b·h more,
+    and recomputes LayerNorm, GELU and dropout (the idea of Korthikanti et al. 2022, sec. 5). Other blocks keep all.
+    `segments` checkpointed segments (default: one per block) keep one input each.
+    """
+    if not isinstance(checkpointed, int) or not 0 <= checkpointed <= cfg.n_layer:
+        raise ValueError(f"checkpointed={checkpointed!r}: must be an integer in 0..n_layer={cfg.n_layer}")
+    full = estimate_activation_bytes(cfg, batch, seq, act_bytes, fused_attention)
+    b, s, h, a = batch, seq, cfg.n_embd, cfg.n_head
+    sbh = s * b * h
+    stored = cfg.n_layer - checkpointed
+    out = {k: full[k] * stored / cfg.n_layer for k in ("layernorm inputs", "attention", "mlp")}
+    out["checkpointed block inputs"] = (checkpointed if segments is None else segments) * sbh * act_bytes
+    if selective:
+        attention_core = a * s * b * 4 if fused_attention else a * s * s * b * act_bytes  # lse, or the scores
+        out["kept matmul outputs"] = checkpointed * ((3 + 1 + 1 + 4) * sbh * act_bytes + attention_core)
+    out["embedding + head"] = full["embedding + head"]
+    out["logits"] = full["logits"]
+    return out
+
+
+def sqrt_segmentation(n_layer: int) -> tuple[int, int]:
+    """(checkpointed blocks, checkpointed segments) of the √n segmentation (Chen et al. 2016): round(√L)
+    segments of L // k blocks, all but the last recomputed (as torch's checkpoint_sequential)."""
+    k = max(1, round(n_layer ** 0.5))
+    return (n_layer // k) * (k - 1), k - 1
+
+
+def largest_batch(cfg, seq: int, budget_bytes: float, checkpointed: int = 0, selective: bool = False,
+                  act_bytes: int = 4, state_bytes: float = 0.0) -> int:
+    """The largest batch whose predicted activations plus `state_bytes` (weights, grads, optimizer) fit the budget.
+
+    Activation bytes are linear in the batch, so it is (budget - state) / bytes of one sequence, rounded down.
+    """
+    _positive(budget_bytes=budget_bytes)
+    per_sequence = sum(estimate_recompute_activation_bytes(cfg, 1, seq, checkpointed, selective, act_bytes).values())
+    return max(0, int((budget_bytes - state_bytes) // per_sequence))
+
+
+def estimate_zero_comm_bytes(n_params: float, zero_stage: int = 0, world_size: int = 2,
+                             bytes_per_value: int = 2) -> float:
+    """Bytes each rank sends per step with ring collectives: plain DP's all-reduce is a reduce-scatter plus
+    an all-gather, 2·Ψ·(N-1)/N values; stages 1 and 2 the same; stage 3 gathers the weights twice (forward
+    and backward) and reduce-scatters once, 3·Ψ·(N-1)/N: 1.5× (ZeRO paper, sec. 7.2-7.3)."""
+    _positive(n_params=n_params, world_size=world_size, bytes_per_value=bytes_per_value)
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage={zero_stage}: must be 0 (plain data parallel), 1, 2 or 3")
+    passes = 3 if zero_stage == 3 else 2
+    return passes * n_params * bytes_per_value * (world_size - 1) / world_size
+
+
+def estimate_max_params(memory_gb: float, zero_stage: int = 0, world_size: int = 1, precision: str = "mixed",
+                        optimizer: str = "adam", activation_bytes: float = 0.0) -> float:
+    """The largest model whose weights, gradients and optimizer states fit in memory_gb per rank
+    (after activation_bytes), inverting estimate_state_memory, which is linear in the parameter count."""
+    _positive(memory_gb=memory_gb)
+    per_param = estimate_state_memory(1.0, precision, optimizer, zero_stage, world_size).total
+    return max(memory_gb * GB - activation_bytes, 0.0) / per_param
+
+
+# ----------------------------------------------------------------------------- model parallel (lesson 05)
+
+@dataclass
+class ParallelLayout:
+    """How a run's GPUs split the work: dp x tp x pp ranks (Narayanan et al. 2021, sec. 3)."""
+    dp: int = 1   # data-parallel replicas, each on its own share of the batch
+    tp: int = 1   # tensor-parallel ranks sharing every matrix of a layer (Megatron)
+    pp: int = 1   # pipeline stages, each holding consecutive layers
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+
+def pipeline_bubble_fraction(n_stages: int, n_micro: int) -> float:
+    """(p-1)/(m+p-1): the idle share of a step with p stages and m micro-batches, for GPipe and 1F1B alike
+    (Huang et al. 2019 sec. 2.2; Narayanan et al. 2021 sec. 2.2)."""
+    _positive(n_stages=n_stages, n_micro=n_micro)
+    return (n_stages - 1) / (n_micro + n_stages - 1)
+
+
+def estimate_parallel_memory(n_layer: int, hidden: int, heads: int, vocab: int, seq: int, micro_batch: int,
+                             layout: ParallelLayout, n_micro: int = 1, schedule: str = "1f1b",
+                             precision: str = "mixed", optimizer: str = "adam", zero_stage: int = 0,
+                             recompute: str = "none", act_bytes: int = 2) -> MemoryEstimate:
+    """Bytes on one rank of the first pipeline stage (the fullest) of a GPT with 12h^2 + 13h parameters per layer.
+
+    States: its n_layer/pp layers and the vocabulary-parallel embedding V·h, split tp ways, ZeRO over dp.
+    Activations: Korthikanti et al. 2022 table 2, s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes per layer at 16 bits,
+    for the micro-batches the first stage holds: m under GPipe, min(p, m) under 1F1B (their sec. 4.2.3)."""
+    _positive(n_layer=n_layer, hidden=hidden, heads=heads, vocab=vocab, seq=seq, micro_batch=micro_batch,
+              n_micro=n_micro)
+    t, p = layout.tp, layout.pp
+    for name, v in (("dp", layout.dp), ("tp", t), ("pp", p)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"ParallelLayout.{name}={v!r}: must be a positive integer")
+    if n_layer % p:
+        raise ValueError(f"n_layer={n_layer} does not split into pp={p} equal stages: pick pp dividing {n_layer}")
+    if heads % t:
+        raise ValueError(f"heads={heads} is not divisible by tp={t}: pick tp dividing {heads}")
+    if schedule not in ("gpipe", "1f1b"):
+        raise ValueError(f"schedule={schedule!r}: pick 'gpipe' or '1f1b'")
+    layers = n_layer // p
+    n_params = (layers * (12 * hidden ** 2 + 13 * hidden) + vocab * hidden) / t + seq * hidden
+    mem = estimate_state_memory(n_params, precision, optimizer, zero_stage, layout.dp)
+    sbh = seq * micro_batch * hidden
+    per_layer = {"none": sbh * (10 + 24 / t + 5 * heads * seq / (hidden * t)),
+                 "selective": sbh * (10 + 24 / t), "full": 2 * sbh}
+    if recompute not in per_layer:
+        raise ValueError(f"recompute={recompute!r}: pick 'none', 'selective' or 'full'")
+    in_flight = n_micro if schedule == "gpipe" else min(p, n_micro)
+    mem.activations = per_layer[recompute] * act_bytes / 2 * layers * in_flight
+    return mem
+
+
 def fits(n_params: float, gpu: str, activation_bytes: float = 0.0, **state_kwargs) -> bool:
     """Does a training run fit in one GPU's memory: states (estimate_state_memory) plus activations?"""
     mem = estimate_state_memory(n_params, **state_kwargs)

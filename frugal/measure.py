@@ -109,7 +109,10 @@ def count_saved_tensors(exclude: list[torch.Tensor] | tuple = ()):
             record.skipped_params += 1
         else:
             record.tensors.append(SavedTensor(tuple(t.shape), t.dtype, storage.nbytes(), ptr))
-        return t
+        # detached: returning t itself, when t is the output of the node saving it, makes node -> t -> grad_fn
+        # -> node, a cycle through C++ that not even gc.collect() frees when no backward runs (PyTorch's
+        # saved-tensor-hooks docs); the leaked graph would keep every activation of the forward alive
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield record
@@ -164,3 +167,80 @@ def measure_cpu_peak_flops(seconds: float = 0.5, n: int = 512, dtype=torch.float
         a @ b
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- lesson 02: activation checkpointing
+
+def measure_saved_bytes_by_module(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Bytes saved for backward by one forward of model(x, y), by the innermost module running when saved
+    ('' = the model's own forward: the loss, and checkpointed blocks' inputs). Shared storages count once."""
+    names = {m: n for n, m in model.named_modules() if m is not model}
+    stack: list[str] = [""]
+    owner: dict[int, str] = {}
+    with count_saved_tensors(exclude=list(model.parameters())) as saved:
+        seen = [0]                                       # records already attributed
+
+        def note_new():                                  # what was saved since the last call belongs to stack[-1]
+            for t in saved.tensors[seen[0]:]:
+                owner.setdefault(t.storage, stack[-1])
+            seen[0] = len(saved.tensors)
+
+        def enter(m, args):
+            note_new()
+            stack.append(names[m])
+
+        def leave(m, args, out):
+            note_new()
+            stack.pop()
+
+        handles = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+        try:
+            _, loss = model(x, y)
+            note_new()
+        finally:
+            for h in handles:
+                h.remove()
+    del loss
+    sizes: dict[int, int] = {}
+    for t in saved.tensors:
+        sizes[t.storage] = max(sizes.get(t.storage, 0), t.nbytes)
+    out: dict[str, int] = {}
+    for ptr, nbytes in sizes.items():
+        out[owner[ptr]] = out.get(owner[ptr], 0) + nbytes
+    return out
+
+
+def saved_bytes_by_kind(by_module: dict[str, int]) -> dict[str, int]:
+    """Group measure_saved_bytes_by_module's result into estimate_activation_bytes' kinds of tensor."""
+    out: dict[str, int] = {}
+    for name, nbytes in by_module.items():
+        parts = name.split(".")
+        if parts[0] == "blocks" and len(parts) > 2:
+            kind = {"ln_1": "layernorm inputs", "ln_2": "layernorm inputs", "attn": "attention", "mlp": "mlp"}[parts[2]]
+        elif name == "":
+            kind = "loss and checkpointed inputs"
+        else:
+            kind = "embedding + head"
+        out[kind] = out.get(kind, 0) + nbytes
+    return out
+
+
+def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recompute,
+                      warmup: int = 1, repeats: int = 3) -> dict:
+    """Saved bytes, forward+backward time and (CUDA) peak memory of model(x, y) with model.recompute set."""
+    before = getattr(model, "recompute", None)
+    model.recompute = recompute
+    device = x.device
+
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    try:
+        saved = measure_activation_bytes(model, x, y)
+        timing = measure_time(step, device, warmup=warmup, repeats=repeats)
+        peak = measure_peak_memory(step, device)
+    finally:
+        model.recompute = before
+    return {"saved_bytes": saved, "step_s": timing.median_s, "peak_memory_bytes": peak}

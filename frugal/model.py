@@ -120,6 +120,7 @@ class TinyGPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight                   # tied embeddings
+        self.recompute = None    # lesson 02: a frugal.recompute.Recompute that runs the blocks, or None (plain)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():                 # GPT-2: scale residual projections by 1/sqrt(2L)
             if name.endswith("c_proj.weight"):
@@ -150,11 +151,20 @@ class TinyGPT(nn.Module):
         return self.drop(self.wte(idx) + self.wpe(pos))                       # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy loss (else None)."""
+        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy loss (else None).
+
+        With `model.fused_cross_entropy = True` and targets, the loss is chunked and logits come back None."""
         x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x)
+        if self.recompute is not None:                                       # activation checkpointing
+            x = self.recompute(self.blocks, x)
+        else:
+            for block in self.blocks:
+                x = block(x)
         x = self.ln_f(x)
+        if targets is not None and getattr(self, "fused_cross_entropy", False):
+            # lesson 06: projection + loss chunk by chunk, the (B·T, V) logits never exist (so none are returned)
+            from frugal.kernels.fused_linear_cross_entropy import linear_cross_entropy
+            return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(x)                                             # (B, T, V)
         if targets is None:
             return logits, None

@@ -1,4 +1,6 @@
+import gc
 import time
+import weakref
 
 import pytest
 import torch
@@ -39,6 +41,22 @@ def test_saved_tensors_are_counted_once_per_storage_and_parameters_left_out():
     y.backward()                      # the hooks give back the very tensors: backward still works
     torch.testing.assert_close(x.grad, 2 * h.detach() @ w.detach().T)
 
+
+
+def test_counting_frees_a_forward_without_backward():
+    """exp saves its own output: a pack hook returning that tensor itself would close node -> tensor -> node,
+    a cycle through C++ that not even gc.collect() frees, so each measured forward leaked all its activations."""
+    x = torch.randn(3, requires_grad=True)
+    gc.disable()
+    try:
+        with measure.count_saved_tensors() as saved:
+            y = x.exp()
+        alive = weakref.ref(y)
+        del y
+        assert alive() is None
+    finally:
+        gc.enable()
+    assert len(saved.tensors) == 1
 
 @pytest.mark.parametrize("name,batch,seq", [("tiny", 8, 64), ("tiny", 3, 17), ("small", 2, 128)])
 def test_counted_activation_bytes_agree_with_the_estimate(name, batch, seq):

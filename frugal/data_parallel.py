@@ -1,0 +1,359 @@
+"""Data parallel training, mirroring torch DDP: every rank holds the whole model, sees its shard of the
+batch, and the gradients are averaged across ranks before each optimizer step.
+
+`DataParallelNaive` all-reduces each gradient after backward; `DataParallelBucket` groups gradients into
+buckets of `bucket_cap_mb` in reverse order of use and all-reduces each one asynchronously the moment its
+last gradient is accumulated, so communication overlaps the rest of backward (Li et al. 2020, "PyTorch
+Distributed", sec. 3.2). Both are swapped for torch DDP in one line; `no_sync()` skips the all-reduce
+for gradient accumulation.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.autograd import Variable
+
+FLAVOURS = ("naive", "bucket", "ddp")   # ours, ours, and torch's DistributedDataParallel as the reference
+
+
+def _require_group() -> None:
+    if not dist.is_initialized():
+        raise ValueError("no process group: build the data-parallel model inside a rank started by "
+                         "frugal.dist.launch (or after torch.distributed.init_process_group)")
+
+
+class _DataParallelBase(nn.Module):
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"expected an nn.Module to wrap, got {type(module).__name__}")
+        _require_group()
+        self.module = module
+        self.world_size = dist.get_world_size()
+        self.require_backward_grad_sync = True        # torch DDP's name for the flag no_sync() clears
+        self._callback_queued = False
+        with torch.no_grad():                          # every rank starts from rank 0's weights
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate gradients locally; the next one outside all-reduces the sum."""
+        old = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = old
+
+    def _queue_finish(self) -> None:
+        """Run finish_gradient_synchronization when autograd ends this backward (as torch DDP does)."""
+        if not self._callback_queued:
+            self._callback_queued = True
+            Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_backward_end(self) -> None:
+        self._callback_queued = False
+        self.finish_gradient_synchronization()
+
+    def finish_gradient_synchronization(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class DataParallelNaive(_DataParallelBase):
+    """After backward, all-reduce and average each gradient one by one: correct, but no overlap and one
+    message per parameter."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        for p in self._params:
+            p.register_post_accumulate_grad_hook(self._hook)
+
+    def _hook(self, param: torch.Tensor) -> None:
+        if self.require_backward_grad_sync:
+            self._queue_finish()
+
+    def finish_gradient_synchronization(self) -> None:
+        for p in self._params:
+            if p.grad is not None:
+                p.grad.div_(self.world_size)           # gloo has no AVG: divide, then sum
+                dist.all_reduce(p.grad)
+
+
+def assign_buckets(params: list[torch.Tensor], bucket_cap_mb: float) -> list[list[int]]:
+    """Indices of params grouped into buckets of at most bucket_cap_mb MiB (one bigger param gets its own),
+    in reverse order of registration, which approximates the order backward produces gradients."""
+    if not bucket_cap_mb > 0:
+        raise ValueError(f"bucket_cap_mb={bucket_cap_mb}: must be positive (torch DDP's default is 25)")
+    cap = bucket_cap_mb * 2 ** 20
+    buckets, current, size = [], [], 0
+    for i in reversed(range(len(params))):
+        nbytes = params[i].numel() * params[i].element_size()
+        if current and size + nbytes > cap:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+class DataParallelBucket(_DataParallelBase):
+    """Gradients in buckets of bucket_cap_mb; each bucket's all-reduce starts (async) as soon as its last
+    gradient is accumulated during backward, and all are waited on before backward returns.
+
+    `timeline` holds, for the last backward, (bucket, launched_s, done_s, bytes) relative to the end of
+    forward, and `backward_end_s`: the overlap made visible (host clocks: exact for gloo; with NCCL the
+    times are when the host saw each step, not when the GPU ran it).
+    """
+
+    def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0):
+        super().__init__(module)
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self.buckets = assign_buckets(self._params, bucket_cap_mb)
+        self.bucket_cap_mb = bucket_cap_mb
+        self._bucket_of = {}
+        for b, idx in enumerate(self.buckets):
+            for i in idx:
+                self._bucket_of[id(self._params[i])] = b
+        self._buffers = [torch.zeros(sum(self._params[i].numel() for i in idx), dtype=self._params[idx[0]].dtype,
+                                     device=self._params[idx[0]].device) for idx in self.buckets]
+        self._reset()
+        for p in self._params:
+            p.register_post_accumulate_grad_hook(self._hook)
+        self.timeline: list[tuple[int, float, float, int]] = []
+        self.backward_end_s = 0.0
+        self._t0 = time.perf_counter()
+
+    def _reset(self) -> None:
+        self._pending = [len(idx) for idx in self.buckets]   # grads still to arrive, per bucket
+        self._next = 0                                         # buckets launch in index order on every rank
+        self._works: list = [None] * len(self.buckets)
+        self._launch_s = [0.0] * len(self.buckets)
+        self._done_s = [0.0] * len(self.buckets)
+
+    def forward(self, *args, **kwargs):
+        out = self.module(*args, **kwargs)
+        self._t0 = time.perf_counter()                 # timeline origin: backward starts after this
+        return out
+
+    def _hook(self, param: torch.Tensor) -> None:
+        if not self.require_backward_grad_sync:
+            return
+        self._queue_finish()
+        b = self._bucket_of[id(param)]
+        self._pending[b] -= 1
+        while self._next < len(self.buckets) and self._pending[self._next] == 0:
+            self._launch(self._next)
+            self._next += 1
+
+    def _launch(self, b: int) -> None:
+        buf, offset = self._buffers[b], 0
+        for i in self.buckets[b]:                      # copy grads into one flat buffer: one message, not many
+            g = self._params[i].grad
+            n = self._params[i].numel()
+            buf[offset:offset + n].copy_(g.reshape(-1)) if g is not None else buf[offset:offset + n].zero_()
+            offset += n
+        buf.div_(self.world_size)
+        self._launch_s[b] = time.perf_counter() - self._t0
+        self._works[b] = dist.all_reduce(buf, async_op=True)
+        self._works[b].get_future().then(lambda _, b=b: self._mark_done(b))
+
+    def _mark_done(self, b: int) -> None:
+        self._done_s[b] = time.perf_counter() - self._t0  # called by the backend's thread when b completes
+
+    def finish_gradient_synchronization(self) -> None:
+        """Launch any bucket not yet launched, wait for all, and copy the averages back into .grad."""
+        self.backward_end_s = time.perf_counter() - self._t0    # autograd has finished computing
+        for b in range(self._next, len(self.buckets)):
+            self._launch(b)
+        timeline = []
+        for b, work in enumerate(self._works):
+            work.wait()
+            done = self._done_s[b] or time.perf_counter() - self._t0
+            buf, offset = self._buffers[b], 0
+            for i in self.buckets[b]:
+                p = self._params[i]
+                n = p.numel()
+                if p.grad is None:
+                    p.grad = torch.empty_like(p)
+                p.grad.copy_(buf[offset:offset + n].view_as(p))
+                offset += n
+            timeline.append((b, self._launch_s[b], done, buf.numel() * buf.element_size()))
+        self.timeline = timeline
+        self._reset()
+
+
+def wrap(model: nn.Module, flavour: str, bucket_cap_mb: float = 25.0) -> nn.Module:
+    """The model wrapped for data parallel training: 'naive', 'bucket' (ours) or 'ddp' (torch's)."""
+    if flavour == "naive":
+        return DataParallelNaive(model)
+    if flavour == "bucket":
+        return DataParallelBucket(model, bucket_cap_mb=bucket_cap_mb)
+    if flavour == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        _require_group()
+        ids = [model_device.index] if (model_device := next(model.parameters()).device).type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb)
+    raise ValueError(f"data_parallel={flavour!r}: pick one of {FLAVOURS}")
+
+
+# ----------------------------------------------------------------------------- training on ranks
+
+def _cpu_threads(world_size: int) -> None:
+    """Split this machine's cores between CPU ranks instead of letting each one take them all."""
+    if dist.get_backend() == "gloo":
+        import os
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+
+
+def _max_and_mean(values: list[float], device: torch.device) -> tuple[list[float], list[float]]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    hi, mean = t.clone(), t.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(mean)
+    return hi.tolist(), (mean / dist.get_world_size()).tolist()
+
+
+def train_rank(rank: int, world_size: int, model_cfg, cfg) -> dict:
+    """One rank of train(model_cfg, cfg) with cfg.world_size ranks: its shard of each global batch, the
+    gradients averaged by cfg.data_parallel. Rank 0 returns the history, the weights and the bucket timeline."""
+    from frugal.measure import synchronize
+    from frugal.train import StepRecord, build, train_step
+    _cpu_threads(world_size)
+    model, optimizer, next_batch, device = build(model_cfg, cfg, rank)
+    model.train()
+    dp = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb)
+    losses, times = [], []
+    for _ in range(cfg.steps):
+        x, y = next_batch()
+        synchronize(device)
+        t0 = time.perf_counter()
+        loss = train_step(dp, optimizer, x, y, cfg)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    slowest, _ = _max_and_mean(times, device)            # a step lasts as long as its slowest rank
+    _, mean_loss = _max_and_mean(losses, device)         # equal shards: the global loss is the mean
+    tokens = cfg.batch_size * cfg.seq_len
+    history = [StepRecord(i, mean_loss[i], slowest[i], tokens / slowest[i], None) for i in range(cfg.steps)]
+    if rank != 0:
+        return {}
+    return {"history": history, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "timeline": getattr(dp, "timeline", []), "backward_end_s": getattr(dp, "backward_end_s", None),
+            "buckets": len(getattr(dp, "buckets", [])), "device": str(device)}
+
+
+def train_data_parallel(model_cfg, cfg, timeout: float = 120.0):
+    """train() on cfg.world_size ranks launched from here (gloo on CPU, NCCL with a GPU per rank).
+    Returns a TrainResult with rank 0's model (a TinyGPT passed in gets those weights) and the global loss."""
+    from frugal.dist import launch
+    from frugal.model import TinyGPT
+    from frugal.train import TrainResult
+    backend = "gloo" if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu") else "auto"
+    sent = model_cfg.cpu() if isinstance(model_cfg, TinyGPT) else model_cfg
+    out = launch(train_rank, cfg.world_size, sent, cfg, backend=backend, timeout=timeout)[0]
+    model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
+    model.load_state_dict(out["state_dict"])
+    result = TrainResult(model, cfg, out["history"])
+    result.timeline, result.backward_end_s = out["timeline"], out["backward_end_s"]
+    return result
+
+
+def check_against_reference(rank: int, world_size: int, steps: int = 3, bucket_cap_mb: float = 0.02,
+                            per_rank_batch: int = 2) -> dict:
+    """Max |param - reference| after `steps` AdamW steps, for each flavour and for no_sync accumulation
+    over 2 micro-batches; the reference is single-process training on the whole (concatenated) batch.
+    Rank != 0 starts from different weights, so the broadcast from rank 0 is tested too."""
+    from frugal.model import preset
+    from frugal.train import TrainConfig, build, train_step
+    _cpu_threads(world_size)
+    mcfg = preset("tiny", n_embd=32, n_layer=2)
+    kw = dict(steps=steps, batch_size=per_rank_batch * world_size, seq_len=32, progress=False, grad_clip=1.0)
+    single = TrainConfig(**kw)
+    ref, ref_opt, ref_batch, _ = build(mcfg, single)
+    for _ in range(steps):
+        train_step(ref, ref_opt, *ref_batch(), single)
+    ref_params = [p.detach().clone() for p in ref.parameters()]
+    out: dict = {"diff": {}, "vs_ddp": {}}
+    final: dict = {}
+    for flavour in FLAVOURS:
+        for accumulate in (False, True):
+            cfg = TrainConfig(**kw, world_size=world_size, data_parallel=flavour, bucket_cap_mb=bucket_cap_mb)
+            model, opt, next_batch, _ = build(mcfg, cfg, rank)
+            if rank != 0:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(1.0)                       # wrong weights: the wrapper must overwrite them
+            dp = wrap(model, flavour, bucket_cap_mb)
+            for _ in range(steps):
+                x, y = next_batch()                       # (B / world_size, T)
+                if not accumulate:
+                    train_step(dp, opt, x, y, cfg)
+                    continue
+                half = x.shape[0] // 2
+                with dp.no_sync():                        # first micro-batch: local gradients only
+                    (dp(x[:half], y[:half])[1] / 2).backward()
+                (dp(x[half:], y[half:])[1] / 2).backward()  # second: all-reduces the accumulated sum
+                torch.nn.utils.clip_grad_norm_(dp.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            final[(flavour, accumulate)] = [p.detach().clone() for p in model.parameters()]
+            out["diff"][(flavour, accumulate)] = max((p - q).abs().max().item()
+                                                    for p, q in zip(final[(flavour, accumulate)], ref_params))
+            if flavour == "bucket" and not accumulate:
+                out["timeline"], out["backward_end_s"], out["buckets"] = dp.timeline, dp.backward_end_s, dp.buckets
+    for (flavour, accumulate), params in final.items():
+        out["vs_ddp"][(flavour, accumulate)] = max((p - q).abs().max().item()
+                                                   for p, q in zip(params, final[("ddp", accumulate)]))
+    return out
+
+
+def benchmark_rank(rank: int, world_size: int, preset_name: str, flavours: list[str], batch_per_rank: int,
+                   seq_len: int, steps: int, warmup: int, bucket_cap_mb: float = 25.0, bf16: bool = False) -> list[dict]:
+    """Median global tokens/s of each flavour ('none' = no wrapper) on synthetic tokens; bf16 autocast
+    on a GPU. Each flavour gets a fresh model from the same seed."""
+    from frugal.measure import synchronize
+    from frugal.model import TinyGPT, preset
+    from frugal.data import synthetic_batch
+    _cpu_threads(world_size)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    cfg = preset(preset_name)
+    gen = torch.Generator().manual_seed(rank)
+    x, y = synthetic_batch(cfg.vocab_size, batch_per_rank, seq_len, gen, device)
+    rows = []
+    for flavour in flavours:
+        torch.manual_seed(0)
+        model = TinyGPT(cfg).to(device)
+        dp = model if flavour == "none" else wrap(model, flavour, bucket_cap_mb)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        times = []
+        for i in range(warmup + steps):
+            synchronize(device)
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                _, loss = dp(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        slowest, _ = _max_and_mean(times, device)
+        med = float(torch.tensor(slowest).median())
+        rows.append({"flavour": flavour, "world_size": world_size, "model": preset_name,
+                     "batch_per_rank": batch_per_rank, "seq": seq_len, "bf16": bf16, "step_ms": med * 1e3,
+                     "tokens_per_s": world_size * batch_per_rank * seq_len / med})
+        del dp, model, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows

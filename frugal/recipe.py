@@ -1,0 +1,266 @@
+"""The largest model a memory budget can train: naive fp32 Adam against the full frugal recipe.
+
+For each TinyGPT size of a growing family, the estimator (frugal.estimate) adds up weights, gradients,
+Adam states (ZeRO paper, Rajbhandari et al. 2020, sec. 3.1), saved activations (Korthikanti et al. 2022,
+sec. 4) and the logits' working memory; the largest size under the budget is the frontier. A real
+training step can check the answer: under torch.cuda.set_per_process_memory_fraction on a GPU, by
+counting the bytes of states and saved tensors on CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from frugal.estimate import estimate_activation_bytes, estimate_state_memory
+from frugal.measure import count_saved_tensors
+from frugal.model import GPTConfig, TinyGPT
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run spends memory. `batch` is per GPU: each of world_size ranks holds that many sequences."""
+    name: str
+    precision: str = "fp32"      # 'fp32', or 'mixed' (16-bit matmuls, fp32 master weights and Adam)
+    recompute: str = "none"      # 'none', or 'full': keep each block's input, rerun its forward in backward
+    zero_stage: int = 0          # 0-3: ZeRO shards optimizer (1), + gradients (2), + weights (3)
+    world_size: int = 1          # ranks the states are sharded over
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "mixed"):
+            raise ValueError(f"precision={self.precision!r}: pick 'fp32' or 'mixed'")
+        if self.recompute not in ("none", "full"):
+            raise ValueError(f"recompute={self.recompute!r}: pick 'none' or 'full'")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage={self.zero_stage}: pick 0, 1, 2 or 3")
+        if self.world_size < 1:
+            raise ValueError(f"world_size={self.world_size}: must be at least 1")
+
+
+def naive_plan() -> MemoryPlan:
+    """fp32 weights, gradients and Adam, every activation stored, one GPU: what a first script does."""
+    return MemoryPlan("naive fp32 Adam")
+
+
+def recipe_plan(world_size: int = 1) -> MemoryPlan:
+    """Mixed precision, full recompute and ZeRO-3 over world_size GPUs (stage 3 is a no-op on one GPU)."""
+    name = "full recipe" if world_size == 1 else f"full recipe, ZeRO-3 over {world_size}"
+    return MemoryPlan(name, precision="mixed", recompute="full", zero_stage=3, world_size=world_size)
+
+
+# (n_layer, n_embd, n_head): from a CPU toy to GPT-2 medium, then wider and deeper (head size 64 from 768 on).
+SHAPES = [(2, 64, 4), (2, 128, 4), (4, 128, 4), (4, 256, 4), (6, 384, 6), (8, 512, 8), (12, 768, 12),
+          (16, 1024, 16), (24, 1024, 16), (24, 1280, 20), (24, 1536, 24), (28, 1792, 28), (32, 2048, 32),
+          (32, 2560, 40), (36, 3072, 48), (40, 4096, 64)]
+
+
+def size_family(vocab_size: int = 50304, block_size: int = 1024) -> list[GPTConfig]:
+    """TinyGPT configs of growing width and depth, smallest first (3M to 8B parameters at GPT-2's vocabulary; from 0.1M at 256 tokens)."""
+    return [GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=L, n_head=a, n_embd=d)
+            for L, d, a in SHAPES]
+
+
+def count_params(cfg: GPTConfig) -> int:
+    """TinyGPT's parameters (tied embedding once), from the config alone: 12·L·d² + 13·L·d + (V + T + 2)·d."""
+    d, L = cfg.n_embd, cfg.n_layer
+    per_block = 12 * d * d + 13 * d if cfg.bias else 12 * d * d + 2 * d
+    return L * per_block + (cfg.vocab_size + cfg.block_size) * d + (2 * d if cfg.bias else d)
+
+
+def estimate_training_bytes(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int) -> dict[str, float]:
+    """Bytes per GPU of one training step at its peak, by kind: states, saved activations, working memory.
+
+    Activations: estimate_activation_bytes at 4 bytes (fp32) or 2 (mixed). With full recompute only each
+    block's input stays (fp32: autocast keeps the residual stream in fp32) plus one block rebuilt in backward.
+    Working: the fp32 logits' gradient and its input's (2·b·s·V·4), and under ZeRO-3 two gathered blocks.
+    """
+    n = count_params(cfg)
+    states = estimate_state_memory(n, plan.precision, "adam", plan.zero_stage, plan.world_size)
+    acts = estimate_activation_bytes(cfg, batch, seq, act_bytes=4 if plan.precision == "fp32" else 2)
+    block_kinds = ("layernorm inputs", "attention", "mlp")
+    if plan.recompute == "full":
+        one_block = sum(acts[k] for k in block_kinds) / cfg.n_layer
+        activations = cfg.n_layer * batch * seq * cfg.n_embd * 4 + one_block \
+            + acts["embedding + head"] + acts["logits"]
+    else:
+        activations = sum(acts.values())
+    working = 2 * batch * seq * cfg.vocab_size * 4
+    if plan.zero_stage == 3 and plan.world_size > 1:
+        block_params = (n - (cfg.vocab_size + cfg.block_size) * cfg.n_embd) / cfg.n_layer
+        working += 2 * block_params * (2 if plan.precision == "mixed" else 4) \
+            + cfg.vocab_size * cfg.n_embd * (2 if plan.precision == "mixed" else 4)
+    out = states.as_dict()
+    out.update(activations=activations, working=working)
+    return out
+
+
+@dataclass
+class SizeRow:
+    """One size of the family under one plan."""
+    n_layer: int
+    n_embd: int
+    params: int
+    estimated_bytes: float
+    fits_estimate: bool
+    verified: bool | None = None          # None: not tried
+    measured_bytes: int | None = None     # peak on a GPU, counted bytes on CPU (a failed GPU try: None)
+
+
+@dataclass
+class SearchResult:
+    plan: MemoryPlan
+    budget_bytes: float
+    batch: int
+    seq: int
+    rows: list[SizeRow] = field(default_factory=list)
+
+    def _largest(self, ok: Callable[[SizeRow], bool]) -> SizeRow | None:
+        good = [r for r in self.rows if ok(r)]
+        return max(good, key=lambda r: r.params) if good else None
+
+    @property
+    def largest_estimated(self) -> SizeRow | None:
+        return self._largest(lambda r: r.fits_estimate)
+
+    @property
+    def largest_verified(self) -> SizeRow | None:
+        return self._largest(lambda r: r.verified is True)
+
+
+def largest_that_fits(budget_bytes: float, plan: MemoryPlan, batch: int = 8, seq: int | None = None,
+                      family: list[GPTConfig] | None = None,
+                      verify: Callable[[GPTConfig], tuple[bool, int | None]] | None = None,
+                      max_tries: int = 6) -> SearchResult:
+    """Estimate every size of the family under the plan; then, given `verify`, check the frontier by training.
+
+    verify(cfg) -> (fits, bytes): it starts at the estimator's pick and walks up while sizes fit, down while
+    they do not, at most max_tries sizes, so `largest_verified` is the largest size that really trained.
+    """
+    if budget_bytes <= 0:
+        raise ValueError(f"budget_bytes={budget_bytes}: must be positive (16e9 is a T4)")
+    if batch <= 0:
+        raise ValueError(f"batch={batch}: must be positive")
+    family = sorted(family or size_family(), key=count_params)
+    result = SearchResult(plan, budget_bytes, batch, seq or family[0].block_size)
+    for cfg in family:
+        s = seq or cfg.block_size
+        if s > cfg.block_size:
+            raise ValueError(f"seq={s} is longer than block_size={cfg.block_size}: lower seq")
+        total = sum(estimate_training_bytes(cfg, plan, batch, s).values())
+        result.rows.append(SizeRow(cfg.n_layer, cfg.n_embd, count_params(cfg), total, total <= budget_bytes))
+    if verify is None:
+        return result
+    fitting = [i for i, r in enumerate(result.rows) if r.fits_estimate]
+    i = fitting[-1] if fitting else 0
+    direction = None
+    for _ in range(max_tries):
+        ok, nbytes = verify(family[i])
+        result.rows[i].verified, result.rows[i].measured_bytes = ok, nbytes
+        step = 1 if ok else -1
+        if direction is not None and step != direction:
+            break                                          # crossed the frontier
+        direction = step
+        i += step
+        if not 0 <= i < len(family) or result.rows[i].verified is not None:
+            break
+    return result
+
+
+# ----------------------------------------------------------------------------- verification by training
+
+def apply_full_recompute(model: TinyGPT) -> None:
+    """Full recompute with torch.utils.checkpoint: each block keeps its input and reruns forward in backward."""
+    for block in model.blocks:
+        block.forward = (lambda f: lambda x: torch_checkpoint(f, x, use_reentrant=False))(block.forward)
+
+
+def _mixed_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return torch.float16                             # a T4: fp16 (a loss scaler would not change memory)
+    return torch.bfloat16
+
+
+def _build(cfg: GPTConfig, plan: MemoryPlan, device: torch.device):
+    if plan.world_size != 1:
+        raise ValueError(f"a real step runs on one device, so it cannot check {plan.name!r} "
+                         f"(world_size={plan.world_size}): verify with recipe_plan(world_size=1)")
+    torch.manual_seed(0)
+    model = TinyGPT(cfg).to(device)
+    if plan.recompute == "full":
+        apply_full_recompute(model)
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": False}   # no foreach temporaries
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+
+
+def _step(model, opt, x, y, plan: MemoryPlan, device: torch.device) -> None:
+    with torch.autocast(device.type, dtype=_mixed_dtype(device), enabled=plan.precision == "mixed"):
+        _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def train_step_fits_gpu(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int, budget_bytes: float,
+                        device: torch.device | str = "cuda") -> tuple[bool, int | None]:
+    """Two real training steps with the caching allocator capped at budget_bytes; (fits, peak bytes).
+
+    Two steps because Adam's states appear in the first step's update: the second shows the steady peak.
+    """
+    device = torch.device(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    if budget_bytes > total:
+        raise ValueError(f"budget {budget_bytes / 1e9:.1f} GB is more than this GPU's {total / 1e9:.1f} GB: "
+                         f"verify on a larger GPU or lower the budget")
+    torch.cuda.empty_cache()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(budget_bytes / total, index)
+    torch.cuda.reset_peak_memory_stats(device)
+    model = opt = None
+    try:
+        model, opt = _build(cfg, plan, device)
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randint(cfg.vocab_size, (2, batch, seq), generator=gen).to(device)
+        for _ in range(2):
+            _step(model, opt, x, y, plan, device)
+        torch.cuda.synchronize(device)
+        return True, torch.cuda.max_memory_allocated(device)
+    except torch.OutOfMemoryError:
+        return False, None
+    finally:
+        del model, opt
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+
+
+def counted_training_bytes(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int) -> int:
+    """Bytes of one CPU training step, counted: parameters, gradients, Adam states and saved tensors.
+
+    Transient buffers (the logits' gradient, a recomputed block) are not counted: a CPU has no allocator cap.
+    """
+    device = torch.device("cpu")
+    model, opt = _build(cfg, plan, device)
+    x, y = torch.randint(cfg.vocab_size, (2, batch, seq), generator=torch.Generator().manual_seed(0))
+    _step(model, opt, x, y, plan, device)                  # creates Adam's states
+    params = list(model.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.precision == "mixed"):
+        with count_saved_tensors(exclude=params) as saved:
+            _, loss = model(x, y)
+    loss.backward()
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)
+    state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return nbytes(params) + nbytes(p.grad for p in params) + nbytes(state) + saved.nbytes
+
+
+def verifier(plan: MemoryPlan, batch: int, seq: int, budget_bytes: float,
+             device: torch.device | str = "cpu") -> Callable[[GPTConfig], tuple[bool, int | None]]:
+    """The `verify` for largest_that_fits: a capped real step on a GPU, counted bytes on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda cfg: train_step_fits_gpu(cfg, plan, batch, seq, budget_bytes, device)
+
+    def on_cpu(cfg):
+        n = counted_training_bytes(cfg, plan, batch, seq)
+        return n <= budget_bytes, n
+    return on_cpu

@@ -1,0 +1,364 @@
+"""Activation checkpointing from scratch: keep a region's inputs, recompute its insides in backward.
+
+Mirrors torch.utils.checkpoint (use_reentrant=False). Inside `checkpoint(fn, *args)` every tensor autograd
+would save for backward is swapped, through saved-tensor hooks, for a ticket; the first ticket cashed in
+backward re-runs fn (same RNG, same autocast) and hands back the recomputed tensors (Chen et al. 2016).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+# Recent torch (2.13 here) wraps a mode's __torch_dispatch__ in torch._disable_dynamo, which imports torch._dynamo
+# on its first call. Inside a forward that import pins every frame on the stack (torch.fx.wrap holds its own frame
+# in a cycle), _run's `frame` and its tensors too, until a gc pass; so import it now, outside any forward.
+import torch._dynamo  # noqa: F401
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+# Ops whose outputs the selective policy keeps: the matrix multiplies and fused attention (the FLOPs).
+MATMUL_OPS = frozenset({
+    aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_flash_attention.default,
+    aten._scaled_dot_product_efficient_attention.default,
+    aten._scaled_dot_product_cudnn_attention.default,
+})
+
+
+_TENSOR = object()  # marks where a kept op's output tuple had a tensor (held in the frame's kept_node)
+
+
+class _StopRecompute(Exception):
+    """Raised inside the recomputation once every dropped tensor is back: the rest of fn is not needed."""
+
+
+class _Hold(torch.autograd.Function):
+    """Saves tensors in an autograd node, so they pass through the saved-tensor hooks around the call:
+    a counter sees them, and an enclosing checkpoint drops and recomputes them too."""
+
+    @staticmethod
+    def forward(ctx, dummy, *tensors):
+        ctx.save_for_backward(*tensors)
+        return dummy.new_empty(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None,) * len(ctx.needs_input_grad)
+
+
+class _Held:
+    """A _Hold node kept alive through its output: some torch releases (2.11) free a node's saved
+    tensors once its outputs are gone, so the output is held too."""
+
+    def __init__(self, out: torch.Tensor):
+        self.out = out
+
+    @property
+    def saved_tensors(self):
+        return self.out.grad_fn.saved_tensors
+
+
+def _hold(tensors: list[torch.Tensor]) -> _Held:
+    """Tensors held in an autograd node; .saved_tensors gives them back (through the outer hooks)."""
+    return _Held(_Hold.apply(torch.empty(0, requires_grad=True), *tensors))
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    s = t.untyped_storage()
+    return s.data_ptr() if s.nbytes() else None
+
+
+class _KeepOutputs(TorchDispatchMode):
+    """Below autograd: records the outputs of `keep` ops in forward, and replays them in the recomputation
+    instead of running the op again (how selective recompute skips the matmuls)."""
+
+    def __init__(self, keep: frozenset, frame: "_Frame", replay: list | None = None):
+        super().__init__()
+        self.keep, self.frame, self.replay = keep, frame, replay
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in self.keep or _dropout_p(func, args, kwargs) > 0:  # random attention is recomputed
+            return func(*args, **kwargs)
+        if self.replay is not None:
+            recorded, out = self.replay.pop(0)
+            if recorded is not func:
+                raise RuntimeError(f"selective recompute replayed {func} where forward ran {recorded}: "
+                                   f"fn must run the same ops each time")
+            return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out) \
+                if isinstance(out, tuple) else out.detach()
+        out = func(*args, **kwargs)
+        items = out if isinstance(out, tuple) else (out,)
+        frame, op = self.frame, len(self.frame.kept_ops)
+        for o in items:
+            if isinstance(o, torch.Tensor) and _storage(o) is not None:
+                frame.kept_ptrs[_storage(o)] = op
+        # (op, outputs detached, tuple?, tensors dropped before it: ops after the last drop are never replayed)
+        frame.kept_ops.append((func, tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in items),
+                               isinstance(out, tuple), len(frame.meta)))
+        return out
+
+
+def _dropout_p(func, args, kwargs) -> float:
+    for i, a in enumerate(func._schema.arguments):
+        if a.name == "dropout_p":
+            return float(args[i] if i < len(args) else kwargs.get("dropout_p", 0.0))
+    return 0.0
+
+
+class _Frame:
+    """One checkpointed call: what is needed to run fn again, and the tensors recomputed for backward."""
+
+    def __init__(self, fn, args, kwargs, preserve_rng_state: bool, keep: frozenset | None):
+        self.fn, self.args, self.kwargs, self.keep = fn, args, kwargs, keep
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        self.requires_grad = [t.requires_grad for t in tensors]
+        self.inputs = _hold(tensors)                 # saved through the hooks outside this call
+        self.args = tuple(None if isinstance(a, torch.Tensor) else a for a in args)
+        self.tensor_pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        self.meta: list[tuple] = []                  # (shape, dtype, device) of each dropped tensor
+        self.recomputed: dict[int, torch.Tensor] = {}
+        self.kept_ops: list[tuple] = []              # selective: ops whose outputs are kept, in order
+        self.kept_ptrs: dict[int, int] = {}          # storage -> index in kept_ops
+        self.packed_ops: set[int] = set()            # kept ops whose output autograd saved
+        self.kept_node = None
+        self.preserve = preserve_rng_state
+        self.cuda_devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+        if preserve_rng_state:
+            self.cpu_rng = torch.get_rng_state()
+            self.cuda_rng = [torch.cuda.get_rng_state(d) for d in self.cuda_devices]
+        device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        self.autocast = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in device_types}
+
+    # --- forward: drop what autograd saves, keep a ticket
+    def pack(self, t: torch.Tensor):
+        if _storage(t) in self.kept_ptrs:            # selective: a kept matmul output (or a view of one)
+            self.packed_ops.add(self.kept_ptrs[_storage(t)])
+            return t.detach()
+        self.meta.append((t.shape, t.dtype, t.device))
+        return len(self.meta) - 1
+
+    # --- backward: cash a ticket, recomputing fn the first time
+    def unpack(self, ticket):
+        if isinstance(ticket, torch.Tensor):
+            return ticket
+        if ticket not in self.recomputed:
+            self.recompute()
+        return self.recomputed.pop(ticket)
+
+    def recompute(self) -> None:
+        args = list(self.args)
+        for i, t, rg in zip(self.tensor_pos, self.inputs.saved_tensors, self.requires_grad):
+            args[i] = t.detach().requires_grad_(rg)  # same requires_grad: ops save differently without it
+        replay = self._replay_list() if self.keep is not None else []
+        kept_ptrs = {_storage(t) for _, out in replay for t in (out if isinstance(out, tuple) else (out,))
+                     if isinstance(t, torch.Tensor)} - {None}
+        counter = [0]
+
+        def pack(t):
+            if _storage(t) in kept_ptrs:
+                return None
+            i = counter[0]
+            counter[0] += 1
+            if i >= len(self.meta) or (t.shape, t.dtype, t.device) != self.meta[i]:
+                raise RuntimeError(
+                    f"checkpoint: recomputed tensor #{i} is {tuple(t.shape)} {t.dtype}, but forward saved "
+                    f"{self.meta[i][:2] if i < len(self.meta) else 'nothing there'}: fn must compute the same "
+                    f"thing every call (no data-dependent control flow or global state)")
+            self.recomputed[i] = t.detach()
+            if i == len(self.meta) - 1:
+                raise _StopRecompute
+
+        with ExitStack() as stack:
+            stack.enter_context(_restored_rng(self))
+            for device_type, (enabled, dtype) in self.autocast.items():
+                stack.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None))
+            if self.keep is not None:
+                stack.enter_context(_KeepOutputs(self.keep, self, replay=replay))
+            try:
+                self.fn(*args, **self.kwargs)
+            except _StopRecompute:
+                pass
+        if counter[0] != len(self.meta):
+            raise RuntimeError(f"checkpoint: the recomputation saved {counter[0]} tensors but forward saved "
+                               f"{len(self.meta)}: fn must compute the same thing every call")
+
+    def keep_needed(self) -> None:
+        """After forward: hold the kept outputs that autograd saved or that the recomputation will replay."""
+        self.kept_ops = [op for j, op in enumerate(self.kept_ops) if op[3] < len(self.meta) or j in self.packed_ops]
+        self.kept_node = _hold([o for op in self.kept_ops for o in op[1] if isinstance(o, torch.Tensor)])
+        self.kept_ops = [(func, tuple(_TENSOR if isinstance(o, torch.Tensor) else o for o in outs), was_tuple, n)
+                         for func, outs, was_tuple, n in self.kept_ops]  # tensors now live in kept_node only
+        self.kept_ptrs, self.packed_ops = {}, set()
+
+    def _replay_list(self) -> list:
+        kept = iter(self.kept_node.saved_tensors)   # through the outer hooks: a nested checkpoint recomputes them
+        replay = []
+        for func, outs, was_tuple, _ in self.kept_ops:
+            items = tuple(next(kept) if o is _TENSOR else o for o in outs)
+            replay.append((func, items if was_tuple else items[0]))
+        return replay
+
+
+class _restored_rng:
+    """Run the recomputation with the RNG state forward saw, then put the current state back."""
+
+    def __init__(self, frame: _Frame):
+        self.frame = frame
+
+    def __enter__(self):
+        f = self.frame
+        if f.preserve:
+            self.saved = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in f.cuda_devices])
+            torch.set_rng_state(f.cpu_rng)
+            for d, state in zip(f.cuda_devices, f.cuda_rng):
+                torch.cuda.set_rng_state(state, d)
+
+    def __exit__(self, *exc):
+        f = self.frame
+        if f.preserve:
+            torch.set_rng_state(self.saved[0])
+            for d, state in zip(f.cuda_devices, self.saved[1]):
+                torch.cuda.set_rng_state(state, d)
+        return False
+
+
+def _run(fn, args, kwargs, preserve_rng_state, keep):
+    if not callable(fn):
+        raise TypeError(f"checkpoint(fn, *args): fn must be callable (a module or function), got "
+                        f"{type(fn).__name__}; pass the function first, then its arguments")
+    if not isinstance(preserve_rng_state, bool):
+        raise TypeError(f"preserve_rng_state={preserve_rng_state!r}: pass True or False")
+    if kwargs.pop("use_reentrant", False):
+        raise ValueError("use_reentrant=True: frugal's checkpoint is always non-reentrant (saved-tensor hooks); "
+                         "drop the argument or pass use_reentrant=False")
+    if not torch.is_grad_enabled():                  # nothing is saved for backward anyway
+        return fn(*args, **kwargs)
+    frame = _Frame(fn, args, kwargs, preserve_rng_state, keep)
+    with torch.autograd.graph.saved_tensors_hooks(frame.pack, frame.unpack):
+        if keep is None:
+            out = fn(*args, **kwargs)
+        else:
+            with _KeepOutputs(keep, frame):
+                out = fn(*args, **kwargs)
+    if keep is not None:
+        frame.keep_needed()
+    return out
+
+
+def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
+    """fn(*args, **kwargs), saving only its tensor inputs; backward re-runs fn with the same RNG and autocast.
+
+    Mirrors torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False).
+    """
+    return _run(fn, args, kwargs, preserve_rng_state, keep=None)
+
+
+def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, preserve_rng_state: bool = True,
+                         **kwargs):
+    """Like checkpoint, but keeps the outputs of `keep` ops (matmuls, attention) and recomputes only the cheap
+    pointwise and normalisation work: selective recompute (Korthikanti et al. 2022, sec. 5)."""
+    if not isinstance(keep, (set, frozenset)) or not all(isinstance(op, torch._ops.OpOverload) for op in keep):
+        raise TypeError("keep must be a set of aten op overloads, e.g. {torch.ops.aten.mm.default}; "
+                        "see frugal.recompute.MATMUL_OPS")
+    return _run(fn, args, kwargs, preserve_rng_state, keep=frozenset(keep))
+
+
+def sqrt_segments(n: int) -> int:
+    """√n segments: n/k stored boundaries plus one segment of n/k recomputed is smallest at k = √n
+    (Chen et al. 2016, sec. 4.1)."""
+    return max(1, round(math.sqrt(n)))
+
+
+def checkpoint_sequential(modules, segments: int | None, x: torch.Tensor, *, preserve_rng_state: bool = True,
+                          checkpoint_fn: Callable | None = None) -> torch.Tensor:
+    """Run modules in order, storing only the inputs of `segments` segments (None = √n, Chen et al. 2016).
+
+    As torch.utils.checkpoint.checkpoint_sequential, the last segment runs plainly: its backward comes first.
+    """
+    mods = list(modules)
+    if not mods or not all(callable(m) for m in mods):
+        raise TypeError("modules must be a non-empty nn.Sequential, nn.ModuleList or list of callables")
+    n = len(mods)
+    segments = sqrt_segments(n) if segments is None else segments
+    if not isinstance(segments, int) or not 1 <= segments <= n:
+        raise ValueError(f"segments={segments!r} for {n} modules: pick an integer in 1..{n}, or None for √n")
+    ckpt = checkpoint_fn or (lambda f, inp: checkpoint(f, inp, preserve_rng_state=preserve_rng_state))
+    size = n // segments
+
+    def run(start, end):
+        def forward(inp):
+            for m in mods[start:end]:
+                inp = m(inp)
+            return inp
+        return forward
+
+    start = 0
+    for _ in range(segments - 1):
+        x = ckpt(run(start, start + size), x)
+        start += size
+    return run(start, n)(x)
+
+
+# ----------------------------------------------------------------------------- TinyGPT's switch
+
+POLICIES = ("none", "all", "every", "first", "selective", "sqrt")
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """How TinyGPT runs its blocks (TinyGPT.recompute): which blocks recompute their activations in backward."""
+    policy: str = "none"                    # none | all | every (every k-th block) | first (the first k) | selective | sqrt
+    k: int = 1                              # for 'every' and 'first'
+    checkpoint_fn: Callable | None = None   # None = ours; e.g. partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"recompute policy {self.policy!r}: pick one of {POLICIES}")
+        if not isinstance(self.k, int) or self.k < (1 if self.policy == "every" else 0):
+            raise ValueError(f"k={self.k!r}: 'every' needs k >= 1, 'first' needs k >= 0")
+        if self.policy == "selective" and self.checkpoint_fn is not None:
+            raise ValueError("policy 'selective' is ours only: leave checkpoint_fn=None")
+
+    def checkpointed(self, n_layer: int) -> list[int]:
+        """Indices of the blocks that keep only their input (for 'sqrt': all but the last segment)."""
+        if self.policy in ("all", "selective"):
+            return list(range(n_layer))
+        if self.policy == "every":
+            return list(range(0, n_layer, self.k))
+        if self.policy == "first":
+            return list(range(min(self.k, n_layer)))
+        if self.policy == "sqrt":
+            k = sqrt_segments(n_layer)
+            return list(range((n_layer // k) * (k - 1)))
+        return []
+
+    def __call__(self, blocks, x: torch.Tensor) -> torch.Tensor:
+        if self.policy == "sqrt":
+            return checkpoint_sequential(blocks, None, x, checkpoint_fn=self.checkpoint_fn)
+        chosen = set(self.checkpointed(len(blocks)))
+        run = checkpoint_selective if self.policy == "selective" else (self.checkpoint_fn or checkpoint)
+        for i, block in enumerate(blocks):
+            x = run(block, x) if i in chosen else block(x)
+        return x
+
+
+def from_spec(spec: str) -> Recompute | None:
+    """'none', 'all', 'every:2', 'first:3', 'selective' or 'sqrt' (TrainConfig.recompute) to a Recompute."""
+    if not isinstance(spec, str):
+        raise TypeError(f"recompute={spec!r}: pass a string such as 'all', 'every:2' or 'selective'")
+    name, _, k = spec.partition(":")
+    if name in ("every", "first"):
+        if not k.isdigit():
+            raise ValueError(f"recompute={spec!r}: write '{name}:K' with an integer K, e.g. '{name}:2'")
+        return Recompute(name, int(k))
+    if k or name not in POLICIES:
+        raise ValueError(f"recompute={spec!r}: pick 'none', 'all', 'every:K', 'first:K', 'selective' or 'sqrt'")
+    return None if name == "none" else Recompute(name)

@@ -1,0 +1,247 @@
+"""The frugal recipe on PyTorch's own distributed stack: torch DDP or FSDP (fully_shard), launched by torchrun.
+
+    torchrun --nproc-per-node 8 -m frugal.torchrun_train --model gpt2-small --parallel fsdp --precision bf16
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id job1 \\
+        -m frugal.torchrun_train ...        # the same command on every node
+
+NCCL on GPUs, gloo on CPU. Every --save-every steps it writes the whole run (frugal.serialization) and
+`--resume` carries on from there, taking exactly the steps an uninterrupted run would have taken.
+It logs loss, tokens/s and MFU (6N + 12·L·d·T FLOPs per token, frugal.measure). Lessons 01-04 build
+each piece from scratch; this script is what you run once they are understood.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from frugal import data, measure, serialization
+from frugal.device import catalog_name
+from frugal.estimate import get_gpu
+from frugal.model import TinyGPT, preset
+from frugal.recipe import apply_full_recompute
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="torchrun --nproc-per-node N -m frugal.torchrun_train",
+        description="Train TinyGPT with torch DDP or FSDP on every rank torchrun starts; save and resume.")
+    p.add_argument("--model", default="tiny", help="a frugal.model preset: tiny, small, medium, gpt2-small, ...")
+    p.add_argument("--n-layer", type=int, help="override the preset's number of blocks")
+    p.add_argument("--n-embd", type=int, help="override the preset's width")
+    p.add_argument("--n-head", type=int, help="override the preset's heads")
+    p.add_argument("--steps", type=int, default=100, help="total optimizer steps of the run (also when resuming)")
+    p.add_argument("--batch-size", type=int, default=8, help="GLOBAL batch, sequences per step over all ranks")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the block size)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm; 0 = off")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch sampler")
+    p.add_argument("--data", choices=("corpus", "synthetic"), default="corpus",
+                   help="the shipped text, or random tokens (for speed runs)")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                   help="ddp: replicate and all-reduce gradients; fsdp: shard weights, gradients and Adam (ZeRO-3)")
+    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
+                   help="autocast dtype of the matmuls; fp16 adds a GradScaler")
+    p.add_argument("--recompute", choices=("none", "full"), default="none",
+                   help="full: recompute each block's activations in backward (torch.utils.checkpoint)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--save", default="runs/torchrun/state.pt", help="file the run is saved to")
+    p.add_argument("--save-every", type=int, default=0, help="save every N steps (0: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from --save if it exists")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak FLOP/s per device for MFU (default: the GPU's data sheet, or a measured CPU matmul)")
+    return p
+
+
+def setup(device_choice: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device): joins the process group torchrun set up, or runs alone without one."""
+    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
+    if not dist.is_torchelastic_launched():
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    local_rank = dist.get_node_local_rank(fallback_rank=0)
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
+                             f"lower --nproc-per-node to {torch.cuda.device_count()}")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def check_args(args, world_size: int, block_size: int) -> None:
+    """Refuse a plan that cannot run, naming the fix."""
+    if args.batch_size % world_size:
+        raise ValueError(f"world_size={world_size} does not divide --batch-size {args.batch_size}: "
+                         f"pick a batch that is a multiple of {world_size} "
+                         f"(e.g. {world_size * max(1, args.batch_size // world_size)})")
+    if args.seq_len > block_size:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's block_size={block_size}: "
+                         f"lower --seq-len")
+    for name in ("steps", "batch_size", "log_every"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    if args.save_every < 0:
+        raise ValueError(f"--save-every {args.save_every}: use 0 (save at the end only) or a positive step count")
+
+
+def wrap(model: TinyGPT, parallel: str, precision: str, device: torch.device, distributed: bool):
+    """DDP, or FSDP2's fully_shard on each block then the root (weights kept in `precision` while gathered)."""
+    if not distributed:
+        return model
+    if parallel == "ddp":
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def peak_flops(args, device: torch.device, rank: int) -> tuple[float, str]:
+    """Peak FLOP/s of one device for MFU, and where the number comes from."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12, "--peak-tflops"
+    if device.type == "cuda" and catalog_name():
+        name = catalog_name()
+        dtype = args.precision if args.precision != "fp32" else (
+            "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
+        return get_gpu(name).peak_flops(dtype), f"{name} {dtype} data sheet"
+    # One rank measures while the others wait, so they do not share the cores during the measurement.
+    value = torch.tensor([measure.measure_cpu_peak_flops(0.3) if rank == 0 else 0.0], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.broadcast(value, 0)
+    return float(value), "measured fp32 matmul (rank 0)"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    rank, world, device = setup(args.device)
+    distributed = dist.is_initialized()
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    try:
+        overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_embd", args.n_embd),
+                                       ("n_head", args.n_head)) if v is not None}
+        cfg = preset(args.model, **overrides)
+        args.seq_len = args.seq_len or cfg.block_size
+        check_args(args, world, cfg.block_size)
+        if args.precision == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+            raise ValueError("bf16 is emulated (slow) on this GPU (compute capability < 8.0): "
+                             "use --precision fp16, which adds a loss scaler")
+
+        torch.manual_seed(args.seed)                     # the same initial weights on every rank
+        model = TinyGPT(cfg).to(device)
+        flops_per_token = measure.model_flops_per_token(model, args.seq_len)
+        n_params = model.num_params()
+        if args.recompute == "full":
+            apply_full_recompute(model)
+        if args.compile:
+            for block in model.blocks:
+                block.compile()
+        model = wrap(model, args.parallel, args.precision, device, distributed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        tokens = data.split(data.corpus_tokens())[0] if args.data == "corpus" else \
+            torch.randint(cfg.vocab_size, (1 << 20,), generator=torch.Generator().manual_seed(args.seed))
+        sampler = serialization.BatchSampler(tokens, args.batch_size, args.seq_len, args.seed, rank, world)
+
+        start = 0
+        save_path = Path(args.save)
+        if args.resume and save_path.exists():
+            blob = serialization.load(save_path, model, optimizer, sampler)
+            saved_model = blob["extra"].get("model")
+            if saved_model is not None and saved_model != asdict(cfg):
+                raise ValueError(f"{save_path} holds a different model ({saved_model}): "
+                                 f"resume with the same --model/--n-layer/--n-embd/--n-head")
+            if "scaler" in blob["extra"]:
+                scaler.load_state_dict(blob["extra"]["scaler"])
+            start = blob["step"]
+            log(f"resumed from {save_path} after step {start}")
+        elif args.resume:
+            log(f"--resume: nothing at {save_path} yet, starting at step 0")
+
+        peak, peak_src = peak_flops(args, device, rank)
+        log(f"world_size={world} {args.parallel} {args.precision} recompute={args.recompute} "
+            f"model={args.model} params={n_params:,} batch={args.batch_size}x{args.seq_len} on {device.type}; "
+            f"peak {peak / 1e12:.3g} TFLOP/s per device ({peak_src})")
+
+        def save(step: int) -> None:
+            serialization.save(save_path, model, optimizer, step, sampler,
+                               extra={"model": asdict(cfg), "scaler": scaler.state_dict(), "args": vars(args)})
+            log(f"saved step {step} to {save_path}")
+
+        autocast = (torch.autocast(device.type, dtype=DTYPES[args.precision])
+                    if args.precision != "fp32" else nullcontext())
+        model.train()
+        rates, last_loss, step = [], float("nan"), start
+        tokens_per_step = args.batch_size * args.seq_len          # global
+        measure.synchronize(device)
+        t0, t0_step = time.perf_counter(), start
+        for step in range(start + 1, args.steps + 1):             # step = optimizer steps done after this one
+            x, y = sampler.next_batch(device)
+            with autocast:
+                _, loss = model(x, y)
+            scaler.scale(loss).backward()
+            if args.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if step % args.log_every == 0 or step == args.steps:
+                mean_loss = loss.detach().float().clone()
+                if distributed:
+                    dist.all_reduce(mean_loss)                    # sum over ranks (gloo has no AVG)
+                    mean_loss /= world
+                last_loss = mean_loss.item()
+                measure.synchronize(device)
+                dt = time.perf_counter() - t0
+                tps = tokens_per_step * (step - t0_step) / dt
+                rates.append(tps)
+                mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+                log(f"step {step:6d}  loss {last_loss:.4f}  tokens/s {tps:12,.0f}  "
+                    f"MFU {measure.mfu(tps, flops_per_token, peak * world):6.1%}  peak mem {mem:.2f} GiB")
+                t0, t0_step = time.perf_counter(), step
+            if args.save_every and step % args.save_every == 0 and step != args.steps:
+                save(step)
+                measure.synchronize(device)
+                t0, t0_step = time.perf_counter(), step           # saving is not training time
+        if step > start or not save_path.exists():
+            save(args.steps)
+        steady = rates[1:] or rates                               # the first interval includes warm-up
+        tps = statistics.median(steady) if steady else float("nan")
+        summary = {"steps": args.steps, "resumed_from": start, "world_size": world, "parallel": args.parallel,
+                   "precision": args.precision, "recompute": args.recompute, "params": n_params,
+                   "final_loss": last_loss, "tokens_per_s": tps,
+                   "mfu": measure.mfu(tps, flops_per_token, peak * world) if rates else float("nan"),
+                   "peak_source": peak_src}
+        log("summary " + json.dumps(summary))
+        return summary
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,609 @@
+"""ZeRO stages 1, 2 and 3 from scratch: shard the optimizer states, then the gradients, then the weights.
+
+Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", sec. 5:
+plain data parallel keeps weights, gradients and Adam states whole on every rank (16 bytes per parameter
+in mixed precision); stage s shards the first s of (optimizer states, gradients, weights) over N ranks.
+Each unit (a TinyGPT block; the rest of the model is the root unit) is one flat buffer padded to a
+multiple of N, and rank r owns slice r of every unit. Stage 3 all-gathers a unit just before its forward
+and again for its backward, and frees it after: the idea torch's FSDP is built on.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+STAGES = (1, 2, 3)
+
+
+# ----------------------------------------------------------------------------- flat buffers
+
+@dataclass
+class FlatLayout:
+    """Where each parameter of a unit sits in its flat buffer, padded so world_size ranks own equal slices."""
+    numels: list[int]
+    shapes: list[torch.Size]
+    world_size: int
+
+    @property
+    def offsets(self) -> list[int]:
+        out, o = [], 0
+        for n in self.numels:
+            out.append(o)
+            o += n
+        return out
+
+    @property
+    def numel(self) -> int:
+        return sum(self.numels)
+
+    @property
+    def padded(self) -> int:
+        """numel rounded up to a multiple of world_size (the padding is zeros that no one trains)."""
+        return -(-self.numel // self.world_size) * self.world_size
+
+    @property
+    def shard_size(self) -> int:
+        return self.padded // self.world_size
+
+    def flatten(self, tensors: list[torch.Tensor | None], dtype: torch.dtype, device) -> torch.Tensor:
+        """One padded 1-D buffer of the tensors (None = zeros, for a parameter that got no gradient)."""
+        flat = torch.zeros(self.padded, dtype=dtype, device=device)
+        for t, o, n in zip(tensors, self.offsets, self.numels):
+            if t is not None:
+                flat[o:o + n].copy_(t.reshape(-1))
+        return flat
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter as a view into flat (no copy)."""
+        return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.numels, self.shapes)]
+
+
+@dataclass
+class CommCounter:
+    """Bytes this rank sends, as a ring algorithm sends them: reduce-scatter and all-gather of a B-byte
+    buffer send B(N-1)/N each, an all-reduce (one of each) 2B(N-1)/N (ZeRO paper, sec. 7)."""
+    world_size: int
+    bytes_by_op: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+    def add(self, op: str, full_buffer_bytes: int) -> None:
+        n = self.world_size
+        passes = 2 if op == "all_reduce" else 1
+        self.bytes_by_op[op] = self.bytes_by_op.get(op, 0.0) + passes * full_buffer_bytes * (n - 1) / n
+
+    @property
+    def total(self) -> float:
+        return sum(self.bytes_by_op.values())
+
+    def per_step(self) -> float:
+        return self.total / max(self.steps, 1)
+
+
+class _GatherUnit(torch.autograd.Function):
+    """All-gather a unit's shard into its full flat buffer; the backward is the adjoint, a reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, shard, zero, unit):
+        ctx.zero, ctx.unit = zero, unit
+        return zero._all_gather(shard)
+
+    @staticmethod
+    def backward(ctx, grad_full):
+        grad_shard = ctx.zero._reduce_scatter(grad_full)
+        ctx.zero._regathered.pop(ctx.unit, None)          # this unit's backward is done: free its weights
+        return grad_shard, None, None
+
+
+# ----------------------------------------------------------------------------- the wrapper
+
+class ZeroDataParallel(nn.Module):
+    """Data parallel training with ZeRO stage 1, 2 or 3 sharding of the training state over the process group.
+
+    zero = ZeroDataParallel(model, stage=2, lr=3e-3); loss = zero(x, y)[1]; loss.backward();
+    zero.clip_grad_norm_(1.0); zero.step(); zero.zero_grad(). Call it on every rank (inside frugal.dist.launch):
+    the model must start identical on all ranks. param_dtype=torch.bfloat16 (or float16) computes with 16-bit
+    copies of the weights and keeps an fp32 master shard. units: the modules gathered one at a time in
+    stage 3 (default: model.blocks; stages 1-2 reduce unit by unit); the other parameters form the root unit.
+    With recompute, make each checkpointed module a unit, so its recomputed forward gathers it again.
+    """
+
+    def __init__(self, model: nn.Module, stage: int, optimizer_cls=torch.optim.AdamW,
+                 param_dtype: torch.dtype | None = None, units: list[nn.Module] | None = None,
+                 group=None, **optim_kwargs):
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r}: ZeRO has stages 1 (optimizer states), 2 (+ gradients) and "
+                             f"3 (+ weights); plain data parallel (stage 0) is torch DDP or frugal.data_parallel")
+        if not dist.is_initialized():
+            raise RuntimeError("ZeroDataParallel needs a process group: build it inside a function run by "
+                               "frugal.dist.launch(fn, world_size)")
+        if param_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"param_dtype={param_dtype}: pick None (fp32), torch.bfloat16 or torch.float16")
+        self.stage, self.group = stage, group
+        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        self.backend = dist.get_backend(group)
+        self.mixed = param_dtype not in (None, torch.float32)
+        self.param_dtype = param_dtype or torch.float32
+        self.module = model
+        self.comm = CommCounter(self.world_size)
+        params = list(dict.fromkeys(model.parameters()))      # a tied weight once
+        n_total = sum(p.numel() for p in params)
+        if n_total < self.world_size:
+            raise ValueError(f"the model has {n_total} parameters but world_size={self.world_size}: every rank "
+                             f"must own at least one; use fewer ranks or a larger model")
+        device = params[0].device
+        self.units = self._find_units(model, units, required=stage == 3)
+        # unit 0 is the root (what no unit owns); unit i+1 is self.units[i]
+        owned: list[list[nn.Parameter]] = []
+        seen: set[int] = set()
+        for u in self.units:
+            ps = [p for p in dict.fromkeys(u.parameters()) if id(p) not in seen]
+            seen.update(id(p) for p in ps)
+            owned.append(ps)
+        root = [p for p in params if id(p) not in seen]
+        self.unit_params = [root] + owned
+        # every (module, attribute name) each parameter is reachable by, tied weights included
+        where = {id(p): [] for p in params}
+        for m in model.modules():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    where[id(p)].append((m, name))
+        self._where = [[where[id(p)] for p in ps] for ps in self.unit_params]
+        self.layouts = [FlatLayout([p.numel() for p in ps], [p.shape for p in ps], self.world_size)
+                        for ps in self.unit_params]
+        self._native_rs = self._probe_reduce_scatter(device)
+
+        # fp32 master shards: the optimizer's parameters (slice `rank` of each unit's flat buffer)
+        self.master: list[nn.Parameter] = []
+        self.flat: list[torch.Tensor | None] = []        # stages 1-2: full flat weights, param_dtype
+        self.shard: list[torch.Tensor] = []              # stage 3: this rank's weights, param_dtype
+        self.grad_shard: list[torch.Tensor | None] = [None] * len(self.layouts)
+        for u, (ps, lay) in enumerate(zip(self.unit_params, self.layouts)):
+            full = lay.flatten([p.detach() for p in ps], torch.float32, device)
+            lo, hi = self.rank * lay.shard_size, (self.rank + 1) * lay.shard_size
+            if stage < 3:
+                flat = full.to(self.param_dtype)
+                self.flat.append(flat)
+                for p, v in zip(ps, lay.views(flat)):
+                    p.data = v                             # the model's weights now live in the flat buffer
+                master = flat[lo:hi] if not self.mixed else full[lo:hi].clone()
+                self.master.append(nn.Parameter(master))   # fp32: a view of the flat weights, no copy
+            else:
+                master = nn.Parameter(full[lo:hi].clone())
+                self.master.append(master)
+                self.shard.append(master if not self.mixed
+                                  else master.detach().to(self.param_dtype).requires_grad_(True))
+                for m, name in [mn for w in self._where[u] for mn in w]:
+                    del m._parameters[name]
+                    setattr(m, name, None)                 # filled with a gathered view just before use
+                for p in ps:
+                    p.data = torch.empty(0, dtype=p.dtype, device=device)   # free the whole weights
+            del full
+        self.optimizer = optimizer_cls(self.master, **optim_kwargs)
+        self._hooks = []
+        self._regathered: dict[int, torch.Tensor] = {}   # stage 3: units gathered again for backward
+        self._live: dict[int, int] = {}                  # stage 3: storage address -> unit, during forward
+        if stage == 2:
+            self._pending = [len(ps) for ps in self.unit_params]
+            for u, ps in enumerate(self.unit_params):
+                for p in ps:
+                    self._hooks.append(p.register_post_accumulate_grad_hook(lambda p, u=u: self._grad_ready(u)))
+        if stage == 3:
+            for i, m in enumerate(self.units):
+                self._hooks.append(m.register_forward_pre_hook(lambda m, a, u=i + 1: self._pre_forward(u)))
+                self._hooks.append(m.register_forward_hook(lambda m, a, o, u=i + 1: self._release(u)))
+        self._reduced = False
+
+    @staticmethod
+    def _find_units(model: nn.Module, units, required: bool):
+        """The units to shard one by one: given, else model.blocks; stages 1-2 may do with the root alone."""
+        if units is None:
+            units = getattr(model, "blocks", None)
+            if not isinstance(units, (nn.ModuleList, nn.Sequential)) or len(units) == 0:
+                if not required:
+                    return []
+                raise ValueError(f"{type(model).__name__} has no `blocks` list to shard unit by unit: pass "
+                                 f"units=[...] (the modules to gather one at a time, e.g. its layers)")
+        units = list(units)
+        mods = set(map(id, model.modules()))
+        for u in units:
+            if not isinstance(u, nn.Module) or id(u) not in mods:
+                raise ValueError(f"units must be submodules of the model; got {type(u).__name__}")
+        return units
+
+    def _probe_reduce_scatter(self, device) -> bool:
+        """True when the backend has a native reduce-scatter (NCCL; gloo from torch 2.x); else we emulate."""
+        if self.backend == "nccl":
+            return True
+        try:
+            out = torch.zeros(1, device=device)
+            _reduce_scatter_into(out, torch.ones(self.world_size, device=device), self.group)
+            return True
+        except (RuntimeError, NotImplementedError, AttributeError):
+            return False
+
+    # ------------------------------------------------------------------ collectives, counted
+    def _all_gather(self, shard: torch.Tensor) -> torch.Tensor:
+        full = torch.empty(shard.numel() * self.world_size, dtype=shard.dtype, device=shard.device)
+        _all_gather_into(full, shard.detach().contiguous(), self.group)
+        self.comm.add("all_gather", full.numel() * full.element_size())
+        return full
+
+    def _reduce_scatter(self, full: torch.Tensor) -> torch.Tensor:
+        """Average of `full` over ranks, this rank's slice only. Without a native reduce-scatter (older gloo)
+        it all-reduces and keeps the slice; the counter still records what a real reduce-scatter sends."""
+        full = full.contiguous() / self.world_size          # divide first, as DDP does
+        n = full.numel() // self.world_size
+        self.comm.add("reduce_scatter", full.numel() * full.element_size())
+        if self._native_rs:
+            out = torch.empty(n, dtype=full.dtype, device=full.device)
+            _reduce_scatter_into(out, full, self.group)
+            return out
+        dist.all_reduce(full, group=self.group)
+        return full[self.rank * n:(self.rank + 1) * n].clone()
+
+    # ------------------------------------------------------------------ stage 2: reduce as gradients arrive
+    def _grad_ready(self, u: int) -> None:
+        self._pending[u] -= 1
+        if self._pending[u] == 0:
+            self._reduce_unit(u)
+
+    def _reduce_unit(self, u: int) -> None:
+        ps = self.unit_params[u]
+        flat = self.layouts[u].flatten([p.grad for p in ps], self.param_dtype, self.master[u].device)
+        g = self._reduce_scatter(flat)
+        self.grad_shard[u] = g if self.grad_shard[u] is None else self.grad_shard[u] + g
+        for p in ps:
+            p.grad = None                                  # keep only the shard's gradients
+        if self.stage == 2:
+            self._pending[u] = len(ps)                     # ready for the next backward (or micro-batch)
+
+    def reduce_gradients(self) -> None:
+        """Stages 1-2: make sure every unit's gradient is reduce-scattered into this rank's shard."""
+        if self._reduced or self.stage == 3:
+            return
+        for u in range(len(self.layouts)):
+            if self.stage == 1 or any(p.grad is not None for p in self.unit_params[u]):
+                self._reduce_unit(u)
+        self._reduced = True
+
+    # ------------------------------------------------------------------ stage 3: gather, free, regather
+    def _gather_into(self, u: int, for_backward: bool = False) -> torch.Tensor:
+        full = _GatherUnit.apply(self.shard[u], self, u)
+        if not for_backward:
+            self._live[full.untyped_storage().data_ptr()] = u       # forgotten at _release: the address is reused
+            for w, v in zip(self._where[u], self.layouts[u].views(full)):
+                for m, name in w:
+                    setattr(m, name, v)
+        return full
+
+    def _pre_forward(self, u: int) -> None:
+        self._gather_into(u)
+
+    def _release(self, u: int) -> None:
+        self._live = {ptr: v for ptr, v in self._live.items() if v != u}
+        for w in self._where[u]:
+            for m, name in w:
+                setattr(m, name, None)                     # drop the gathered weights: only saved markers remain
+
+    def _pack(self, t: torch.Tensor):
+        u = self._live.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
+        if u is None:
+            return t
+        return ("zero-unit", u, t.shape, t.stride(), t.storage_offset())   # a weight: keep where, not what
+
+    def _unpack(self, packed):
+        if not (isinstance(packed, tuple) and packed and packed[0] == "zero-unit"):
+            return packed
+        _, u, shape, stride, offset = packed
+        if u not in self._regathered:                      # first use in backward: all-gather the unit again
+            with torch.no_grad():
+                self._regathered[u] = self._all_gather(self.shard[u])
+        return self._regathered[u].as_strided(shape, stride, offset)
+
+    def forward(self, *args, **kwargs):
+        self._reduced = False
+        if self.stage < 3:
+            return self.module(*args, **kwargs)
+        self._live.clear()
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            self._gather_into(0)                           # the root unit stays gathered for the whole forward
+            try:
+                return self.module(*args, **kwargs)
+            finally:
+                self._release(0)
+                self._live.clear()
+
+    # ------------------------------------------------------------------ optimizer
+    def _shard_grads(self) -> list[torch.Tensor | None]:
+        self.reduce_gradients()
+        return self.grad_shard if self.stage < 3 else [s.grad for s in self.shard]
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale gradients so their global L2 norm is at most max_norm: each rank sums squares of its
+        shard, one all-reduce adds them (padding is zero and adds nothing). Returns the norm before clipping."""
+        grads = [g for g in self._shard_grads() if g is not None]
+        sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
+        dist.all_reduce(sq, group=self.group)
+        norm = sq.sqrt()
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.to(g.dtype))
+        return norm
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Adam on this rank's shard only, then (stages 1-2) all-gather the updated weights to every rank."""
+        for m, g in zip(self.master, self._shard_grads()):
+            m.grad = None if g is None else g.to(torch.float32)
+        self.optimizer.step()
+        for u, m in enumerate(self.master):
+            m.grad = None
+            if self.stage < 3:
+                self.flat[u].copy_(self._all_gather(m.to(self.param_dtype)))
+            elif self.mixed:
+                self.shard[u].copy_(m)
+        self.comm.steps += 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for ps in self.unit_params:
+            for p in ps:
+                p.grad = None
+        self.grad_shard = [None] * len(self.layouts)
+        for s in self.shard:
+            s.grad = None
+        self._reduced = False
+
+    # ------------------------------------------------------------------ serialization
+    def state_dict(self) -> dict:
+        """This rank's shard of the training state: fp32 master weights and the optimizer's state for them."""
+        return {"stage": self.stage, "rank": self.rank, "world_size": self.world_size,
+                "numels": [lay.numel for lay in self.layouts],
+                "master": [m.detach().clone() for m in self.master],
+                "optimizer": self.optimizer.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from state_dict() saved by the same rank of the same layout (same world size, same model)."""
+        for key, mine in (("world_size", self.world_size), ("rank", self.rank),
+                          ("numels", [lay.numel for lay in self.layouts])):
+            if state.get(key) != mine:
+                raise ValueError(f"state {key}={state.get(key)!r} but this rank has {mine!r}: load each rank's "
+                                 f"own shard, saved with the same world size and model")
+        for u, (m, saved) in enumerate(zip(self.master, state["master"])):
+            m.copy_(saved)
+            if self.stage < 3:
+                self.flat[u].copy_(self._all_gather(m.to(self.param_dtype)))
+            elif self.mixed:
+                self.shard[u].copy_(m)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    @torch.no_grad()
+    def full_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter, whole and in fp32 (all-gathered from the master shards): for checks and saving."""
+        out = {}
+        for u, (m, lay) in enumerate(zip(self.master, self.layouts)):
+            full = torch.empty(lay.padded, dtype=torch.float32, device=m.device)
+            _all_gather_into(full, m.detach().contiguous(), self.group)
+            for w, v in zip(self._where[u], lay.views(full)):
+                for mod, attr in w:
+                    out[self._qualname(mod, attr)] = v.clone()
+        return out
+
+    def _qualname(self, mod: nn.Module, attr: str) -> str:
+        for name, m in self.module.named_modules():
+            if m is mod:
+                return f"{name}.{attr}" if name else attr
+        raise KeyError(attr)
+
+    # ------------------------------------------------------------------ memory, counted
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of weights, gradients and optimizer states this rank holds now, each storage counted once
+        (call it after backward, before step(), to see the gradients at their peak)."""
+        seen: set[int] = set()
+
+        def size(ts) -> int:
+            total = 0
+            for t in ts:
+                if t is None:
+                    continue
+                s = t.untyped_storage()
+                if s.data_ptr() not in seen:
+                    seen.add(s.data_ptr())
+                    total += s.nbytes()
+            return total
+
+        weights = size(self.flat if self.stage < 3 else self.shard)
+        grads = size([p.grad for ps in self.unit_params for p in ps] + list(self.grad_shard)
+                     + [s.grad for s in self.shard])
+        opt_state = [t for st in self.optimizer.state.values() for t in st.values()
+                     if torch.is_tensor(t) and t.dim() > 0]     # not Adam's step count
+        optimizer = size(list(self.master) + opt_state)
+        return {"weights": weights, "gradients": grads, "optimizer": optimizer}
+
+
+def _all_gather_into(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, inp, group=group)
+
+
+def _reduce_scatter_into(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    fn(out, inp, group=group)
+
+
+# ----------------------------------------------------------------------------- the lesson's experiment
+# One rank's training run for the notebook, the tests and the benchmark: ours (zero1-3) beside torch's
+# DDP (plain data parallel) and FSDP2 fully_shard, which appear here only as references.
+
+MODES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ZeroRun:
+    mode: str = "zero1"             # 'ddp' (torch DDP), 'zero1', 'zero2', 'zero3' (ours), 'fsdp' (torch fully_shard)
+    model: str = "tiny"             # frugal.model preset
+    steps: int = 4                  # optimizer steps
+    batch_size: int = 4             # sequences per rank per step
+    seq_len: int = 32               # tokens per sequence
+    lr: float = 3e-3                # AdamW learning rate
+    grad_clip: float | None = 1.0   # global gradient-norm clip; None = none
+    dtype: str = "fp32"             # compute copies: 'fp32', or 'bf16'/'fp16' with fp32 master weights
+    recompute: bool = False         # checkpoint every block (torch.utils.checkpoint, non-reentrant)
+    seed: int = 0                   # same weights on every rank; batches differ by rank
+    data: str = "synthetic"         # 'synthetic' (random tokens) or 'corpus' (the shipped text: loss falls)
+    warmup: int = 1                 # steps left out of the timing median
+    memory_fraction: float | None = None  # CUDA only: cap this process's memory (emulates a smaller GPU)
+    return_params: bool = False     # return every parameter, whole, in fp32 (tests compare them)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"ZeroRun.mode={self.mode!r}: pick one of {MODES}")
+        if self.data not in ("synthetic", "corpus"):
+            raise ValueError(f"ZeroRun.data={self.data!r}: pick 'synthetic' or 'corpus'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ZeroRun.dtype={self.dtype!r}: pick one of {tuple(DTYPES)}")
+
+
+class _Recompute(nn.Module):
+    """A block whose activations are recomputed in backward; the inner block stays the ZeRO unit."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(self.block, x, use_reentrant=False)
+
+
+def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
+    """Train run.mode for run.steps steps on this rank (launch it with frugal.dist.launch); returns the mean
+    loss of each step over all ranks, step times, peak CUDA memory, counted state bytes and bytes sent."""
+    import statistics
+    import time
+    from frugal.data import corpus_tokens, get_batch, split, synthetic_batch
+    from frugal.measure import synchronize
+    from frugal.model import TinyGPT, preset
+
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(1)        # gloo ranks share the CPU's cores: one thread each, no oversubscription
+    if run.memory_fraction is not None and device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(run.memory_fraction, device)
+    cfg = preset(run.model)
+    torch.manual_seed(run.seed)
+    model = TinyGPT(cfg).to(device)
+    units = list(model.blocks)
+    if run.recompute:
+        for i, block in enumerate(units):
+            model.blocks[i] = _Recompute(block)
+    dtype = DTYPES[run.dtype]
+    gen = torch.Generator().manual_seed(run.seed * 1000 + rank)
+    if run.data == "corpus":
+        tokens = split(corpus_tokens())[0]
+        batches = [get_batch(tokens, run.batch_size, run.seq_len, gen, device) for _ in range(run.steps)]
+    else:
+        batches = [synthetic_batch(cfg.vocab_size, run.batch_size, run.seq_len, gen, device)
+                   for _ in range(run.steps)]
+    comm = CommCounter(world_size)
+    autocast = nullcontext()
+    if run.mode.startswith("zero"):
+        net = ZeroDataParallel(model, int(run.mode[-1]), param_dtype=dtype, units=units, lr=run.lr)
+        comm = net.comm
+    elif run.mode == "ddp":
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        def counting_allreduce(counter, bucket):
+            counter.add("all_reduce", bucket.buffer().numel() * bucket.buffer().element_size())
+            return allreduce_hook(None, bucket)
+        net.register_comm_hook(comm, counting_allreduce)
+        opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
+        if dtype != torch.float32:
+            autocast = torch.autocast(device.type, dtype=dtype)
+    else:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=dtype if dtype != torch.float32 else None)
+        for block in units:
+            fully_shard(block, mp_policy=mp)
+        net = fully_shard(model, mp_policy=mp)
+        opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
+    losses, times, state_bytes = [], [], None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step, (x, y) in enumerate(batches):
+        synchronize(device)
+        t0 = time.perf_counter()
+        with autocast:
+            _, loss = net(x, y)
+        loss.backward()
+        if step == run.steps - 1:
+            state_bytes = _state_bytes(net, model, opt if not run.mode.startswith("zero") else None)
+        if run.mode.startswith("zero"):
+            if run.grad_clip is not None:
+                net.clip_grad_norm_(run.grad_clip)
+            net.step()
+            net.zero_grad()
+        else:
+            if run.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        mean = loss.detach().float().clone()
+        dist.all_reduce(mean)
+        losses.append(mean.item() / world_size)
+    timed = times[run.warmup:] if len(times) > run.warmup else times
+    step_s = statistics.median(timed)
+    out = {"mode": run.mode, "rank": rank, "world_size": world_size, "losses": losses, "step_s": step_s,
+           "tokens_per_s": world_size * run.batch_size * run.seq_len / step_s,
+           "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+           "state_bytes": state_bytes, "comm_bytes_per_step": comm.total / run.steps,
+           "n_params": sum(p.numel() for p in TinyGPT(cfg).parameters()) if run.return_params else None}
+    if run.return_params:
+        params = net.full_parameters() if run.mode.startswith("zero") else _plain_params(model)
+        out["params"] = {k: v.detach().float().cpu().clone() for k, v in params.items()}
+    return out
+
+
+def _plain_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, m in model.named_modules():
+        for attr, p in m._parameters.items():
+            if p is not None:
+                out[f"{name}.{attr}" if name else attr] = p.full_tensor() if hasattr(p, "full_tensor") else p
+    return out
+
+
+def _state_bytes(net, model: nn.Module, opt) -> dict[str, int] | None:
+    """Counted bytes of weights, gradients and optimizer states on this rank (FSDP: its local shards)."""
+    if isinstance(net, ZeroDataParallel):
+        return net.memory_bytes()
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+    ps = list(dict.fromkeys(model.parameters()))
+    return {"weights": sum(local(p).nbytes for p in ps),
+            "gradients": sum(local(p.grad).nbytes for p in ps if p.grad is not None),
+            "optimizer": sum(local(t).nbytes for st in opt.state.values() for t in st.values()
+                             if torch.is_tensor(t) and t.dim() > 0)}
+
+
+def run_many(rank: int, world_size: int, runs: dict[str, ZeroRun]) -> dict[str, dict]:
+    """run_rank for each named run, one after the other in one launch (spawning ranks costs seconds).
+    A run that raises (torch FSDP where this torch lacks it, say) reports {'error': ...} and the rest go on."""
+    out = {}
+    for name, run in runs.items():
+        try:
+            out[name] = run_rank(rank, world_size, run)
+        except Exception as e:  # noqa: BLE001 - every rank raises alike: report it, keep the others
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    return out

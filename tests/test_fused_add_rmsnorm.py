@@ -1,0 +1,109 @@
+"""frugal.kernels.fused_add_rmsnorm: forward and backward against autograd through the eager chain."""
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
+from frugal.kernels.fused_add_rmsnorm import (add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
+                                              add_rmsnorm_reference, benchmark_add_rmsnorm)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# fp32 tolerance: the kernel sums squares in another order than torch.mean (tree vs sequential), so
+# results differ by a few ulps, never more.
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _inputs(*shape, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    x, r = (torch.randn(*shape, generator=g).to(DEVICE, dtype).requires_grad_() for _ in range(2))
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(DEVICE, dtype).requires_grad_()
+    return x, r, w
+
+
+@pytest.mark.parametrize("shape", [(5, 33), (1, 1), (2, 3, 100), (7, 64)])
+def test_forward_equals_eager_chain(shape):
+    x, r, w = _inputs(*shape)
+    y, h = add_rmsnorm(x, r, w)
+    y_ref, h_ref = add_rmsnorm_reference(x, r, w)
+    assert torch.equal(h, h_ref)                      # one add: exact
+    torch.testing.assert_close(y, y_ref, **TOL)
+
+
+@pytest.mark.parametrize("shape", [(5, 33), (1, 1), (2, 3, 100)])
+def test_backward_equals_autograd_through_eager_chain(shape):
+    x, r, w = _inputs(*shape)
+    gy, gh = torch.randn_like(x), torch.randn_like(x)
+    ours = torch.autograd.grad(add_rmsnorm(x, r, w), (x, r, w), (gy, gh))
+    ref = torch.autograd.grad(add_rmsnorm_reference(x, r, w), (x, r, w), (gy, gh))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_backward_when_only_the_normed_output_is_used():
+    x, r, w = _inputs(6, 40)
+    ours = torch.autograd.grad(add_rmsnorm(x, r, w)[0].square().sum(), (x, r, w))
+    ref = torch.autograd.grad(add_rmsnorm_reference(x, r, w)[0].square().sum(), (x, r, w))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_empty_batch():
+    x, r, w = _inputs(0, 16)
+    y, h = add_rmsnorm(x, r, w)
+    assert y.shape == (0, 16)
+    gx, gr, gw = torch.autograd.grad((y, h), (x, r, w), (torch.ones_like(y), torch.ones_like(h)))
+    assert gx.shape == (0, 16) and torch.equal(gw, torch.zeros(16, device=DEVICE))
+
+
+def test_bfloat16_within_bf16_rounding():
+    x, r, w = _inputs(4, 48, dtype=torch.bfloat16)
+    y, h = add_rmsnorm(x, r, w)
+    y_ref, h_ref = add_rmsnorm_reference(x, r, w)
+    assert y.dtype == h.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits: one rounding step is up to 2**-8 relative. The interpreter's fp32 -> bf16
+    # cast may round differently from torch's round-to-nearest-even, so h too may differ by that one step.
+    torch.testing.assert_close(h, h_ref, rtol=2 ** -7, atol=2 ** -7)
+    torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+
+
+def test_fused_moves_fewer_bytes_than_the_eager_chain():
+    rows = benchmark_add_rmsnorm([(32, 64)], "cpu", repeats=1)
+    fused, eager = (next(r for r in rows if r["impl"] == name) for name in ("fused (ours)", "eager chain"))
+    assert fused["bytes moved"] == add_rmsnorm_bytes(32, 64, 4)
+    assert eager["bytes moved"] > 2.5 * fused["bytes moved"]
+    assert eager["kernels"] > 10
+
+
+def test_shape_mismatch_is_refused():
+    x, r, w = _inputs(3, 8)
+    with pytest.raises(ValueError, match="residual"):
+        add_rmsnorm(x, r[:2], w)
+    with pytest.raises(ValueError, match="weight"):
+        add_rmsnorm(x, r, w[:4])
+
+
+def test_dtype_mismatch_is_refused():
+    x, r, w = _inputs(3, 8)
+    with pytest.raises(TypeError, match="cast"):
+        add_rmsnorm(x, r.double(), w)
+
+
+def test_non_contiguous_is_refused():
+    x, r, w = _inputs(8, 8)
+    with pytest.raises(ValueError, match="contiguous"):
+        add_rmsnorm(x.t(), r, w)
+
+
+def test_device_mismatch_is_refused():
+    x, r, w = _inputs(3, 8)
+    with pytest.raises(ValueError, match="device"):
+        add_rmsnorm(x, r, torch.ones(8, device="meta"))
+
+
+@pytest.mark.gpu
+def test_wide_rows_on_gpu():
+    x, r, w = _inputs(300, 4096)
+    gy, gh = torch.randn_like(x), torch.randn_like(x)
+    ours = torch.autograd.grad(add_rmsnorm(x, r, w), (x, r, w), (gy, gh))
+    ref = torch.autograd.grad(add_rmsnorm_reference(x, r, w), (x, r, w), (gy, gh))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)   # dw sums 300 rows in another order

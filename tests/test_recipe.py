@@ -1,0 +1,137 @@
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from frugal import plots, recipe
+from frugal.model import TinyGPT, preset
+from frugal.recipe import MemoryPlan, naive_plan, recipe_plan
+
+T4 = 16e9
+SMALL = recipe.size_family(vocab_size=256, block_size=64)[:5]
+
+
+def test_count_params_matches_the_model():
+    for cfg in recipe.size_family()[:8] + [preset("tiny"), preset("gpt2-small", bias=False)]:
+        with torch.device("meta"):
+            assert recipe.count_params(cfg) == TinyGPT(cfg).num_params(), cfg
+
+
+def test_family_grows():
+    sizes = [recipe.count_params(c) for c in recipe.size_family()]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    assert sizes[0] < 1e7 and sizes[-1] > 5e9
+
+
+def test_zero3_divides_the_states_by_the_world_size():
+    cfg = recipe.size_family()[6]
+    one = recipe.estimate_training_bytes(cfg, recipe_plan(1), 8, 1024)
+    eight = recipe.estimate_training_bytes(cfg, recipe_plan(8), 8, 1024)
+    for kind in ("weights", "gradients", "optimizer"):
+        assert eight[kind] == pytest.approx(one[kind] / 8)
+
+
+def test_search_frontier_is_the_last_size_under_the_budget():
+    result = recipe.largest_that_fits(T4, naive_plan(), batch=8, seq=1024)
+    flags = [r.fits_estimate for r in result.rows]
+    k = flags.index(False)
+    assert all(flags[:k]) and not any(flags[k:])        # fits, then never again: sizes only grow
+    assert result.largest_estimated is result.rows[k - 1]
+    assert result.largest_verified is None              # nothing was trained
+
+
+def test_recipe_trains_a_model_at_least_4x_larger_under_a_t4_budget():
+    """The lesson's claim, by the estimator, at a per-GPU batch of 8 sequences of 1024 tokens."""
+    naive = recipe.largest_that_fits(T4, naive_plan(), batch=8, seq=1024).largest_estimated
+    ours = recipe.largest_that_fits(T4, recipe_plan(1), batch=8, seq=1024).largest_estimated
+    sharded = recipe.largest_that_fits(T4, recipe_plan(8), batch=8, seq=1024).largest_estimated
+    assert ours.params >= 4 * naive.params
+    assert sharded.params > ours.params
+
+
+def test_counted_bytes_match_the_estimate_for_naive_fp32():
+    """fp32 without recompute: the count (states + saved tensors) equals the estimate's persistent part.
+
+    Within 0.1%: Adam's per-tensor 'step' counters and LayerNorm statistics the estimator rounds differently.
+    """
+    cfg = SMALL[2]
+    est = recipe.estimate_training_bytes(cfg, naive_plan(), 4, 64)
+    counted = recipe.counted_training_bytes(cfg, naive_plan(), 4, 64)
+    persistent = est["weights"] + est["gradients"] + est["optimizer"] + est["activations"]
+    assert counted == pytest.approx(persistent, rel=1e-3)
+
+
+def test_counted_bytes_of_the_recipe_stay_under_its_estimate_and_under_naive():
+    """The count misses what full recompute holds outside autograd's saved tensors, so it is a lower bound."""
+    cfg = SMALL[3]
+    est = recipe.estimate_training_bytes(cfg, recipe_plan(), 4, 64)
+    counted = recipe.counted_training_bytes(cfg, recipe_plan(), 4, 64)
+    assert counted <= est["weights"] + est["gradients"] + est["optimizer"] + est["activations"]
+    assert counted < recipe.counted_training_bytes(cfg, naive_plan(), 4, 64)
+
+
+def _fake_verify(limit):
+    calls = []
+
+    def verify(cfg):
+        calls.append(cfg.n_embd)
+        n = recipe.count_params(cfg)
+        return n <= limit, n
+    return verify, calls
+
+
+@pytest.mark.parametrize("true_limit_index", [1, 3, 5])
+def test_verification_walks_to_the_real_frontier(true_limit_index):
+    """Whether the estimator over- or under-shoots, the walk ends at the largest size that really trains."""
+    family = recipe.size_family(256, 64)[:7]
+    limit = recipe.count_params(family[true_limit_index])
+    budget = sum(recipe.estimate_training_bytes(family[3], naive_plan(), 4, 64).values())   # estimator picks 3
+    verify, calls = _fake_verify(limit)
+    result = recipe.largest_that_fits(budget, naive_plan(), 4, 64, family=family, verify=verify)
+    assert result.largest_estimated.n_embd == family[3].n_embd
+    assert result.largest_verified.n_embd == family[true_limit_index].n_embd
+    assert calls[0] == family[3].n_embd                  # starts where the estimator points
+    assert len(calls) <= abs(true_limit_index - 3) + 2    # and stops once it crossed the frontier
+
+
+def test_cpu_verifier_counts_bytes():
+    budget = recipe.estimate_training_bytes(SMALL[1], naive_plan(), 4, 64)
+    budget = sum(budget.values())
+    result = recipe.largest_that_fits(budget, naive_plan(), 4, 64, family=SMALL,
+                                      verify=recipe.verifier(naive_plan(), 4, 64, budget, "cpu"))
+    assert result.largest_verified.n_embd == SMALL[1].n_embd
+    assert result.rows[2].verified is False and result.rows[2].measured_bytes > budget
+
+
+def test_a_real_step_cannot_check_a_sharded_plan():
+    with pytest.raises(ValueError, match="world_size=1"):
+        recipe.counted_training_bytes(SMALL[0], recipe_plan(4), 2, 16)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"precision": "fp8"}, "mixed"), ({"recompute": "some"}, "full"),
+                                          ({"zero_stage": 4}, "0, 1, 2 or 3"), ({"world_size": 0}, "at least 1")])
+def test_bad_plans_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MemoryPlan("x", **kwargs)
+
+
+def test_bad_budget_is_refused():
+    with pytest.raises(ValueError, match="16e9"):
+        recipe.largest_that_fits(0, naive_plan())
+
+
+def test_frontier_plot():
+    curves = {r.plan.name: [asdict(row) for row in r.rows]
+              for r in (recipe.largest_that_fits(T4, p, 8, 1024) for p in (naive_plan(), recipe_plan()))}
+    curves["naive fp32 Adam"][5]["verified"] = True
+    fig = plots.model_size_frontiers(curves, T4)
+    assert len(fig.axes[0].lines) == 2 + 2 + 1 + 1      # two curves, two stars, one verified square, the budget
+
+
+@pytest.mark.gpu
+def test_gpu_step_under_a_memory_cap():
+    cfg = recipe.size_family(256, 64)[3]
+    fits, peak = recipe.train_step_fits_gpu(cfg, naive_plan(), 4, 64, 2e9)
+    assert fits and 0 < peak <= 2e9
+    fits, peak = recipe.train_step_fits_gpu(cfg, naive_plan(), 4, 64, 1e6)
+    assert not fits and peak is None

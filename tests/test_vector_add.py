@@ -1,0 +1,75 @@
+"""frugal.kernels.vector_add against torch.add, on CPU through Triton's interpreter (on a GPU when present)."""
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
+from frugal.kernels.vector_add import CONFIGS, vector_add, vector_add_bytes, vector_add_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("n", [0, 1, 1023, 1025, 3 * 1024 + 7])
+def test_equals_torch_add_for_sizes_off_the_block(n):
+    x, y = torch.randn(n, device=DEVICE), torch.randn(n, device=DEVICE)
+    # exact: one float add per element, same rounding as torch.add
+    assert torch.equal(vector_add(x, y), vector_add_reference(x, y))
+
+
+@pytest.mark.parametrize("block,warps,programs", [(c[0], c[1], None if c[2] is None else 2) for c in CONFIGS])
+def test_every_benchmark_config_is_exact(block, warps, programs):
+    x, y = torch.randn(5000, device=DEVICE), torch.randn(5000, device=DEVICE)
+    assert torch.equal(vector_add(x, y, block, warps, programs), x + y)
+
+
+def test_persistent_grid_of_one_program_covers_everything():
+    x, y = torch.randn(4097, device=DEVICE), torch.randn(4097, device=DEVICE)
+    assert torch.equal(vector_add(x, y, block_size=256, programs=1), x + y)
+
+
+def test_keeps_shape_and_works_in_half_precision():
+    x, y = torch.randn(3, 5, 7, device=DEVICE).half(), torch.randn(3, 5, 7, device=DEVICE).half()
+    out = vector_add(x, y, block_size=64)
+    assert out.shape == (3, 5, 7) and out.dtype == torch.float16
+    assert torch.equal(out, x + y)
+
+
+def test_bytes_moved_is_two_reads_and_a_write():
+    assert vector_add_bytes(1000, 4) == 12000
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="broadcast"):
+        vector_add(torch.randn(4), torch.randn(5))
+
+
+def test_dtype_mismatch_is_refused():
+    with pytest.raises(TypeError, match="cast"):
+        vector_add(torch.randn(4), torch.randn(4, dtype=torch.float64))
+
+
+def test_non_contiguous_is_refused():
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="contiguous"):
+        vector_add(x.t(), x.t().clone())
+
+
+def test_block_size_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        vector_add(torch.randn(4), torch.randn(4), block_size=1000)
+
+
+def test_device_mismatch_is_refused():
+    y = torch.randn(4, device="meta")
+    with pytest.raises(ValueError, match="device"):
+        vector_add(torch.randn(4), y)
+
+
+def test_not_a_tensor_is_refused():
+    with pytest.raises(TypeError):
+        vector_add(torch.randn(4), [1.0, 2.0, 3.0, 4.0])
+
+
+@pytest.mark.gpu
+def test_large_add_on_gpu_is_exact():
+    x, y = torch.randn(2 ** 24 + 3, device="cuda"), torch.randn(2 ** 24 + 3, device="cuda")
+    assert torch.equal(vector_add(x, y, 4096, 8), x + y)
