@@ -3,24 +3,36 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.frugal-installed
+# The browser tests (tests/ui) drive Debian's chromium through Playwright for Python; Playwright downloads no browser.
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
-.PHONY: lab test test-unit test-notebooks bench clean
+.PHONY: lab test test-unit test-ui test-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,kernels]'
+	$(PY) -m pip install -e '.[test,kernels,ui]'
 	touch $(STAMP)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
+	  ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: $(STAMP)
+# Unit tests, the notebooks in JupyterLab in a real browser (tests/ui), the notebooks under ipywidgets 7.7.1
+# (tests/test_ipywidgets7.py), and the notebooks under nbval.
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest tests notebooks $(PYTEST_NB)
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/ui --deselect tests/test_ipywidgets7.py
+
+test-ui: $(STAMP) $(CHROMIUM)
+	$(PY) -m pytest tests/ui
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest notebooks $(PYTEST_NB)
@@ -29,4 +41,4 @@ bench: $(STAMP)
 	$(PY) -m frugal bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts build/ipywidgets-7.7.1

@@ -9,17 +9,21 @@ from pathlib import Path
 
 from .lab import Lab
 
-# Per code cell of the rendered notebook: its prompt, error outputs (also inside Output widgets), widget views,
-# images. An error output is rendered with the error mime type; a traceback printed to stderr counts too.
+# Per code cell of the rendered notebook: its prompt, errors shown inside its widgets, widget views, images.
+# (A cell's own error outputs are read from the saved notebook: the page renders them as stderr, like any
+# traceback a lesson prints on purpose. Inside a dashboard's Output, any traceback is an error.)
+WIDGET_ERRORS_JS = """o => (o.textContent || '').includes('Traceback (most recent call last)')
+      || (o.textContent || '').includes('Error displaying widget')"""
 CELLS_JS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell.jp-CodeCell')].map(cell => {
   const outs = [...cell.querySelectorAll('.jp-OutputArea-output')];
-  const isError = o => o.dataset.mimeType === 'application/vnd.jupyter.error'
-      || (o.textContent || '').includes('Traceback (most recent call last)')
-      || (o.textContent || '').includes('Error displaying widget');
+  const inWidgets = [...cell.querySelectorAll('.jupyter-widgets .jp-OutputArea-output')];
   return {
     prompt: (cell.querySelector('.jp-InputPrompt') || {}).textContent || '',
-    errors: outs.filter(isError).map(o => o.textContent.slice(-3000)),
+    stderr: outs.filter(o => o.dataset.mimeType === 'application/vnd.jupyter.stderr').map(o => o.textContent).join('').slice(-3000),
+    widget_errors: [...inWidgets.filter(""" + WIDGET_ERRORS_JS + """),
+                    ...outs.filter(o => /Error displaying widget/.test(o.textContent || ''))].map(o => o.textContent.slice(-3000)),
     widgets: cell.querySelectorAll('.jp-OutputArea-output .jupyter-widgets').length,
+    buttons: cell.querySelectorAll('.jupyter-widgets button').length,
     loading: outs.filter(o => /Loading widget/.test(o.textContent || '')).length,
     images: [...cell.querySelectorAll('.jp-OutputArea-output img')].filter(i => i.complete && i.naturalWidth > 0).length,
     widget_images: [...cell.querySelectorAll('.jupyter-widgets img')].filter(i => i.complete && i.naturalWidth > 0).length,
@@ -29,9 +33,8 @@ CELLS_JS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod
 # The top-level widget view of every cell output that holds an Output widget (where a dashboard draws its
 # plots): the notebook's dashboards, whether or not their plot is there.
 DASHBOARDS = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output > .jupyter-widgets:has(.widget-output)"
-CODE_CELL = re.compile(r"\S")
 WIDGET_CALL = re.compile(r"^(?!\s*#).*\bwidgets\.\w+\(", re.M)          # a cell that builds a dashboard
-PLOT_DISPLAY = re.compile(r"^\s*(display\(\s*plots\.\w+\(|plots\.\w+\()", re.M)   # a cell that shows a figure
+PLOT_DISPLAY = re.compile(r"^\s*(display\(\s*)?plots\.(?!human_bytes)\w+\(", re.M)  # a cell that shows a figure
 
 
 def code_cells(path: Path) -> list[str]:
@@ -94,8 +97,7 @@ class NotebookPage:
         return self.page.evaluate(CELLS_JS)
 
     def run_all(self, timeout_s: float = 300) -> None:
-        """Run > Run All Cells, then wait until no cell is running and every cell ran (or one failed)."""
-        n_code = len(self.sources())
+        """Run > Run All Cells, then wait until no cell is queued or running (all ran, or one failed)."""
         for attempt in range(3):                      # a click right after the kernel starts can be lost: retry
             self.page.get_by_role("menuitem", name="Run", exact=True).click()
             self.page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
@@ -107,18 +109,26 @@ class NotebookPage:
                 break
         else:
             raise RuntimeError(f"{self.name}: Run All Cells started nothing (3 tries)")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            cells = self.cells()
-            running = [i for i, c in enumerate(cells) if "*" in c["prompt"]]
-            done = sum(bool(re.search(r"\[\d+\]", c["prompt"])) for c in cells)
-            if not running and (done == n_code or any(c["errors"] for c in cells)):
-                break
+        deadline, quiet = time.monotonic() + timeout_s, 0
+        while quiet < 2:                              # twice in a row: nothing queued, the kernel idle
+            running = [i for i, c in enumerate(self.cells()) if "*" in c["prompt"]]
+            quiet = quiet + 1 if not running and self._session()["kernel"]["execution_state"] == "idle" else 0
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: cells still running after {timeout_s:.0f} s: code cells {running}, "
-                                   f"{done}/{n_code} done")
-            time.sleep(1)
+                raise TimeoutError(f"{self.name}: code cells {running} still running after {timeout_s:.0f} s")
+            time.sleep(0.5)
         self.wait_widgets()
+
+    def saved_errors(self, timeout_s: float = 60) -> dict[int, str]:
+        """Save the notebook (Ctrl+S, as a person would) and return its error outputs by code cell index,
+        read from the file JupyterLab wrote: an error output there is an exception, not printed text."""
+        self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").click(position={"x": 5, "y": 5})
+        self.page.keyboard.press("Control+s")
+        self.page.wait_for_selector(".lm-TabBar-tab.jp-mod-current:not(.jp-mod-dirty)", timeout=timeout_s * 1000)
+        model = self.lab.api(f"/api/contents/notebooks/{self.name}?content=1")
+        code = [c for c in model["content"]["cells"] if c["cell_type"] == "code"]
+        ansi = re.compile(r"\x1b\[[0-9;]*m")
+        return {i: ansi.sub("", "\n".join(o.get("traceback") or [f"{o.get('ename')}: {o.get('evalue')}"]))[-3000:]
+                for i, c in enumerate(code) for o in c["outputs"] if o["output_type"] == "error"}
 
     def wait_widgets(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -169,19 +179,20 @@ class NotebookPage:
         else:
             raise ValueError(f"unknown operation {op.kind!r}: use key, drag, pick or click")
         after_state = self._state(control, op)
+        errors_js = f"os => os.filter({WIDGET_ERRORS_JS}).map(o => o.textContent.slice(-3000))"
         deadline = time.monotonic() + timeout_s
-        while True:                                   # redrawn: new images, the kernel idle, the page settled
+        while True:                                   # redrawn (new images, kernel idle, page settled) or failed
             imgs = self.images(dash)
-            if imgs and imgs != before_imgs and self._session()["kernel"]["execution_state"] == "idle":
+            idle = self._session()["kernel"]["execution_state"] == "idle"
+            errors = dash.locator(".jp-OutputArea-output").evaluate_all(errors_js)
+            if idle and (errors or (imgs and imgs != before_imgs)):
                 time.sleep(0.5)
                 if self.images(dash) == imgs:
                     break
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        errors = dash.locator(".jp-OutputArea-output").evaluate_all(
-            "os => os.filter(o => o.dataset.mimeType === 'application/vnd.jupyter.error' || "
-            "(o.textContent || '').includes('Traceback (most recent call last)')).map(o => o.textContent.slice(-3000))")
+        errors = dash.locator(".jp-OutputArea-output").evaluate_all(errors_js)
         return {"state": (before_state, after_state), "changed": bool(imgs) and imgs != before_imgs,
                 "n_images": (len(before_imgs), len(imgs)), "errors": errors}
 
