@@ -381,12 +381,12 @@ def bench_data_parallel(ctx: BenchContext) -> dict:
 @section("zero")
 def bench_zero(ctx: BenchContext) -> dict:
     """Torch DDP, our ZeRO stages 1-3 and torch FSDP on every visible GPU (NCCL; 2 gloo CPU ranks otherwise):
-    tokens/s, per-rank peak memory beside the estimator, bytes sent; then a model over 2x what DP holds,
-    trained with stage 3 under an emulated per-GPU memory cap."""
+    tokens/s, per-rank peak memory beside zero.predict_peak_bytes (what lives at the peak, by name), bytes sent;
+    then a model over 2x what DP holds, trained with stage 3 under an emulated per-GPU memory cap."""
     from frugal import estimate, plots
     from frugal.dist import launch
     from frugal.model import TinyGPT, preset
-    from frugal.zero import ZeroRun, run_many
+    from frugal.zero import ZeroRun, peak_by_kind, predict_peak_bytes, run_many
 
     gpus = dev.gpu_count() if ctx.device.type == "cuda" else 0
     multi = gpus >= 2
@@ -404,62 +404,66 @@ def bench_zero(ctx: BenchContext) -> dict:
         n_params = TinyGPT(cfg).num_params()
     precision = "mixed" if dtype != "fp32" else "fp32"
     act_bytes = 2 if dtype != "fp32" else 4
-    act_pred = sum(estimate.estimate_activation_bytes(cfg, batch, seq, act_bytes=act_bytes).values())
     label = lambda m: {"ddp": "DDP", "fsdp": "FSDP"}.get(m) or f"stage {m[-1]}"
     stage_of = lambda m: {"ddp": 0, "fsdp": 3}.get(m) if m in ("ddp", "fsdp") else int(m[-1])
-    rows, predicted, observed, comm_pred, comm_counted = [], {}, {}, {}, {}
+    rows, predicted, observed, comm_pred, comm_counted, breakdown = [], {}, {}, {}, {}, {}
     for m in modes:
         per_rank = [r[m] for r in results]
         if "error" in per_rank[0]:
             rows.append({"plan": label(m), "error": per_rank[0]["error"][:200]})
             continue
         state = estimate.estimate_state_memory(n_params, precision, "adam", stage_of(m), world)
+        parts = predict_peak_bytes(m, cfg, batch, seq, world, dtype)
+        pred = sum(parts.values())
         peak = max(r["peak_memory_bytes"] or 0 for r in per_rank) or None
         counted = per_rank[0]["state_bytes"]
         row = {"plan": label(m), "world_size": world, "model": model, "n_params": n_params, "dtype": dtype,
                "tokens_per_s": min(r["tokens_per_s"] for r in per_rank),      # the slowest rank sets the pace
                "step_ms": max(r["step_s"] for r in per_rank) * 1e3,
-               "state_bytes_predicted": state.total, "state_bytes_counted": sum(counted.values()),
-               "activation_bytes_predicted": act_pred,
-               "peak_bytes_predicted": state.total + act_pred, "peak_bytes_measured": peak,
-               "peak_over_predicted": peak / (state.total + act_pred) if peak else None,
+               "state_bytes_zero_paper": state.total, "state_bytes_counted": sum(counted.values()),
+               "peak_bytes_predicted": pred, "peak_bytes_measured": peak,
+               "peak_over_predicted": peak / pred if peak else None,
                "comm_bytes_per_step": per_rank[0]["comm_bytes_per_step"] if m != "fsdp" else None,
                "final_loss": per_rank[0]["losses"][-1]}
         rows.append(row)
-        predicted[label(m)] = {**state.as_dict(), "activations": act_pred}
+        breakdown[label(m)] = parts
+        predicted[label(m)] = peak_by_kind(parts)
         # measured: counted state by kind; on a GPU the rest of the peak (activations and temporaries) on top
-        rest = (peak - sum(counted.values())) if peak else act_pred
+        rest = (peak - sum(counted.values())) if peak else sum(v for k, v in predicted[label(m)].items()
+                                                                  if k == "activations")
         observed[label(m)] = {**counted, "activations": rest}
         if m != "fsdp":
             comm_pred[label(m)] = estimate.estimate_zero_comm_bytes(n_params, stage_of(m), world, act_bytes)
             comm_counted[label(m)] = row["comm_bytes_per_step"]
+    ddp = next((r for r in rows if r["plan"] == "DDP" and "tokens_per_s" in r), None)
+    for r in rows:
+        if ddp and "tokens_per_s" in r:
+            r["vs_ddp"] = r["tokens_per_s"] / ddp["tokens_per_s"]
     figures = {
         "memory": plots.sharding_memory_bars(
             predicted, observed, unit=2 ** 30 if big else 2 ** 20, unit_name="GiB" if big else "MiB",
-            title=f"Per-rank memory, {model} {dtype}, {world} x {ctx.slug}: predicted vs "
+            title=f"Per-rank memory, {model} {dtype}, {world} x {ctx.slug}: predicted peak vs "
                   f"{'peak CUDA' if multi else 'counted'}"),
         "comm": plots.comm_volume_bars(comm_pred, comm_counted),
     }
     if big:
         rows += _zero_memory_cap(world, dtype, n_params)
-    return {"rows": rows, "figures": figures}
+    return {"rows": rows, "figures": figures, "peak_breakdown": breakdown}
 
 
 def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
-    """Cap each GPU's memory between what gpt2-medium needs under stage 3 and under DP (estimator), then
-    train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
-    from frugal import estimate
+    """Cap each GPU's memory halfway between the predicted peaks (zero.predict_peak_bytes) of gpt2-medium under
+    stage 3 and under DP, then train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
     from frugal.dist import RankError, launch
     from frugal.model import TinyGPT, preset
-    from frugal.zero import ZeroRun, run_rank
+    from frugal.zero import ZeroRun, predict_peak_bytes, run_rank
 
     batch, seq = 2, 1024
     cfg = preset("gpt2-medium")
     with torch.device("meta"):
         n_big = TinyGPT(cfg).num_params()
-    act = lambda c: sum(estimate.estimate_activation_bytes(c, batch, seq, act_bytes=2).values())
-    need = lambda n, s, c: estimate.estimate_state_memory(n, "mixed", "adam", s, world).total + act(c)
-    cap = (need(n_big, 0, cfg) + need(n_big, 3, cfg)) / 2
+    need = lambda name, mode: sum(predict_peak_bytes(mode, preset(name), batch, seq, world, dtype).values())
+    cap = (need("gpt2-medium", "ddp") + need("gpt2-medium", "zero3")) / 2
     fraction = cap / torch.cuda.get_device_properties(0).total_memory
     rows = []
     for name, mode, n in (("gpt2-small", "ddp", small_params), ("gpt2-medium", "ddp", n_big),
@@ -468,14 +472,17 @@ def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
                       memory_fraction=fraction)
         try:
             out = launch(run_rank, world, run, backend="nccl", timeout=120)
-            fits, peak = True, max(r["peak_memory_bytes"] for r in out)
+            fits = True
+            peak = max(r["peak_memory_bytes"] for r in out)
+            reserved = max(r["peak_reserved_bytes"] for r in out)
         except RankError as e:
-            fits, peak = False, None
+            fits, peak, reserved = False, None, None
             if "out of memory" not in str(e).lower() and "OutOfMemoryError" not in str(e):
                 raise
-        rows.append({"plan": f"cap {cap / 2**30:.1f} GiB: {name} {mode}", "n_params": n,
+        rows.append({"plan": f"cap {cap / 2**30:.2f} GiB: {name} {mode}", "n_params": n,
                      "params_over_control": n / small_params, "memory_cap_bytes": cap, "fits": fits,
-                     "peak_bytes_measured": peak})
+                     "peak_bytes_predicted": need(name, mode), "peak_bytes_measured": peak,
+                     "peak_reserved_bytes": reserved})
     return rows
 
 
