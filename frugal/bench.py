@@ -381,12 +381,12 @@ def bench_data_parallel(ctx: BenchContext) -> dict:
 @section("zero")
 def bench_zero(ctx: BenchContext) -> dict:
     """Torch DDP, our ZeRO stages 1-3 and torch FSDP on every visible GPU (NCCL; 2 gloo CPU ranks otherwise):
-    tokens/s, per-rank peak memory beside the estimator, bytes sent; then a model over 2x what DP holds,
-    trained with stage 3 under an emulated per-GPU memory cap."""
+    tokens/s, per-rank peak memory beside zero.predict_peak_bytes (what lives at the peak, by name), bytes sent;
+    then a model over 2x what DP holds, trained with stage 3 under an emulated per-GPU memory cap."""
     from frugal import estimate, plots
     from frugal.dist import launch
     from frugal.model import TinyGPT, preset
-    from frugal.zero import ZeroRun, run_many
+    from frugal.zero import ZeroRun, peak_by_kind, predict_peak_bytes, run_many
 
     gpus = dev.gpu_count() if ctx.device.type == "cuda" else 0
     multi = gpus >= 2
@@ -404,62 +404,66 @@ def bench_zero(ctx: BenchContext) -> dict:
         n_params = TinyGPT(cfg).num_params()
     precision = "mixed" if dtype != "fp32" else "fp32"
     act_bytes = 2 if dtype != "fp32" else 4
-    act_pred = sum(estimate.estimate_activation_bytes(cfg, batch, seq, act_bytes=act_bytes).values())
     label = lambda m: {"ddp": "DDP", "fsdp": "FSDP"}.get(m) or f"stage {m[-1]}"
     stage_of = lambda m: {"ddp": 0, "fsdp": 3}.get(m) if m in ("ddp", "fsdp") else int(m[-1])
-    rows, predicted, observed, comm_pred, comm_counted = [], {}, {}, {}, {}
+    rows, predicted, observed, comm_pred, comm_counted, breakdown = [], {}, {}, {}, {}, {}
     for m in modes:
         per_rank = [r[m] for r in results]
         if "error" in per_rank[0]:
             rows.append({"plan": label(m), "error": per_rank[0]["error"][:200]})
             continue
         state = estimate.estimate_state_memory(n_params, precision, "adam", stage_of(m), world)
+        parts = predict_peak_bytes(m, cfg, batch, seq, world, dtype)
+        pred = sum(parts.values())
         peak = max(r["peak_memory_bytes"] or 0 for r in per_rank) or None
         counted = per_rank[0]["state_bytes"]
         row = {"plan": label(m), "world_size": world, "model": model, "n_params": n_params, "dtype": dtype,
                "tokens_per_s": min(r["tokens_per_s"] for r in per_rank),      # the slowest rank sets the pace
                "step_ms": max(r["step_s"] for r in per_rank) * 1e3,
-               "state_bytes_predicted": state.total, "state_bytes_counted": sum(counted.values()),
-               "activation_bytes_predicted": act_pred,
-               "peak_bytes_predicted": state.total + act_pred, "peak_bytes_measured": peak,
-               "peak_over_predicted": peak / (state.total + act_pred) if peak else None,
+               "state_bytes_zero_paper": state.total, "state_bytes_counted": sum(counted.values()),
+               "peak_bytes_predicted": pred, "peak_bytes_measured": peak,
+               "peak_over_predicted": peak / pred if peak else None,
                "comm_bytes_per_step": per_rank[0]["comm_bytes_per_step"] if m != "fsdp" else None,
                "final_loss": per_rank[0]["losses"][-1]}
         rows.append(row)
-        predicted[label(m)] = {**state.as_dict(), "activations": act_pred}
+        breakdown[label(m)] = parts
+        predicted[label(m)] = peak_by_kind(parts)
         # measured: counted state by kind; on a GPU the rest of the peak (activations and temporaries) on top
-        rest = (peak - sum(counted.values())) if peak else act_pred
+        rest = (peak - sum(counted.values())) if peak else sum(v for k, v in predicted[label(m)].items()
+                                                                  if k == "activations")
         observed[label(m)] = {**counted, "activations": rest}
         if m != "fsdp":
             comm_pred[label(m)] = estimate.estimate_zero_comm_bytes(n_params, stage_of(m), world, act_bytes)
             comm_counted[label(m)] = row["comm_bytes_per_step"]
+    ddp = next((r for r in rows if r["plan"] == "DDP" and "tokens_per_s" in r), None)
+    for r in rows:
+        if ddp and "tokens_per_s" in r:
+            r["vs_ddp"] = r["tokens_per_s"] / ddp["tokens_per_s"]
     figures = {
         "memory": plots.sharding_memory_bars(
             predicted, observed, unit=2 ** 30 if big else 2 ** 20, unit_name="GiB" if big else "MiB",
-            title=f"Per-rank memory, {model} {dtype}, {world} x {ctx.slug}: predicted vs "
+            title=f"Per-rank memory, {model} {dtype}, {world} x {ctx.slug}: predicted peak vs "
                   f"{'peak CUDA' if multi else 'counted'}"),
         "comm": plots.comm_volume_bars(comm_pred, comm_counted),
     }
     if big:
         rows += _zero_memory_cap(world, dtype, n_params)
-    return {"rows": rows, "figures": figures}
+    return {"rows": rows, "figures": figures, "peak_breakdown": breakdown}
 
 
 def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
-    """Cap each GPU's memory between what gpt2-medium needs under stage 3 and under DP (estimator), then
-    train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
-    from frugal import estimate
+    """Cap each GPU's memory halfway between the predicted peaks (zero.predict_peak_bytes) of gpt2-medium under
+    stage 3 and under DP, then train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
     from frugal.dist import RankError, launch
     from frugal.model import TinyGPT, preset
-    from frugal.zero import ZeroRun, run_rank
+    from frugal.zero import ZeroRun, predict_peak_bytes, run_rank
 
     batch, seq = 2, 1024
     cfg = preset("gpt2-medium")
     with torch.device("meta"):
         n_big = TinyGPT(cfg).num_params()
-    act = lambda c: sum(estimate.estimate_activation_bytes(c, batch, seq, act_bytes=2).values())
-    need = lambda n, s, c: estimate.estimate_state_memory(n, "mixed", "adam", s, world).total + act(c)
-    cap = (need(n_big, 0, cfg) + need(n_big, 3, cfg)) / 2
+    need = lambda name, mode: sum(predict_peak_bytes(mode, preset(name), batch, seq, world, dtype).values())
+    cap = (need("gpt2-medium", "ddp") + need("gpt2-medium", "zero3")) / 2
     fraction = cap / torch.cuda.get_device_properties(0).total_memory
     rows = []
     for name, mode, n in (("gpt2-small", "ddp", small_params), ("gpt2-medium", "ddp", n_big),
@@ -468,14 +472,17 @@ def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
                       memory_fraction=fraction)
         try:
             out = launch(run_rank, world, run, backend="nccl", timeout=120)
-            fits, peak = True, max(r["peak_memory_bytes"] for r in out)
+            fits = True
+            peak = max(r["peak_memory_bytes"] for r in out)
+            reserved = max(r["peak_reserved_bytes"] for r in out)
         except RankError as e:
-            fits, peak = False, None
+            fits, peak, reserved = False, None, None
             if "out of memory" not in str(e).lower() and "OutOfMemoryError" not in str(e):
                 raise
-        rows.append({"plan": f"cap {cap / 2**30:.1f} GiB: {name} {mode}", "n_params": n,
+        rows.append({"plan": f"cap {cap / 2**30:.2f} GiB: {name} {mode}", "n_params": n,
                      "params_over_control": n / small_params, "memory_cap_bytes": cap, "fits": fits,
-                     "peak_bytes_measured": peak})
+                     "peak_bytes_predicted": need(name, mode), "peak_bytes_measured": peak,
+                     "peak_reserved_bytes": reserved})
     return rows
 
 
@@ -643,3 +650,106 @@ def bench_recipe_search(ctx: BenchContext) -> dict:
                                                            f"batch {batch}x{seq}")
     return {"rows": rows, "figures": {"frontiers": fig}}
 
+
+
+@section("recipe")
+def bench_recipe(ctx: BenchContext) -> dict:
+    """GPT-2 small (tiny on CPU): plain bf16 against candidate recipes, each a TrainConfig: tokens/s, MFU
+    (6N + 12·L·d·T per token against the catalog's dense bf16 peak), peak memory, saved activation bytes, US$ per
+    billion tokens; the best is marked. Then checkpointing + fused cross-entropy against plain bf16 at one batch."""
+    from dataclasses import replace
+    from frugal import estimate, measure, plots
+    from frugal.data import synthetic_batch
+    from frugal.model import TinyGPT, preset
+    from frugal.recompute import from_spec
+    from frugal.train import TrainConfig, autocast, build, train_step
+
+    on_gpu = ctx.device.type == "cuda"
+    big = on_gpu and not ctx.quick
+    name = "gpt2-small" if big else "tiny"
+    cfg = preset(name)
+    seq = cfg.block_size if big else 32
+    small_b, large_b = (8, 32) if big else (4, 8)
+    gpu = dev.catalog_name() if on_gpu else None
+    price_gpu = gpu or "H100"
+    peak = estimate.get_gpu(gpu).peak_flops("bf16") if gpu else measure.measure_cpu_peak_flops()
+    peak_src = f"{gpu} dense bf16 data sheet" if gpu else "this CPU's measured fp32 matmul peak"
+    base = TrainConfig(batch_size=small_b, seq_len=seq, precision="bf16", progress=False, grad_clip=1.0,
+                       data="synthetic", device=str(ctx.device))
+    big_b = replace(base, batch_size=large_b)
+    candidates = {
+        f"plain bf16 B{small_b}": base,
+        f"plain bf16 B{large_b}": big_b,
+        f"fused CE B{large_b}": replace(big_b, fused_cross_entropy=True),
+        f"compile blocks + fused CE B{large_b}": replace(big_b, fused_cross_entropy=True, compile="blocks"),
+        f"compile model B{large_b}": replace(big_b, compile="model"),
+        f"recompute all + fused CE B{large_b}": replace(big_b, recompute="all", fused_cross_entropy=True),
+        f"recompute all + compile blocks + fused CE B{large_b}": replace(big_b, recompute="all",
+                                                                        fused_cross_entropy=True, compile="blocks"),
+        f"selective + fused CE B{large_b}": replace(big_b, recompute="selective", fused_cross_entropy=True),
+        f"sqrt + fused CE B{large_b}": replace(big_b, recompute="sqrt", fused_cross_entropy=True),
+        f"recompute all + fused CE B{small_b}": replace(base, recompute="all", fused_cross_entropy=True),
+    }
+    if not on_gpu:                                 # compiling costs a minute per graph on a CPU: GPU sweep only
+        candidates = {k: v for k, v in candidates.items() if v.compile == "none"}
+    warmup, repeats = (5, 15) if big else (1, 3)
+    rows = []
+    for label, tcfg in candidates.items():
+        row = {"recipe": label, "model": name, "batch": tcfg.batch_size, "seq": seq, "precision": tcfg.precision,
+               "recompute": tcfg.recompute, "fused_ce": tcfg.fused_cross_entropy, "compile": tcfg.compile}
+        model = opt = None
+        try:
+            model, opt, _, device = build(cfg, tcfg)
+            x, y = synthetic_batch(cfg.vocab_size, tcfg.batch_size, seq, torch.Generator().manual_seed(0), device)
+            step = lambda: train_step(model, opt, x, y, tcfg)
+            timing = measure.measure_time(step, device, warmup=warmup, repeats=repeats)
+            if on_gpu:                             # activations + gradients + temporaries above the weights and Adam
+                measure.synchronize(device)
+                before = torch.cuda.memory_allocated(device)
+                peak_mem = measure.measure_peak_memory(step, device)
+                row.update(peak_memory_bytes=peak_mem, peak_above_states_bytes=peak_mem - before)
+            counter = TinyGPT(cfg).to(device)      # eager copy: saved-tensor hooks see what autograd keeps
+            counter.recompute, counter.fused_cross_entropy = from_spec(tcfg.recompute), tcfg.fused_cross_entropy
+            with autocast(tcfg, device):
+                row["saved_activation_bytes"] = measure.measure_activation_bytes(counter, x, y)
+            del counter
+            tps = tcfg.batch_size * seq / timing.median_s
+            fpt = measure.model_flops_per_token(model, seq)
+            row.update(step_ms=timing.median_s * 1e3, tokens_per_s=tps, mfu=measure.mfu(tps, fpt, peak),
+                       peak_source=peak_src, repeats=repeats,
+                       **{f"usd_per_billion_tokens ({price_gpu})": estimate.dollars_per_token(tps, price_gpu) * 1e9})
+        except Exception as e:  # noqa: BLE001 - one candidate failing (OOM, compile) must not lose the others
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        finally:
+            del model, opt
+            if on_gpu:
+                torch.cuda.empty_cache()
+        rows.append(row)
+    ok = [r for r in rows if "mfu" in r]
+    if ok:
+        best = max(ok, key=lambda r: r["mfu"])
+        for r in ok:
+            r["best"] = r is best
+            if big:
+                r["meets_40pct_mfu"] = r["mfu"] >= 0.40
+    by = {r["recipe"]: r for r in ok}
+    for b in (small_b, large_b):                  # the pair the issue names, at equal batch
+        plain = by.get(f"plain bf16 B{b}")
+        for label in (f"recompute all + fused CE B{b}", f"selective + fused CE B{b}", f"sqrt + fused CE B{b}"):
+            pair = by.get(label)
+            if plain is None or pair is None:
+                continue
+            less = 1 - pair["saved_activation_bytes"] / plain["saved_activation_bytes"]
+            slower = pair["step_ms"] / plain["step_ms"] - 1
+            row = {"recipe": f"pair: {label} vs plain bf16 B{b}", "batch": b,
+                   "activation_bytes_less": less, "step_time_more": slower,
+                   "meets_70pct_less_for_25pct_more": less >= 0.70 and slower <= 0.25}
+            if on_gpu:
+                row["peak_above_states_less"] = 1 - pair["peak_above_states_bytes"] / plain["peak_above_states_bytes"]
+            rows.append(row)
+    runs = {r["recipe"]: {"tokens_per_s": r["tokens_per_s"], "dollars_per_billion_tokens":
+                          r[f"usd_per_billion_tokens ({price_gpu})"],
+                          "memory_bytes": r.get("peak_memory_bytes") or r["saved_activation_bytes"]} for r in ok}
+    fig = plots.recipe_runs(runs, title=f"{name}, T={seq} on {dev.describe(ctx.device).name} "
+                                        f"({'peak memory' if on_gpu else 'saved activations'}; price: {price_gpu})")
+    return {"rows": rows, "figures": {"candidates": fig}}

@@ -194,11 +194,18 @@ def replay_ring(log: list[tuple], world_size: int) -> list[list[list[frozenset]]
 
 # ----------------------------------------------------------------------------- rank functions for launch
 
+def rank_device() -> torch.device:
+    """Where this rank's tensors must live: its GPU under NCCL (which moves only CUDA tensors), else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_demo(rank: int, world_size: int, numel: int = 4) -> dict:
     """Each rank holds [rank+1] * numel; after dist.all_reduce every rank holds the sum."""
     if not isinstance(numel, int):
         raise TypeError(f"numel={numel!r}: must be an int, the number of elements per rank")
-    t = torch.full((numel,), float(rank + 1))
+    t = torch.full((numel,), float(rank + 1), device=rank_device())
     before = t.clone()
     dist.all_reduce(t)
     return {"rank": rank, "before": before.tolist(), "after": t.tolist()}
@@ -208,12 +215,14 @@ def check_all_reduce(rank: int, world_size: int, sizes: list[int], dtypes: list[
     """Ring and naive all-reduce against dist.all_reduce on each size and dtype: max abs error, exactness
     and the bytes each rank sent. Random data, different on every rank."""
     out = {"errors": {}, "traffic": {}}
+    device = rank_device()
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         for numel in sizes:
             g = torch.Generator().manual_seed(1000 * rank + numel)
             x = torch.randint(-100, 100, (numel,), generator=g).to(dtype) if not dtype.is_floating_point \
                 else torch.randn(numel, generator=g).to(dtype)
+            x = x.to(device)
             ref = x.clone()
             dist.all_reduce(ref)
             for name, fn in (("ring", ring_all_reduce), ("naive", naive_all_reduce)):
@@ -222,7 +231,7 @@ def check_all_reduce(rank: int, world_size: int, sizes: list[int], dtypes: list[
                 out["errors"][(name, dtype_name, numel)] = (got.double() - ref.double()).abs().max().item() \
                     if numel else 0.0
                 out["traffic"][(name, dtype_name, numel)] = (traffic.sent_bytes, traffic.recv_bytes)
-    avg = torch.arange(10, dtype=torch.float32) + rank
+    avg = torch.arange(10, dtype=torch.float32, device=device) + rank
     ring_all_reduce(avg, op="avg")
     out["avg"] = avg.tolist()
     return out
@@ -231,7 +240,7 @@ def check_all_reduce(rank: int, world_size: int, sizes: list[int], dtypes: list[
 def ring_trace(rank: int, world_size: int, numel: int) -> dict:
     """One ring and one naive all-reduce with traffic logged, for the lesson's drawings and bar chart."""
     ring, naive = Traffic(), Traffic()
-    x = torch.arange(numel, dtype=torch.float32) * (rank + 1)
+    x = torch.arange(numel, dtype=torch.float32, device=rank_device()) * (rank + 1)
     got = ring_all_reduce(x.clone(), traffic=ring)
     ref = x.clone()
     dist.all_reduce(ref)
@@ -245,8 +254,7 @@ def benchmark_all_reduce(rank: int, world_size: int, nbytes: int, repeats: int =
     """Median time and bus bandwidth of ring, naive and dist.all_reduce on an nbytes buffer of random data.
 
     Bus bandwidth = S / t * 2(n-1)/n, the convention of nccl-tests (so it compares across n)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
-        else torch.device("cpu")
+    device = rank_device()
     dt = getattr(torch, dtype)
     numel = nbytes // torch.empty(0, dtype=dt).element_size()
     x = torch.randn(numel, generator=torch.Generator().manual_seed(rank)).to(device=device, dtype=dt)
@@ -265,7 +273,7 @@ def benchmark_all_reduce(rank: int, world_size: int, nbytes: int, repeats: int =
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-        t = torch.tensor(times)
+        t = torch.tensor(times, dtype=torch.float64, device=device)   # NCCL reduces GPU tensors only
         dist.all_reduce(t, op=dist.ReduceOp.MAX)       # a collective is as slow as its slowest rank
         med = t.median().item()
         rows.append({"algorithm": name, "world_size": world_size, "bytes": numel * x.element_size(),

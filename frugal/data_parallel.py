@@ -232,23 +232,38 @@ def train_rank(rank: int, world_size: int, model_cfg, cfg) -> dict:
     _cpu_threads(world_size)
     model, optimizer, next_batch, device = build(model_cfg, cfg, rank)
     model.train()
-    dp = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb)
-    losses, times = [], []
+    if cfg.data_parallel.startswith("zero"):             # lesson 04: the wrapper is model and optimizer at once
+        from frugal.zero import ZeroDataParallel
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        dp = optimizer = ZeroDataParallel(model, int(cfg.data_parallel[-1]), param_dtype=dtype, lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    else:
+        dp = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb)
+    losses, times, peaks = [], [], []
     for _ in range(cfg.steps):
         x, y = next_batch()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
         t0 = time.perf_counter()
         loss = train_step(dp, optimizer, x, y, cfg)
         synchronize(device)
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
+        peaks.append(float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0.0)
     slowest, _ = _max_and_mean(times, device)            # a step lasts as long as its slowest rank
     _, mean_loss = _max_and_mean(losses, device)         # equal shards: the global loss is the mean
+    top, _ = _max_and_mean(peaks, device)                # the fullest rank's peak
     tokens = cfg.batch_size * cfg.seq_len
-    history = [StepRecord(i, mean_loss[i], slowest[i], tokens / slowest[i], None) for i in range(cfg.steps)]
+    history = [StepRecord(i, mean_loss[i], slowest[i], tokens / slowest[i],
+                          int(top[i]) if device.type == "cuda" else None) for i in range(cfg.steps)]
+    if hasattr(dp, "full_parameters"):                   # ZeRO: gather the fp32 master shards (every rank joins)
+        weights = dp.full_parameters()
+    else:
+        weights = model.state_dict()
     if rank != 0:
         return {}
-    return {"history": history, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    return {"history": history, "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
             "timeline": getattr(dp, "timeline", []), "backward_end_s": getattr(dp, "backward_end_s", None),
             "buckets": len(getattr(dp, "buckets", [])), "device": str(device)}
 

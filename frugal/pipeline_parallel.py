@@ -163,11 +163,30 @@ class PipelineStage(nn.Module):
 
 
 def _exchange(ops: list) -> None:
-    """Post this point's sends and receives together and wait for all (as Megatron's p2p_communication does):
-    a send and a receive with the same neighbour in one batch cannot block each other."""
+    """Post these sends and receives together and wait for all: for a mirrored exchange, where the peer posts
+    the same pair of messages in one group too (the tied embedding's gradient swap)."""
     if ops:
         for req in dist.batch_isend_irecv(ops):
             req.wait()
+
+
+def _post_in_order(msgs: list[tuple[str, str, torch.Tensor, int]]) -> None:
+    """Post one communication point's messages, each in its own group, in an order both ends agree on.
+
+    msgs: (direction 'act' or 'grad', 'send' or 'recv', tensor, peer). Activations go before gradients and a
+    send before a receive; the schedules below then make every pair of neighbouring stages post their messages
+    to each other in the same sequence, so the k-th op on one end always meets the k-th on the other. One op
+    per group matters on NCCL: it sets up each peer connection on first use, and two ranks that first use a
+    connection in groups of different shape (a send + receive against a lone receive) exchange setup records
+    of different sizes and fail ("Message truncated"). Ops of one rank run in posting order, and the
+    consistent order means no two neighbours wait on each other, so this cannot deadlock."""
+    order = {("act", "send"): 0, ("act", "recv"): 1, ("grad", "send"): 2, ("grad", "recv"): 3}
+    works = []
+    for direction, kind, tensor, peer in sorted(msgs, key=lambda msg: order[msg[:2]]):
+        op = dist.isend if kind == "send" else dist.irecv
+        works += dist.batch_isend_irecv([dist.P2POp(op, tensor, peer)])
+    for w in works:
+        w.wait()
 
 
 class _SavedBytes:
@@ -202,17 +221,20 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, m: int
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     xs, ys = x.chunk(m), y.chunk(m)
     act_shape = (x.size(0) // m, x.size(1), stage.cfg.n_embd)                # (B/m, T, C)
-    act_dtype = next(stage.blocks.parameters()).dtype
+    wire = next(stage.blocks.parameters()).dtype       # every stage sends and receives in this dtype
     inputs, outputs, saved = {}, {}, {}
     live = peak_live = peak_bytes = 0
     loss = torch.zeros((), device=dev)
     events, pending = [], []
     for kind, i in sched(p, s, m):
         buf = None
-        if (kind == "F" and not stage.is_first) or (kind == "B" and not stage.is_last):
-            buf = torch.empty(act_shape, device=dev, dtype=act_dtype)
-            pending.append(dist.P2POp(dist.irecv, buf, s - 1 if kind == "F" else s + 1))
-        _exchange(pending)                    # the previous action's send with this action's receive
+        if kind == "F" and not stage.is_first:
+            buf = torch.empty(act_shape, device=dev, dtype=wire)
+            pending.append(("act", "recv", buf, s - 1))
+        elif kind == "B" and not stage.is_last:
+            buf = torch.empty(act_shape, device=dev, dtype=wire)
+            pending.append(("grad", "recv", buf, s + 1))
+        _post_in_order(pending)               # the previous action's send with this action's receive
         pending = []
         sync()
         t0 = time.perf_counter()
@@ -229,17 +251,20 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, m: int
             peak_live = max(peak_live, live)
             peak_bytes = max(peak_bytes, sum(saved.values()))
             if not stage.is_last:
-                pending.append(dist.P2POp(dist.isend, out.detach(), s + 1))
+                if out.shape != act_shape:
+                    raise RuntimeError(f"stage {s} produced activations of shape {tuple(out.shape)}, but the next "
+                                       f"stage expects {act_shape}")
+                pending.append(("act", "send", out.detach().to(wire).contiguous(), s + 1))
         else:
             inp, out = inputs.pop(i), outputs.pop(i)
-            out.backward() if stage.is_last else out.backward(buf)
+            out.backward() if stage.is_last else out.backward(buf.to(out.dtype))
             del saved[i]
             live -= 1
             if not stage.is_first:
-                pending.append(dist.P2POp(dist.isend, inp.grad, s - 1))
+                pending.append(("grad", "send", inp.grad.to(wire).contiguous(), s - 1))
         sync()
         events.append({"kind": kind, "mb": i, "start": t0, "end": time.perf_counter()})
-    _exchange(pending)
+    _post_in_order(pending)
     _sync_tied_embedding(stage)
     return {"loss": loss.item() if stage.is_last else None, "timeline": events,
             "in_flight": peak_live, "activation_bytes": peak_bytes}

@@ -607,3 +607,28 @@ def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
+
+
+def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGPT") -> Figure:
+    """Measured tokens/s, memory and US$ per billion tokens of each run (bars) beside the estimator's
+    prediction for the same plan (black ticks, where given). runs: name -> measure_recipe's dict, optionally
+    with 'predicted_tokens_per_s', 'predicted_memory_bytes' and 'predicted_dollars_per_billion_tokens'."""
+    fig, axes = _figure(12.0, 3.8, ncols=3)
+    names = list(runs)
+    xs = range(len(names))
+    panels = [("tokens_per_s", "tokens/s (measured here)", 1.0, None),
+              ("memory_bytes", "memory (MiB)", 2 ** -20, "predicted_memory_bytes"),
+              ("dollars_per_billion_tokens", "US$ per billion tokens", 1.0, "predicted_dollars_per_billion_tokens")]
+    for ax, (key, label, scale, predicted) in zip(axes, panels):
+        ax.bar(xs, [runs[n][key] * scale for n in names], color=[f"C{i}" for i in xs])
+        if predicted:
+            ys = [(i, runs[n][predicted] * scale) for i, n in enumerate(names) if runs[n].get(predicted) is not None]
+            if ys:
+                ax.plot([i for i, _ in ys], [y for _, y in ys], "_", color="black", ms=28, mew=2,
+                        label="estimator")
+                ax.legend(fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+    fig.suptitle(title)
+    return fig

@@ -264,3 +264,110 @@ def verifier(plan: MemoryPlan, batch: int, seq: int, budget_bytes: float,
         n = counted_training_bytes(cfg, plan, batch, seq)
         return n <= budget_bytes, n
     return on_cpu
+
+
+# ----------------------------------------------------------------------------- the learner's plan: predicted, then measured
+
+def _peak_dtype(gpu, precision: str) -> str:
+    """The catalog dtype whose peak a run's matmuls can reach: a T4 has no bf16, so bf16 is priced at its fp16."""
+    if precision in gpu.peak_tflops:
+        return precision
+    return "fp16" if precision in ("bf16", "fp16") and "fp16" in gpu.peak_tflops else "fp32"
+
+
+def _recomputed(model_cfg: GPTConfig, spec: str) -> tuple[int, bool, int | None]:
+    """(checkpointed blocks, selective?, sqrt segments) of a TrainConfig.recompute spec."""
+    from frugal.estimate import sqrt_segmentation
+    from frugal.recompute import from_spec
+    rc = from_spec(spec)
+    if rc is None:
+        return 0, False, None
+    segments = sqrt_segmentation(model_cfg.n_layer)[1] if rc.policy == "sqrt" else None
+    return len(rc.checkpointed(model_cfg.n_layer)), rc.policy == "selective", segments
+
+
+def estimate_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", mfu: float = 0.4) -> dict:
+    """What estimate.py predicts for a TrainConfig on cfg.world_size catalog GPUs: bytes per rank by kind,
+    tokens/s at `mfu` and US$ per billion tokens. Recomputed blocks (not selective) add their forward's
+    2·12·d² FLOPs per layer and token to the 6N + 12·L·d·T the MFU counts (PaLM, appendix B)."""
+    from frugal.estimate import (dollars_per_token, estimate_recompute_activation_bytes, estimate_state_memory,
+                                 get_gpu)
+    from frugal.measure import flops_per_token
+    card = get_gpu(gpu)
+    n, b, s = count_params(model_cfg), cfg.batch_size // cfg.world_size, cfg.seq_len
+    zero = int(cfg.data_parallel[-1]) if cfg.data_parallel.startswith("zero") and cfg.world_size > 1 else 0
+    sixteen = cfg.precision in ("bf16", "fp16")
+    # autocast keeps fp32 weights, gradients and Adam (16 B/param); ZeRO in bf16 keeps 16-bit weights and gradients
+    states = estimate_state_memory(n, "mixed" if zero and sixteen else "fp32", "adam", zero, cfg.world_size)
+    k, selective, segments = _recomputed(model_cfg, cfg.recompute)
+    acts = estimate_recompute_activation_bytes(model_cfg, b, s, k, selective, act_bytes=2 if sixteen else 4,
+                                               segments=segments)
+    if sixteen:                                            # autocast leaves the residual stream in fp32
+        acts["checkpointed block inputs"] *= 2
+    if cfg.fused_cross_entropy:
+        acts["logits"] = 0.0                               # chunked head: the (B·T, V) logits never exist
+    working = 0.0 if cfg.fused_cross_entropy else 2 * b * s * model_cfg.vocab_size * 4   # fp32 logits' gradients
+    d, L = model_cfg.n_embd, model_cfg.n_layer
+    fpt = flops_per_token(n - model_cfg.block_size * d, L, d, s)
+    extra = 0 if selective else 2 * 12 * d * d * k          # a recomputed block's forward matmuls, per token
+    dtype = _peak_dtype(card, cfg.precision)
+    per_gpu = card.peak_flops(dtype) * mfu / (fpt + extra)
+    tokens_per_s = per_gpu * cfg.world_size
+    bytes_by_kind = {**states.as_dict(), "activations": sum(acts.values()), "working": working}
+    return {"gpu": gpu, "peak_dtype": dtype, "mfu_assumed": mfu, "params": n, "flops_per_token": fpt,
+            "recompute_flops_per_token": extra, "tokens_per_s": tokens_per_s,
+            "dollars_per_billion_tokens": dollars_per_token(tokens_per_s, gpu, cfg.world_size) * 1e9,
+            "bytes": bytes_by_kind, "activation_bytes": sum(acts.values()),
+            "total_bytes": sum(bytes_by_kind.values())}
+
+
+def measure_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", cpu_peak_flops: float | None = None) -> dict:
+    """Train cfg for real (frugal.train.train) and report tokens/s, memory, MFU and US$ per billion tokens.
+
+    Memory: the fullest rank's CUDA peak on a GPU; on CPU the bytes one forward saves for backward, counted.
+    MFU: against the GPU's catalog peak on a GPU, this CPU's measured matmul peak on CPU. Price: on a GPU
+    the measured speed at `gpu`'s catalog price; on CPU the measured MFU carried to `gpu` (a CPU has no price).
+    """
+    import statistics
+    from frugal import device as dev
+    from frugal.estimate import dollars_per_token, get_gpu
+    from frugal.measure import flops_per_token, measure_activation_bytes, measure_cpu_peak_flops, mfu
+    from frugal.recompute import from_spec
+    from frugal.train import autocast, batch_fn, train
+
+    card = get_gpu(gpu)
+    result = train(model_cfg, cfg)
+    device = dev.pick_device(cfg.device)
+    times = result.column("time_s")
+    warm = 3 if len(times) > 6 else 1 if len(times) > 2 else 0   # compile and allocator warm-up
+    step_s = statistics.median(times[warm:])
+    tokens_per_s = cfg.batch_size * cfg.seq_len / step_s
+    mcfg = result.model.cfg
+    d, L = mcfg.n_embd, mcfg.n_layer
+    fpt = flops_per_token(count_params(mcfg) - mcfg.block_size * d, L, d, cfg.seq_len)
+    on_gpu = device.type == "cuda"
+    here = dev.catalog_name() if on_gpu else None
+    if here:
+        peak = get_gpu(here).peak_flops(_peak_dtype(get_gpu(here), cfg.precision)) * cfg.world_size
+        peak_source = f"{cfg.world_size} x {here} data sheet"
+    else:
+        peak = cpu_peak_flops or measure_cpu_peak_flops()
+        peak_source = "this CPU's measured fp32 matmul peak"
+    util = mfu(tokens_per_s, fpt, peak)
+    if on_gpu:
+        memory, kind = max(r.peak_memory_bytes or 0 for r in result.history), "peak CUDA memory"
+        priced = tokens_per_s
+    else:                                                    # count on an eager copy (hooks and compile disagree)
+        counter = TinyGPT(mcfg)
+        counter.load_state_dict(result.model.state_dict())
+        counter.recompute, counter.fused_cross_entropy = from_spec(cfg.recompute), cfg.fused_cross_entropy
+        x, y = batch_fn(replace(cfg, world_size=1, batch_size=cfg.batch_size // cfg.world_size),
+                        mcfg.vocab_size, torch.device("cpu"))()
+        with autocast(cfg, torch.device("cpu")):
+            memory = measure_activation_bytes(counter, x, y)
+        kind = "saved activations (counted)"
+        priced = util * card.peak_flops(_peak_dtype(card, cfg.precision)) * cfg.world_size / fpt
+    return {"loss": result.column("loss"), "step_s": step_s, "tokens_per_s": tokens_per_s, "mfu": util,
+            "peak_source": peak_source, "memory_bytes": memory, "memory_kind": kind, "flops_per_token": fpt,
+            "priced_tokens_per_s": priced,
+            "dollars_per_billion_tokens": dollars_per_token(priced, gpu, cfg.world_size) * 1e9}

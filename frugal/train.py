@@ -17,6 +17,8 @@ from frugal.model import GPTConfig, TinyGPT
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 SCALERS = ("frugal", "torch", "none")   # fp16 loss scaler: ours, torch.amp.GradScaler, or none (to watch it fail)
+DATA_PARALLEL = ("naive", "bucket", "ddp", "zero1", "zero2", "zero3")  # lesson 03 flavours, lesson 04 ZeRO stages
+COMPILE = ("none", "blocks", "model")   # torch.compile (PyTorch's compiler, not ours) on each block or the whole model
 
 
 @dataclass
@@ -39,8 +41,10 @@ class TrainConfig:
     fused_cross_entropy: bool = False  # lesson 06: chunked output projection + loss (frugal.kernels), no full logits
     recompute: str = "none"         # activation checkpointing (lesson 02): none | all | every:K | first:K | selective | sqrt
     world_size: int = 1             # data-parallel ranks (lesson 03); batch_size stays the global batch, split evenly
-    data_parallel: str = "bucket"   # with world_size > 1: 'naive', 'bucket' (frugal.data_parallel) or 'ddp' (torch's)
+    data_parallel: str = "bucket"   # with world_size > 1: 'naive', 'bucket' (frugal.data_parallel), 'ddp' (torch's),
+                                    # or 'zero1'/'zero2'/'zero3' (frugal.zero's ZeroDataParallel, lesson 04)
     bucket_cap_mb: float = 25.0     # gradient bucket size of 'bucket' and 'ddp', MiB
+    compile: str = "none"           # lesson 07: torch.compile 'blocks' (each block) or 'model'; 'none' = eager
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
@@ -56,8 +60,13 @@ class TrainConfig:
         if self.batch_size % self.world_size:
             raise ValueError(f"world_size={self.world_size} does not divide batch {self.batch_size}: pick a batch "
                              f"that is a multiple of {self.world_size} (each rank gets batch_size / world_size)")
-        if self.data_parallel not in ("naive", "bucket", "ddp"):
-            raise ValueError(f"TrainConfig.data_parallel={self.data_parallel!r}: pick 'naive', 'bucket' or 'ddp'")
+        if self.data_parallel not in DATA_PARALLEL:
+            raise ValueError(f"TrainConfig.data_parallel={self.data_parallel!r}: pick one of {DATA_PARALLEL}")
+        if self.data_parallel.startswith("zero") and self.precision == "fp16":
+            raise ValueError(f"data_parallel={self.data_parallel!r} with fp16: ZeroDataParallel has no loss scaler; "
+                             f"use precision='bf16' (no scaler needed) or a plain data-parallel flavour")
+        if self.compile not in COMPILE:
+            raise ValueError(f"TrainConfig.compile={self.compile!r}: pick one of {COMPILE}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
         if not self.loss_divisor > 0:
@@ -138,6 +147,11 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, rank: int = 0):
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's block_size={model.cfg.block_size}: "
                          f"lower seq_len or raise GPTConfig.block_size")
     model.recompute = recompute.from_spec(cfg.recompute)
+    if cfg.compile == "blocks":                  # torch's compiler; in place, so parameter names are unchanged
+        for block in model.blocks:
+            block.compile()
+    elif cfg.compile == "model":
+        model.compile()
     return model, make_optimizer(model, cfg), batch_fn(cfg, model.cfg.vocab_size, device, rank), device
 
 
@@ -178,7 +192,8 @@ def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor
                cfg: TrainConfig, scaler=None) -> torch.Tensor:
     """Forward, backward, clip, step: one optimizer step. Returns the loss (a tensor, not synced).
 
-    fp16 needs `scaler=make_scaler(cfg, device)` unless cfg.scaler == 'none'.
+    fp16 needs `scaler=make_scaler(cfg, device)` unless cfg.scaler == 'none'. Under ZeRO the wrapper is
+    both model and optimizer: train_step(zero, zero, x, y, cfg).
     """
     if scaler is None and cfg.precision == "fp16" and cfg.scaler != "none":
         raise ValueError("fp16 training needs a loss scaler: pass scaler=make_scaler(cfg, device), "
@@ -191,7 +206,10 @@ def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor
         if cfg.grad_clip is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)      # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if hasattr(optimizer, "clip_grad_norm_"):   # ZeRO (frugal.zero): gradients are sharded, it clips them
+                optimizer.clip_grad_norm_(cfg.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if scaler is not None:
             scaler.step(optimizer)              # skipped when a gradient is inf/NaN
             scaler.update()

@@ -544,7 +544,7 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
         synchronize(device)
         t0 = time.perf_counter()
         with autocast:
-            _, loss = net(x, y)
+            loss = net(x, y)[1]        # keep no reference to the (B, T, V) logits: they would live through backward
         loss.backward()
         if step == run.steps - 1:
             state_bytes = _state_bytes(net, model, opt if not run.mode.startswith("zero") else None)
@@ -568,6 +568,7 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
     out = {"mode": run.mode, "rank": rank, "world_size": world_size, "losses": losses, "step_s": step_s,
            "tokens_per_s": world_size * run.batch_size * run.seq_len / step_s,
            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+           "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
            "state_bytes": state_bytes, "comm_bytes_per_step": comm.total / run.steps,
            "n_params": sum(p.numel() for p in TinyGPT(cfg).parameters()) if run.return_params else None}
     if run.return_params:
@@ -595,6 +596,87 @@ def _state_bytes(net, model: nn.Module, opt) -> dict[str, int] | None:
             "gradients": sum(local(p.grad).nbytes for p in ps if p.grad is not None),
             "optimizer": sum(local(t).nbytes for st in opt.state.values() for t in st.values()
                              if torch.is_tensor(t) and t.dim() > 0)}
+
+
+def _unit_numels(cfg) -> tuple[list[int], int]:
+    """Parameters of each ZeRO unit of a TinyGPT (root first, then one per block; the tied weight once) and
+    of the parameters autocast casts to 16 bits (every nn.Linear's weight and bias, the tied lm_head too)."""
+    from frugal.model import TinyGPT
+    with torch.device("meta"):
+        model = TinyGPT(cfg)
+    seen: set[int] = set()
+    units = []
+    for block in model.blocks:
+        ps = [p for p in block.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in ps)
+        units.append(sum(p.numel() for p in ps))
+    root = sum(p.numel() for p in dict.fromkeys(model.parameters()) if id(p) not in seen)
+    cast = {id(p): p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+    return [root] + units, sum(cast.values())
+
+
+def predict_peak_bytes(mode: str, cfg, batch: int, seq: int, world_size: int, dtype: str = "bf16") -> dict[str, float]:
+    """What lives on one rank at the peak of run_rank(ZeroRun(mode, ...)) on a GPU, by name, in bytes.
+
+    The peak is the loss's backward: log_softmax's backward holds the fp32 log-probabilities it saved, their
+    gradient and the logits' gradient (3 x 4·b·s·V bytes) while every block's activations are still saved and
+    no parameter gradient exists yet (zero_grad sets them to None). On top sits what the mode keeps between
+    steps: torch DDP keeps fp32 weights, Adam's m and v, its fp32 gradient buckets, and autocast's bf16 copies
+    of every Linear weight (saved for backward); our stages 1-2 keep full 16-bit flat weights plus the 1/N
+    shards of fp32 master weights and Adam; stage 3 keeps only shards (and gathers nothing at this moment);
+    torch FSDP keeps shards and its root unit unsharded after forward. Activations are estimate.py's
+    term-by-term count, except that under autocast the residual stream (and so each LayerNorm input) is fp32.
+    """
+    from frugal import estimate
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: pick one of {MODES}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: pick one of {tuple(DTYPES)}")
+    n = world_size
+    mixed = dtype != "fp32"
+    c = 2 if mixed else 4                                    # bytes of a compute value
+    units, n_cast = _unit_numels(cfg)
+    psi = sum(units)
+    psi_pad = sum(-(-u // n) * n for u in units)             # each unit padded to a multiple of N
+    b, s, h, L, V = batch, seq, cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    acts = estimate.estimate_activation_bytes(cfg, b, s, act_bytes=c)
+    out: dict[str, float] = {}
+    if mode == "ddp":
+        out["weights (fp32)"] = 4 * psi
+        if mixed:
+            out["autocast 16-bit weight copies"] = 2 * n_cast
+        out["DDP gradient buckets (fp32)"] = 4 * psi
+        out["optimizer (Adam m, v)"] = 8 * psi
+    elif mode in ("zero1", "zero2"):
+        out["weights (full, flat)"] = c * psi_pad
+        if mixed:
+            out["master weights (fp32 shard)"] = 4 * psi_pad / n
+        out["optimizer (Adam m, v shard)"] = 8 * psi_pad / n
+    else:
+        out["master weights (fp32 shard)"] = 4 * psi_pad / n
+        if mixed and mode == "zero3":                        # FSDP casts while it gathers: no 16-bit shard
+            out["compute weights (shard)"] = c * psi_pad / n
+        out["optimizer (Adam m, v shard)"] = 8 * psi_pad / n
+        if mode == "fsdp":
+            out["root unit, unsharded"] = c * units[0]
+    out["activations (blocks)"] = acts["layernorm inputs"] + acts["attention"] + acts["mlp"]
+    if mode == "ddp" and mixed:                              # fp32 residual stream: LayerNorm inputs at 4 bytes
+        out["activations (blocks)"] += L * 2 * s * b * h * (4 - c)
+    out["activations (embedding, final norm)"] = acts["embedding + head"] + (s * b * h * (4 - c) if mode == "ddp"
+                                                                             and mixed else 0)
+    out["loss: fp32 log-probs, their grad, logits' grad"] = 3 * 4 * b * s * V
+    return out
+
+
+def peak_by_kind(parts: dict[str, float]) -> dict[str, float]:
+    """predict_peak_bytes' parts summed into the plot's four kinds (weights, gradients, optimizer, activations)."""
+    kind = lambda name: ("optimizer" if "optimizer" in name or "master" in name else "gradients" if "grad" in name
+                         and not name.startswith("loss") else "weights" if "weight" in name or "unit" in name
+                         else "activations")
+    out: dict[str, float] = {}
+    for name, v in parts.items():
+        out[kind(name)] = out.get(kind(name), 0.0) + v
+    return out
 
 
 def run_many(rank: int, world_size: int, runs: dict[str, ZeroRun]) -> dict[str, dict]:

@@ -45,3 +45,16 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "cpu.json").exists()
     assert main(["info"]) == 0
     assert "torch_version" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_recipe_sweeps_candidates_marks_one_best_and_checks_the_pair(tmp_path):
+    out = bench.run(["recipe"], out_dir=tmp_path, quick=True, device="cpu")["sections"]["recipe"]
+    runs = [r for r in out["rows"] if "mfu" in r]
+    assert len(runs) >= 5 and sum(r["best"] for r in runs) == 1
+    best = next(r for r in runs if r["best"])
+    assert best["mfu"] == max(r["mfu"] for r in runs)
+    pairs = {r["recipe"]: r for r in out["rows"] if r["recipe"].startswith("pair:")}
+    full = pairs["pair: recompute all + fused CE B8 vs plain bf16 B8"]
+    assert full["activation_bytes_less"] >= 0.70          # counted bytes: exact on CPU, timing is not claimed here
+    assert out["figures"] == ["cpu_recipe_candidates.png"]

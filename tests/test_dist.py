@@ -89,7 +89,8 @@ def test_interrupted_parent_leaves_no_children(tmp_path):
         except KeyboardInterrupt:
             print("interrupted")
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    out_file = tmp_path / "parent.out"  # a file, not a pipe: EOF on a pipe waits for every inheritor of it
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=open(out_file, "w"))
     try:
         deadline = time.monotonic() + 60
         while not all(os.path.exists(f"{pid_file}.{r}") for r in range(2)):
@@ -98,7 +99,8 @@ def test_interrupted_parent_leaves_no_children(tmp_path):
         time.sleep(0.3)
         pids = [int(open(f"{pid_file}.{r}").read()) for r in range(2)]
         parent.send_signal(signal.SIGINT)
-        assert "interrupted" in parent.communicate(timeout=30)[0]
+        parent.wait(timeout=60)
+        assert "interrupted" in out_file.read_text()
     finally:
         parent.kill()
     time.sleep(0.5)

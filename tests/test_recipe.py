@@ -135,3 +135,64 @@ def test_gpu_step_under_a_memory_cap():
     assert fits and 0 < peak <= 2e9
     fits, peak = recipe.train_step_fits_gpu(cfg, naive_plan(), 4, 64, 1e6)
     assert not fits and peak is None
+
+
+# ----------------------------------------------------------------------------- the learner's plan (lesson 07)
+
+from frugal.train import TrainConfig  # noqa: E402
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**dict(steps=4, batch_size=4, seq_len=32, progress=False, data="synthetic"), **kw})
+
+
+def test_estimate_recipe_shrinks_memory_and_prices_recompute():
+    g = preset("gpt2-small")
+    plain = recipe.estimate_recipe(g, _cfg(batch_size=32, seq_len=1024, precision="bf16"), "H100")
+    ours = recipe.estimate_recipe(g, _cfg(batch_size=32, seq_len=1024, precision="bf16", recompute="all",
+                                          fused_cross_entropy=True), "H100")
+    assert ours["activation_bytes"] < 0.1 * plain["activation_bytes"]
+    assert ours["recompute_flops_per_token"] == 2 * 12 * 768 ** 2 * 12       # one more forward of every block
+    assert ours["tokens_per_s"] < plain["tokens_per_s"]
+    assert ours["dollars_per_billion_tokens"] > plain["dollars_per_billion_tokens"]
+    # at MFU 0.4 on an H100 in bf16: tokens/s = 989.4e12 * 0.4 / (6N + 12·L·d·T)
+    assert plain["tokens_per_s"] == pytest.approx(989.4e12 * 0.4 / plain["flops_per_token"])
+
+
+def test_estimate_recipe_shards_states_under_zero_only_with_ranks():
+    m = preset("tiny")
+    one = recipe.estimate_recipe(m, _cfg(precision="bf16", data_parallel="zero3"), "H100")
+    four = recipe.estimate_recipe(m, _cfg(precision="bf16", data_parallel="zero3", world_size=4), "H100")
+    assert four["bytes"]["optimizer"] == pytest.approx(one["bytes"]["optimizer"] / 4 * 12 / 8)  # mixed: 12 B/param
+    assert four["tokens_per_s"] == pytest.approx(4 * one["tokens_per_s"])    # communication is not modelled
+
+
+def test_estimate_recipe_prices_bf16_on_a_t4_at_its_fp16_peak():
+    out = recipe.estimate_recipe(preset("tiny"), _cfg(precision="bf16"), "T4")
+    assert out["peak_dtype"] == "fp16"
+
+
+def test_measure_recipe_counts_what_recompute_and_fused_ce_save():
+    m = preset("tiny")
+    plain = recipe.measure_recipe(m, _cfg(precision="bf16"), "T4", cpu_peak_flops=1e10)
+    ours = recipe.measure_recipe(m, _cfg(precision="bf16", recompute="all", fused_cross_entropy=True), "T4",
+                                 cpu_peak_flops=1e10)
+    assert ours["memory_kind"] == plain["memory_kind"] == "saved activations (counted)"
+    assert ours["memory_bytes"] < 0.5 * plain["memory_bytes"]
+    pred = recipe.estimate_recipe(m, _cfg(precision="bf16", recompute="all", fused_cross_entropy=True), "T4")
+    # the count includes the token ids and LayerNorm statistics at fp32 that the 16-bit estimate halves: within 3x
+    assert pred["activation_bytes"] / 3 <= ours["memory_bytes"] <= 3 * pred["activation_bytes"]
+    for r in (plain, ours):
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e10)
+        # the MFU measured here, carried to a T4's fp16 peak, priced at its catalog rate
+        t4 = r["mfu"] * 65e12 / r["flops_per_token"]
+        assert r["dollars_per_billion_tokens"] == pytest.approx(0.35 / 3600 / t4 * 1e9)
+
+
+def test_recipe_runs_plot():
+    runs = {"a": {"tokens_per_s": 1.0, "memory_bytes": 2 ** 20, "dollars_per_billion_tokens": 3.0,
+                  "predicted_memory_bytes": 2 ** 21, "predicted_dollars_per_billion_tokens": 1.0},
+            "b": {"tokens_per_s": 2.0, "memory_bytes": 2 ** 19, "dollars_per_billion_tokens": 1.5}}
+    fig = plots.recipe_runs(runs)
+    assert len(fig.axes) == 3
+    assert len(fig.axes[1].lines) == 1 and list(fig.axes[1].lines[0].get_ydata()) == [2.0]   # one estimate, MiB

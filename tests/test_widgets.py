@@ -51,3 +51,13 @@ def test_activation_meter_redraws_on_a_live_model(capsys):
     _controls(box)["sequence"].value = 16
     second = capsys.readouterr().out
     assert "counted" in second and second != first
+
+
+def test_recipe_dashboard_trains_and_refuses_a_bad_plan(capsys):
+    box = widgets.recipe_dashboard(steps=2, batch_size=4, seq_len=16)
+    first = capsys.readouterr().out
+    assert "tokens/s" in first and "estimator" in first and "US$ per billion tokens" in first
+    controls = _controls(box)
+    controls["parallel"].value = "zero2"
+    controls["precision"].value = "fp16"                       # fp16 under ZeRO: refused with the fix, no launch
+    assert "not a valid plan" in capsys.readouterr().out
