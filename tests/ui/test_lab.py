@@ -40,6 +40,9 @@ OPS = {
         (0, Op("key", "BLOCK_SIZE", "ArrowLeft")),   # vector add: half the block, twice the programs
         (1, Op("pick", "n_embd", "1024")),           # fused cross-entropy: a wider model
     ],
+    "07_frugal_recipe.ipynb": [
+        (0, Op("pick", "recompute", "none")),        # recipe dashboard: train again without recomputation
+    ],
 }
 
 
