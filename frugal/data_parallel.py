@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -82,10 +83,11 @@ class DataParallelNaive(_DataParallelBase):
             self._queue_finish()
 
     def finish_gradient_synchronization(self) -> None:
-        for p in self._params:
-            if p.grad is not None:
-                p.grad.div_(self.world_size)           # gloo has no AVG: divide, then sum
-                dist.all_reduce(p.grad)
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if self.world_size > 1:                        # gloo has no AVG: divide, then sum (/1 is a no-op)
+            torch._foreach_div_(grads, self.world_size)  # one multi-tensor kernel, not one per gradient
+        for g in grads:
+            dist.all_reduce(g)
 
 
 def assign_buckets(params: list[torch.Tensor], bucket_cap_mb: float) -> list[list[int]]:
@@ -111,9 +113,14 @@ class DataParallelBucket(_DataParallelBase):
     """Gradients in buckets of bucket_cap_mb; each bucket's all-reduce starts (async) as soon as its last
     gradient is accumulated during backward, and all are waited on before backward returns.
 
+    As torch DDP with gradient_as_bucket_view=True: each bucket is one flat buffer allocated once, and after
+    a synchronised backward every .grad is a view into it, so a step costs one copy per bucket, one all-reduce
+    per bucket and one wait per bucket, with no host-device synchronisation and no per-step allocation.
+
     `timeline` holds, for the last backward, (bucket, launched_s, done_s, bytes) relative to the end of
-    forward, and `backward_end_s`: the overlap made visible (host clocks: exact for gloo; with NCCL the
-    times are when the host saw each step, not when the GPU ran it).
+    forward, and `backward_end_s`: the overlap made visible. With gloo done_s is when the all-reduce
+    finished; with NCCL (asynchronous on the GPU) it is when the host finished waiting for it, since asking
+    the GPU earlier would stall it.
     """
 
     def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0):
@@ -121,22 +128,28 @@ class DataParallelBucket(_DataParallelBase):
         self._params = [p for p in module.parameters() if p.requires_grad]
         self.buckets = assign_buckets(self._params, bucket_cap_mb)
         self.bucket_cap_mb = bucket_cap_mb
-        self._bucket_of = {}
-        for b, idx in enumerate(self.buckets):
-            for i in idx:
-                self._bucket_of[id(self._params[i])] = b
-        self._buffers = [torch.zeros(sum(self._params[i].numel() for i in idx), dtype=self._params[idx[0]].dtype,
-                                     device=self._params[idx[0]].device) for idx in self.buckets]
+        self._flat: list[torch.Tensor] = []          # one flat buffer per bucket, reused every step
+        self._views: list[list[torch.Tensor]] = []   # _views[b][k]: param buckets[b][k]'s gradient in it
+        self._grad_is_view: list[bool] = []          # False if a bucket mixes dtypes/devices: copy back instead
+        for idx in self.buckets:
+            ps = [self._params[i] for i in idx]
+            buf = torch.zeros(sum(p.numel() for p in ps), dtype=ps[0].dtype, device=ps[0].device)
+            self._flat.append(buf)
+            self._views.append([v.view_as(p) for v, p in zip(buf.split([p.numel() for p in ps]), ps)])
+            self._grad_is_view.append(all(p.dtype == buf.dtype and p.device == buf.device for p in ps))
+        self._sizes = [len(idx) for idx in self.buckets]
+        self._exact_done = self._flat[0].device.type == "cpu" if self._flat else True
         self._reset()
-        for p in self._params:
-            p.register_post_accumulate_grad_hook(self._hook)
+        for b, idx in enumerate(self.buckets):
+            for i in idx:                              # the bucket index is bound now: no lookup per gradient
+                self._params[i].register_post_accumulate_grad_hook(partial(self._hook, b))
         self.timeline: list[tuple[int, float, float, int]] = []
         self.backward_end_s = 0.0
         self._t0 = time.perf_counter()
 
     def _reset(self) -> None:
-        self._pending = [len(idx) for idx in self.buckets]   # grads still to arrive, per bucket
-        self._next = 0                                         # buckets launch in index order on every rank
+        self._pending = list(self._sizes)              # grads still to arrive, per bucket
+        self._next = 0                                 # buckets launch in index order on every rank
         self._works: list = [None] * len(self.buckets)
         self._launch_s = [0.0] * len(self.buckets)
         self._done_s = [0.0] * len(self.buckets)
@@ -146,33 +159,47 @@ class DataParallelBucket(_DataParallelBase):
         self._t0 = time.perf_counter()                 # timeline origin: backward starts after this
         return out
 
-    def _hook(self, param: torch.Tensor) -> None:
+    def _hook(self, b: int, param: torch.Tensor) -> None:
         if not self.require_backward_grad_sync:
             return
         self._queue_finish()
-        b = self._bucket_of[id(param)]
         self._pending[b] -= 1
         while self._next < len(self.buckets) and self._pending[self._next] == 0:
             self._launch(self._next)
             self._next += 1
 
     def _launch(self, b: int) -> None:
-        buf, offset = self._buffers[b], 0
-        for i in self.buckets[b]:                      # copy grads into one flat buffer: one message, not many
-            g = self._params[i].grad
-            n = self._params[i].numel()
-            buf[offset:offset + n].copy_(g.reshape(-1)) if g is not None else buf[offset:offset + n].zero_()
-            offset += n
-        buf.div_(self.world_size)
+        """Gather bucket b's gradients into its flat buffer (one multi-tensor copy), average, all-reduce async."""
+        buf, views = self._flat[b], self._views[b]
+        params = [self._params[i] for i in self.buckets[b]]
+        dst, src, missing = [], [], []
+        for p, v in zip(params, views):
+            g = p.grad
+            if g is None:
+                missing.append(v)
+            elif g is not v:                           # after the first step the gradient already lives in buf
+                dst.append(v)
+                src.append(g)
+        if src:
+            torch._foreach_copy_(dst, src)
+        if missing:
+            torch._foreach_zero_(missing)
+        if self._grad_is_view[b]:
+            for p, v in zip(params, views):
+                if p.grad is not v:
+                    p.grad = v                         # autograd accumulates into the buffer from now on
+        if self.world_size > 1:
+            buf.div_(self.world_size)                  # gloo has no AVG: divide, then sum (/1 is a no-op)
         self._launch_s[b] = time.perf_counter() - self._t0
-        self._works[b] = dist.all_reduce(buf, async_op=True)
-        self._works[b].get_future().then(lambda _, b=b: self._mark_done(b))
+        self._works[b] = work = dist.all_reduce(buf, async_op=True)
+        if self._exact_done:                           # gloo: the future completes when the sum has arrived
+            work.get_future().then(partial(self._mark_done, b))
 
-    def _mark_done(self, b: int) -> None:
-        self._done_s[b] = time.perf_counter() - self._t0  # called by the backend's thread when b completes
+    def _mark_done(self, b: int, _future=None) -> None:
+        self._done_s[b] = time.perf_counter() - self._t0  # called by gloo's thread when b completes
 
     def finish_gradient_synchronization(self) -> None:
-        """Launch any bucket not yet launched, wait for all, and copy the averages back into .grad."""
+        """Launch any bucket not yet launched, wait for each once (on a GPU: the stream waits, not the host)."""
         self.backward_end_s = time.perf_counter() - self._t0    # autograd has finished computing
         for b in range(self._next, len(self.buckets)):
             self._launch(b)
@@ -180,14 +207,13 @@ class DataParallelBucket(_DataParallelBase):
         for b, work in enumerate(self._works):
             work.wait()
             done = self._done_s[b] or time.perf_counter() - self._t0
-            buf, offset = self._buffers[b], 0
-            for i in self.buckets[b]:
-                p = self._params[i]
-                n = p.numel()
-                if p.grad is None:
-                    p.grad = torch.empty_like(p)
-                p.grad.copy_(buf[offset:offset + n].view_as(p))
-                offset += n
+            if not self._grad_is_view[b]:
+                for i, v in zip(self.buckets[b], self._views[b]):
+                    p = self._params[i]
+                    if p.grad is None:
+                        p.grad = torch.empty_like(p)
+                    p.grad.copy_(v)
+            buf = self._flat[b]
             timeline.append((b, self._launch_s[b], done, buf.numel() * buf.element_size()))
         self.timeline = timeline
         self._reset()
