@@ -29,7 +29,7 @@ test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest tests notebooks $(PYTEST_NB)
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests --ignore=tests/ui --deselect tests/test_ipywidgets7.py
+	$(PY) -m pytest tests --ignore=tests/ui --ignore=tests/test_ipywidgets7.py
 
 test-ui: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest tests/ui
