@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from frugal.collectives import chunk_bounds
 from frugal.model import GPTConfig, TinyGPT
 
 
@@ -24,13 +25,7 @@ def partition(n_layer: int, n_stages: int) -> list[tuple[int, int]]:
     if n_layer < n_stages:
         raise ValueError(f"n_layer={n_layer} blocks cannot fill {n_stages} pipeline stages (each needs at least one): "
                          f"use at most {n_layer} stages or a GPTConfig with n_layer >= {n_stages}")
-    base, extra = divmod(n_layer, n_stages)
-    bounds, start = [], 0
-    for s in range(n_stages):
-        end = start + base + (1 if s < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
+    return chunk_bounds(n_layer, n_stages)  # the same even split as a ring all-reduce's chunks
 
 
 def _check_m(m) -> None:
