@@ -80,7 +80,10 @@ def test_deadline_stops_ranks_that_never_finish(tmp_path):
 def test_interrupted_parent_leaves_no_children(tmp_path):
     """A KeyboardInterrupt (a notebook's stop button) in the parent terminates and reaps every rank."""
     pid_file = str(tmp_path / "pid")
+    # Ctrl-C raises KeyboardInterrupt, as in a notebook kernel; set it explicitly because a child inherits an
+    # ignored SIGINT from whatever started the test run (Python then installs no handler of its own)
     script = textwrap.dedent(f"""
+        import signal; signal.signal(signal.SIGINT, signal.default_int_handler)
         import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
         import dist_workers as w
         from frugal.dist import launch
