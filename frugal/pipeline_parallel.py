@@ -165,8 +165,9 @@ def _exchange(ops: list) -> None:
             req.wait()
 
 
-def _post_in_order(msgs: list[tuple[str, str, torch.Tensor, int]]) -> None:
-    """Post one communication point's messages, each in its own group, in an order both ends agree on.
+def _post_in_order(msgs: list[tuple[str, str, torch.Tensor, int]], sends: list) -> None:
+    """Post one communication point's messages, each in its own group, in an order both ends agree on; wait for
+    the receives (their tensors are used next) and append the sends' (work, tensor) to `sends`, unwaited.
 
     msgs: (direction 'act' or 'grad', 'send' or 'recv', tensor, peer). Activations go before gradients and a
     send before a receive; the schedules below then make every pair of neighbouring stages post their messages
@@ -174,14 +175,31 @@ def _post_in_order(msgs: list[tuple[str, str, torch.Tensor, int]]) -> None:
     per group matters on NCCL: it sets up each peer connection on first use, and two ranks that first use a
     connection in groups of different shape (a send + receive against a lone receive) exchange setup records
     of different sizes and fail ("Message truncated"). Ops of one rank run in posting order, and the
-    consistent order means no two neighbours wait on each other, so this cannot deadlock."""
+    consistent order means no two neighbours wait on each other, so this cannot deadlock. A send is not waited
+    for here: the stage computes on while its neighbour picks the message up (the bubble formula assumes a
+    hand-off costs the sender nothing); `_drain_sends` waits for them before their tensors are let go."""
     order = {("act", "send"): 0, ("act", "recv"): 1, ("grad", "send"): 2, ("grad", "recv"): 3}
-    works = []
+    recvs = []
     for direction, kind, tensor, peer in sorted(msgs, key=lambda msg: order[msg[:2]]):
         op = dist.isend if kind == "send" else dist.irecv
-        works += dist.batch_isend_irecv([dist.P2POp(op, tensor, peer)])
-    for w in works:
+        works = dist.batch_isend_irecv([dist.P2POp(op, tensor, peer)])
+        if kind == "send":
+            sends += [(w, tensor) for w in works]        # the tensor must outlive the transfer
+        else:
+            recvs += works
+    for w in recvs:
         w.wait()
+
+
+def _drain_sends(sends: list, wait: bool) -> None:
+    """Let go of finished sends (all of them, waiting, if `wait`): only then may their tensors be freed."""
+    keep = []
+    for work, tensor in sends:
+        if wait:
+            work.wait()
+        elif not work.is_completed():
+            keep.append((work, tensor))
+    sends[:] = keep
 
 
 class _SavedBytes:
@@ -213,14 +231,16 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, m: int
     sched = _schedule(schedule)
     p, s = stage.n_stages, stage.stage
     dev = next(stage.parameters()).device
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    # Wait for the compute stream only: a device-wide synchronize would also wait for the sends still in flight
+    # on NCCL's streams (making every send blocking again) and count that wait as compute time.
+    sync = (lambda: torch.cuda.current_stream(dev).synchronize()) if dev.type == "cuda" else (lambda: None)
     xs, ys = x.chunk(m), y.chunk(m)
     act_shape = (x.size(0) // m, x.size(1), stage.cfg.n_embd)                # (B/m, T, C)
     wire = next(stage.blocks.parameters()).dtype       # every stage sends and receives in this dtype
     inputs, outputs, saved = {}, {}, {}
     live = peak_live = peak_bytes = 0
     loss = torch.zeros((), device=dev)
-    events, pending = [], []
+    events, pending, sends = [], [], []           # sends: (work, tensor) posted but not yet known to be done
     for kind, i in sched(p, s, m):
         buf = None
         if kind == "F" and not stage.is_first:
@@ -229,9 +249,10 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, m: int
         elif kind == "B" and not stage.is_last:
             buf = torch.empty(act_shape, device=dev, dtype=wire)
             pending.append(("grad", "recv", buf, s + 1))
-        _post_in_order(pending)               # the previous action's send with this action's receive
+        _post_in_order(pending, sends)        # the previous action's send with this action's receive
         pending = []
-        sync()
+        _drain_sends(sends, wait=False)       # frees the tensors of sends already delivered
+        sync()                                # the received input is here: idle time ends, compute starts
         t0 = time.perf_counter()
         if kind == "F":
             inp = xs[i] if stage.is_first else buf.requires_grad_(True)
@@ -259,7 +280,8 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, m: int
                 pending.append(("grad", "send", inp.grad.to(wire).contiguous(), s - 1))
         sync()
         events.append({"kind": kind, "mb": i, "start": t0, "end": time.perf_counter()})
-    _post_in_order(pending)
+    _post_in_order(pending, sends)
+    _drain_sends(sends, wait=True)            # every message delivered before the step ends
     _sync_tied_embedding(stage)
     return {"loss": loss.item() if stage.is_last else None, "timeline": events,
             "in_flight": peak_live, "activation_bytes": peak_bytes}
