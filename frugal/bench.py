@@ -385,7 +385,7 @@ def bench_zero(ctx: BenchContext) -> dict:
     then a model over 2x what DP holds, trained with stage 3 under an emulated per-GPU memory cap."""
     from frugal import estimate, plots
     from frugal.dist import launch
-    from frugal.model import TinyGPT, preset
+    from frugal.model import preset
     from frugal.zero import ZeroRun, peak_by_kind, predict_peak_bytes, run_many
 
     gpus = dev.gpu_count() if ctx.device.type == "cuda" else 0
@@ -400,8 +400,7 @@ def bench_zero(ctx: BenchContext) -> dict:
     results = launch(run_many, world, {m: ZeroRun(mode=m, **base) for m in modes}, backend=backend,
                      timeout=600)
     cfg = preset(model)
-    with torch.device("meta"):
-        n_params = TinyGPT(cfg).num_params()
+    n_params = _meta_model(cfg).num_params()
     precision = "mixed" if dtype != "fp32" else "fp32"
     act_bytes = 2 if dtype != "fp32" else 4
     label = lambda m: {"ddp": "DDP", "fsdp": "FSDP"}.get(m) or f"stage {m[-1]}"
@@ -455,13 +454,12 @@ def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
     """Cap each GPU's memory halfway between the predicted peaks (zero.predict_peak_bytes) of gpt2-medium under
     stage 3 and under DP, then train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
     from frugal.dist import RankError, launch
-    from frugal.model import TinyGPT, preset
+    from frugal.model import preset
     from frugal.zero import ZeroRun, predict_peak_bytes, run_rank
 
     batch, seq = 2, 1024
     cfg = preset("gpt2-medium")
-    with torch.device("meta"):
-        n_big = TinyGPT(cfg).num_params()
+    n_big = _meta_model(cfg).num_params()
     need = lambda name, mode: sum(predict_peak_bytes(mode, preset(name), batch, seq, world, dtype).values())
     cap = (need("gpt2-medium", "ddp") + need("gpt2-medium", "zero3")) / 2
     fraction = cap / torch.cuda.get_device_properties(0).total_memory
