@@ -249,9 +249,10 @@ def estimate_recompute_activation_bytes(cfg, batch: int, seq: int, checkpointed:
                                         segments: int | None = None) -> dict[str, float]:
     """estimate_activation_bytes when `checkpointed` of the L blocks recompute in backward (lesson 02).
 
-    A checkpointed block keeps only its input, s·b·h (Chen et al. 2016); a selective one also keeps its matmul
-    outputs, q/k/v, attention output (+ log-sum-exp), attention projection and MLP up-projection, 9·s·b·h more,
-    and recomputes LayerNorm, GELU and dropout (the idea of Korthikanti et al. 2022, sec. 5). Other blocks keep all.
+    A checkpointed block keeps only its input, s·b·h (Chen et al. 2016); a selective one (frugal.recompute's
+    default keep) also keeps q/k/v, the attention output (+ log-sum-exp) and the MLP up-projection, 8·s·b·h more,
+    and recomputes LayerNorm, GELU, dropout, the attention's output projection and the residual adds (the idea
+    of Korthikanti et al. 2022, sec. 5). Other blocks keep all.
     `segments` checkpointed segments (default: one per block) keep one input each.
     """
     if not isinstance(checkpointed, int) or not 0 <= checkpointed <= cfg.n_layer:
@@ -264,7 +265,7 @@ def estimate_recompute_activation_bytes(cfg, batch: int, seq: int, checkpointed:
     out["checkpointed block inputs"] = (checkpointed if segments is None else segments) * sbh * act_bytes
     if selective:
         attention_core = a * s * b * 4 if fused_attention else a * s * s * b * act_bytes  # lse, or the scores
-        out["kept matmul outputs"] = checkpointed * ((3 + 1 + 1 + 4) * sbh * act_bytes + attention_core)
+        out["kept matmul outputs"] = checkpointed * ((3 + 1 + 4) * sbh * act_bytes + attention_core)
     out["embedding + head"] = full["embedding + head"]
     out["logits"] = full["logits"]
     return out

@@ -31,10 +31,16 @@ class Timing:
 
 
 def measure_time(fn: Callable[[], object], device: torch.device | str = "cpu",
-                 warmup: int = 3, repeats: int = 10) -> Timing:
-    """Time fn(): warm up, then `repeats` timed calls; CUDA events on a GPU, perf_counter on CPU."""
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"warmup={warmup}, repeats={repeats}: need warmup >= 0 and repeats >= 1")
+                 warmup: int = 3, repeats: int = 10, inner: int = 1) -> Timing:
+    """Time fn(): warm up, then `repeats` timed calls; CUDA events on a GPU, perf_counter on CPU.
+
+    inner > 1 times that many calls back to back per repeat and reports the time per call: the steady state of
+    a training loop, where Python enqueues the next step while the GPU still runs this one. With inner = 1 the
+    GPU starts each call idle and waits for the first kernels; that launch gap shows once a step gets short.
+    """
+    if warmup < 0 or repeats < 1 or inner < 1:
+        raise ValueError(f"warmup={warmup}, repeats={repeats}, inner={inner}: need warmup >= 0, repeats >= 1 "
+                         f"and inner >= 1")
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -44,14 +50,16 @@ def measure_time(fn: Callable[[], object], device: torch.device | str = "cpu",
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(inner):
+                fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(start.elapsed_time(end) / 1e3 / inner)
         else:
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - t0) / inner)
     return Timing(statistics.median(times), times, warmup, str(device))
 
 

@@ -59,12 +59,26 @@ def preset(name: str, **overrides) -> GPTConfig:
     return replace(PRESETS[name], **overrides)
 
 
+class AttentionCore(nn.Module):
+    """softmax(q·kᵀ/√d, causal) · v through F.scaled_dot_product_attention: no weights, T² work per head.
+    A module of its own so a policy can name it (lesson 02's selective recompute keeps its output)."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                              is_causal=True)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.core = AttentionCore(cfg.dropout)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
@@ -74,9 +88,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)     # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)     # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)     # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )                                                                   # (B, nh, T, hs)
+        y = self.core(q, k, v)                                              # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                    # (B, T, C)
         return self.resid_drop(self.c_proj(y))
 

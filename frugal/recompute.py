@@ -104,6 +104,46 @@ class _KeepOutputs(TorchDispatchMode):
         return out
 
 
+class _ModeInModules:
+    """Enters a fresh dispatch mode each time one of `modules` starts its forward and leaves it when that forward
+    ends: only their few ops pass through Python, the rest of the checkpointed function runs at full speed."""
+
+    def __init__(self, modules, make_mode: Callable[[], TorchDispatchMode]):
+        self.modules, self.make_mode = modules, make_mode
+        self.active: list[TorchDispatchMode] = []
+        self.handles: list = []
+
+    def _enter(self, module, args) -> None:
+        mode = self.make_mode()
+        mode.__enter__()
+        self.active.append(mode)
+
+    def _exit(self, module, args, out) -> None:
+        if self.active:
+            self.active.pop().__exit__(None, None, None)
+
+    def __enter__(self):
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._exit, always_call=True))  # also when forward raises
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        while self.active:
+            self.active.pop().__exit__(None, None, None)
+        return False
+
+
+def _keeping(frame: "_Frame", replay: list | None = None):
+    """The context that records (forward) or replays (recomputation) the kept ops' outputs: around all of fn,
+    or only inside the modules of keep_in."""
+    if frame.keep_in is None:
+        return _KeepOutputs(frame.keep, frame, replay)
+    return _ModeInModules(frame.keep_in, lambda: _KeepOutputs(frame.keep, frame, replay))
+
+
 def _dropout_p(func, args, kwargs) -> float:
     for i, a in enumerate(func._schema.arguments):
         if a.name == "dropout_p":
@@ -114,8 +154,8 @@ def _dropout_p(func, args, kwargs) -> float:
 class _Frame:
     """One checkpointed call: what is needed to run fn again, and the tensors recomputed for backward."""
 
-    def __init__(self, fn, args, kwargs, preserve_rng_state: bool, keep: frozenset | None):
-        self.fn, self.args, self.kwargs, self.keep = fn, args, kwargs, keep
+    def __init__(self, fn, args, kwargs, preserve_rng_state: bool, keep: frozenset | None, keep_in=None):
+        self.fn, self.args, self.kwargs, self.keep, self.keep_in = fn, args, kwargs, keep, keep_in
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         self.requires_grad = [t.requires_grad for t in tensors]
         self.inputs = _hold(tensors)                 # saved through the hooks outside this call
@@ -181,7 +221,7 @@ class _Frame:
             stack.enter_context(torch.enable_grad())
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None))
             if self.keep is not None:
-                stack.enter_context(_KeepOutputs(self.keep, self, replay=replay))
+                stack.enter_context(_keeping(self, replay))
             try:
                 self.fn(*args, **self.kwargs)
             except _StopRecompute:
@@ -230,7 +270,7 @@ class _restored_rng:
         return False
 
 
-def _run(fn, args, kwargs, preserve_rng_state, keep):
+def _run(fn, args, kwargs, preserve_rng_state, keep, keep_in=None):
     if not callable(fn):
         raise TypeError(f"checkpoint(fn, *args): fn must be callable (a module or function), got "
                         f"{type(fn).__name__}; pass the function first, then its arguments")
@@ -241,12 +281,12 @@ def _run(fn, args, kwargs, preserve_rng_state, keep):
                          "drop the argument or pass use_reentrant=False")
     if not torch.is_grad_enabled():                  # nothing is saved for backward anyway
         return fn(*args, **kwargs)
-    frame = _Frame(fn, args, kwargs, preserve_rng_state, keep)
+    frame = _Frame(fn, args, kwargs, preserve_rng_state, keep, keep_in)
     with torch.autograd.graph.saved_tensors_hooks(frame.pack, frame.unpack):
         if keep is None:
             out = fn(*args, **kwargs)
         else:
-            with _KeepOutputs(keep, frame):
+            with _keeping(frame):
                 out = fn(*args, **kwargs)
     if keep is not None:
         frame.keep_needed()
@@ -261,14 +301,23 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
     return _run(fn, args, kwargs, preserve_rng_state, keep=None)
 
 
-def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, preserve_rng_state: bool = True,
-                         **kwargs):
+def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, keep_in=None,
+                         preserve_rng_state: bool = True, **kwargs):
     """Like checkpoint, but keeps the outputs of `keep` ops (matmuls, attention) and recomputes only the cheap
-    pointwise and normalisation work: selective recompute (Korthikanti et al. 2022, sec. 5)."""
+    pointwise and normalisation work: selective recompute (Korthikanti et al. 2022, sec. 5).
+
+    keep_in: the modules (e.g. [block.attn.c_attn, block.mlp.c_fc]) whose `keep` ops are kept; None = every
+    `keep` op in fn. Naming them is also much faster: only their ops go through a Python dispatch mode.
+    """
     if not isinstance(keep, (set, frozenset)) or not all(isinstance(op, torch._ops.OpOverload) for op in keep):
         raise TypeError("keep must be a set of aten op overloads, e.g. {torch.ops.aten.mm.default}; "
                         "see frugal.recompute.MATMUL_OPS")
-    return _run(fn, args, kwargs, preserve_rng_state, keep=frozenset(keep))
+    if keep_in is not None:
+        keep_in = list(keep_in)
+        if not all(isinstance(m, torch.nn.Module) for m in keep_in):
+            raise TypeError("keep_in must be a list of nn.Module (the submodules whose matmul outputs to keep), "
+                            "or None to keep every matmul output in fn")
+    return _run(fn, args, kwargs, preserve_rng_state, keep=frozenset(keep), keep_in=keep_in)
 
 
 def sqrt_segments(n: int) -> int:
@@ -311,6 +360,11 @@ def checkpoint_sequential(modules, segments: int | None, x: torch.Tensor, *, pre
 
 POLICIES = ("none", "all", "every", "first", "selective", "sqrt")
 
+# The selective policy's default: inside each block keep the outputs of the qkv projection, the attention core
+# and the MLP's up-projection (the expensive work); recompute LayerNorms, GELU, the attention's output
+# projection and the residual adds in backward.
+SELECTIVE_KEEP = ("attn.c_attn", "attn.core", "mlp.c_fc")
+
 
 @dataclass(frozen=True)
 class Recompute:
@@ -318,6 +372,8 @@ class Recompute:
     policy: str = "none"                    # none | all | every (every k-th block) | first (the first k) | selective | sqrt
     k: int = 1                              # for 'every' and 'first'
     checkpoint_fn: Callable | None = None   # None = ours; e.g. partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    keep: tuple[str, ...] | None = SELECTIVE_KEEP  # 'selective': block submodules whose matmul outputs stay;
+                                            # None = every matmul output, found op by op (slower: Python per op)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -344,10 +400,25 @@ class Recompute:
         if self.policy == "sqrt":
             return checkpoint_sequential(blocks, None, x, checkpoint_fn=self.checkpoint_fn)
         chosen = set(self.checkpointed(len(blocks)))
-        run = checkpoint_selective if self.policy == "selective" else (self.checkpoint_fn or checkpoint)
+        run = self.checkpoint_fn or checkpoint
         for i, block in enumerate(blocks):
-            x = run(block, x) if i in chosen else block(x)
+            if i not in chosen:
+                x = block(x)
+            elif self.policy == "selective":
+                x = checkpoint_selective(block, x, keep_in=self.kept_modules(block))
+            else:
+                x = run(block, x)
         return x
+
+    def kept_modules(self, block: torch.nn.Module) -> list[torch.nn.Module] | None:
+        """The submodules of `block` named by self.keep (None: keep every matmul output)."""
+        if self.keep is None:
+            return None
+        try:
+            return [block.get_submodule(name) for name in self.keep]
+        except AttributeError as e:
+            names = [n for n, _ in block.named_modules() if n]
+            raise ValueError(f"Recompute(keep={self.keep!r}): {e}; the block's submodules are {names}") from None
 
 
 def from_spec(spec: str) -> Recompute | None:

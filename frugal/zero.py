@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -185,6 +186,7 @@ class ZeroDataParallel(nn.Module):
             del full
         self.optimizer = optimizer_cls(self.master, **optim_kwargs)
         self._hooks = []
+        self._inflight: list = []                         # stage 2: (unit, finish) of reduce-scatters under way
         self._regathered: dict[int, torch.Tensor] = {}   # stage 3: units gathered again for backward
         self._live: dict[int, int] = {}                  # stage 3: storage address -> unit, during forward
         if stage == 2:
@@ -236,15 +238,24 @@ class ZeroDataParallel(nn.Module):
     def _reduce_scatter(self, full: torch.Tensor) -> torch.Tensor:
         """Average of `full` over ranks, this rank's slice only. Without a native reduce-scatter (older gloo)
         it all-reduces and keeps the slice; the counter still records what a real reduce-scatter sends."""
-        full = full.contiguous() / self.world_size          # divide first, as DDP does
-        n = full.numel() // self.world_size
-        self.comm.add("reduce_scatter", full.numel() * full.element_size())
+        return self._reduce_scatter_start(full.contiguous() / self.world_size)()   # divide first, as DDP does
+
+    def _reduce_scatter_start(self, flat: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """Launch the reduce-scatter of `flat` (already divided by N) without waiting; returns the function that
+        waits (on NCCL: makes the compute stream wait, the host goes on) and gives this rank's slice."""
+        n = flat.numel() // self.world_size
+        self.comm.add("reduce_scatter", flat.numel() * flat.element_size())
         if self._native_rs:
-            out = torch.empty(n, dtype=full.dtype, device=full.device)
-            _reduce_scatter_into(out, full, self.group)
-            return out
-        dist.all_reduce(full, group=self.group)
-        return full[self.rank * n:(self.rank + 1) * n].clone()
+            out = torch.empty(n, dtype=flat.dtype, device=flat.device)
+            work = _reduce_scatter_into(out, flat, self.group, async_op=True)
+        else:
+            out = flat
+            work = dist.all_reduce(flat, group=self.group, async_op=True)
+
+        def finish() -> torch.Tensor:
+            work.wait()
+            return out if self._native_rs else out[self.rank * n:(self.rank + 1) * n].clone()
+        return finish
 
     # ------------------------------------------------------------------ stage 2: reduce as gradients arrive
     def _grad_ready(self, u: int) -> None:
@@ -253,14 +264,22 @@ class ZeroDataParallel(nn.Module):
             self._reduce_unit(u)
 
     def _reduce_unit(self, u: int) -> None:
+        """Start this unit's reduce-scatter and let the rest of backward run meanwhile; the previous unit's is
+        finished first, so at most one unit's full gradient waits on the network at a time."""
         ps = self.unit_params[u]
         flat = self.layouts[u].flatten([p.grad for p in ps], self.param_dtype, self.master[u].device)
-        g = self._reduce_scatter(flat)
-        self.grad_shard[u] = g if self.grad_shard[u] is None else self.grad_shard[u] + g
         for p in ps:
             p.grad = None                                  # keep only the shard's gradients
+        self._finish_reductions()
+        self._inflight.append((u, self._reduce_scatter_start(flat.div_(self.world_size))))  # divide first, as DDP
         if self.stage == 2:
             self._pending[u] = len(ps)                     # ready for the next backward (or micro-batch)
+
+    def _finish_reductions(self) -> None:
+        for u, finish in self._inflight:
+            g = finish()
+            self.grad_shard[u] = g if self.grad_shard[u] is None else self.grad_shard[u] + g
+        self._inflight = []
 
     def reduce_gradients(self) -> None:
         """Stages 1-2: make sure every unit's gradient is reduce-scattered into this rank's shard."""
@@ -269,6 +288,7 @@ class ZeroDataParallel(nn.Module):
         for u in range(len(self.layouts)):
             if self.stage == 1 or any(p.grad is not None for p in self.unit_params[u]):
                 self._reduce_unit(u)
+        self._finish_reductions()
         self._reduced = True
 
     # ------------------------------------------------------------------ stage 3: gather, free, regather
@@ -351,6 +371,7 @@ class ZeroDataParallel(nn.Module):
         self.comm.steps += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self._finish_reductions()                          # nothing left in flight to land in a cleared shard
         for ps in self.unit_params:
             for p in ps:
                 p.grad = None
@@ -405,6 +426,7 @@ class ZeroDataParallel(nn.Module):
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of weights, gradients and optimizer states this rank holds now, each storage counted once
         (call it after backward, before step(), to see the gradients at their peak)."""
+        self._finish_reductions()                          # stage 2: the last unit's shard may still be on its way
         seen: set[int] = set()
 
         def size(ts) -> int:
@@ -432,22 +454,23 @@ def _all_gather_into(out: torch.Tensor, inp: torch.Tensor, group) -> None:
     fn(out, inp, group=group)
 
 
-def _reduce_scatter_into(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+def _reduce_scatter_into(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool = False):
     fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    fn(out, inp, group=group)
+    return fn(out, inp, group=group, async_op=async_op)
 
 
 # ----------------------------------------------------------------------------- the lesson's experiment
 # One rank's training run for the notebook, the tests and the benchmark: ours (zero1-3) beside torch's
 # DDP (plain data parallel) and FSDP2 fully_shard, which appear here only as references.
 
-MODES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+MODES = ("ddp", "bucket", "zero1", "zero2", "zero3", "fsdp")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class ZeroRun:
-    mode: str = "zero1"             # 'ddp' (torch DDP), 'zero1', 'zero2', 'zero3' (ours), 'fsdp' (torch fully_shard)
+    mode: str = "zero1"             # 'ddp' (torch DDP), 'bucket' (our DataParallelBucket, lesson 03),
+                                    # 'zero1', 'zero2', 'zero3' (ours), 'fsdp' (torch fully_shard)
     model: str = "tiny"             # frugal.model preset
     steps: int = 4                  # optimizer steps
     batch_size: int = 4             # sequences per rank per step
@@ -486,6 +509,7 @@ class _Recompute(nn.Module):
 def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
     """Train run.mode for run.steps steps on this rank (launch it with frugal.dist.launch); returns the mean
     loss of each step over all ranks, step times, peak CUDA memory, counted state bytes and bytes sent."""
+    import gc
     import statistics
     import time
     from frugal.data import corpus_tokens, get_batch, split, synthetic_batch
@@ -494,6 +518,11 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if dist.get_backend() == "nccl" \
         else torch.device("cpu")
+    # An earlier run in this process may still be alive in reference cycles (a wrapper's hooks point back at
+    # it): collect it now, or its weights and optimizer states count in this run's peak.
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if device.type == "cpu":
         torch.set_num_threads(1)        # gloo ranks share the CPU's cores: one thread each, no oversubscription
     if run.memory_fraction is not None and device.type == "cuda":
@@ -518,6 +547,12 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
     if run.mode.startswith("zero"):
         net = ZeroDataParallel(model, int(run.mode[-1]), param_dtype=dtype, units=units, lr=run.lr)
         comm = net.comm
+    elif run.mode == "bucket":
+        from frugal.data_parallel import DataParallelBucket
+        net = DataParallelBucket(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
+        if dtype != torch.float32:
+            autocast = torch.autocast(device.type, dtype=dtype)
     elif run.mode == "ddp":
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         from torch.nn.parallel import DistributedDataParallel
@@ -546,6 +581,9 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
         with autocast:
             loss = net(x, y)[1]        # keep no reference to the (B, T, V) logits: they would live through backward
         loss.backward()
+        if run.mode == "bucket":                       # one all-reduce of every bucket per step
+            for flat in net._flat:
+                comm.add("all_reduce", flat.numel() * flat.element_size())
         if step == run.steps - 1:
             state_bytes = _state_bytes(net, model, opt if not run.mode.startswith("zero") else None)
         if run.mode.startswith("zero"):
@@ -641,11 +679,11 @@ def predict_peak_bytes(mode: str, cfg, batch: int, seq: int, world_size: int, dt
     b, s, h, L, V = batch, seq, cfg.n_embd, cfg.n_layer, cfg.vocab_size
     acts = estimate.estimate_activation_bytes(cfg, b, s, act_bytes=c)
     out: dict[str, float] = {}
-    if mode == "ddp":
+    if mode in ("ddp", "bucket"):
         out["weights (fp32)"] = 4 * psi
         if mixed:
             out["autocast 16-bit weight copies"] = 2 * n_cast
-        out["DDP gradient buckets (fp32)"] = 4 * psi
+        out["gradient buckets (fp32)"] = 4 * psi
         out["optimizer (Adam m, v)"] = 8 * psi
     elif mode in ("zero1", "zero2"):
         out["weights (full, flat)"] = c * psi_pad
@@ -660,10 +698,10 @@ def predict_peak_bytes(mode: str, cfg, batch: int, seq: int, world_size: int, dt
         if mode == "fsdp":
             out["root unit, unsharded"] = c * units[0]
     out["activations (blocks)"] = acts["layernorm inputs"] + acts["attention"] + acts["mlp"]
-    if mode == "ddp" and mixed:                              # fp32 residual stream: LayerNorm inputs at 4 bytes
+    if mode in ("ddp", "bucket") and mixed:                  # fp32 residual stream: LayerNorm inputs at 4 bytes
         out["activations (blocks)"] += L * 2 * s * b * h * (4 - c)
-    out["activations (embedding, final norm)"] = acts["embedding + head"] + (s * b * h * (4 - c) if mode == "ddp"
-                                                                             and mixed else 0)
+    out["activations (embedding, final norm)"] = acts["embedding + head"] + (
+        s * b * h * (4 - c) if mode in ("ddp", "bucket") and mixed else 0)
     out["loss: fp32 log-probs, their grad, logits' grad"] = 3 * 4 * b * s * V
     return out
 

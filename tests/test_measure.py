@@ -19,10 +19,17 @@ def test_measure_time_warms_up_then_takes_the_median():
     assert timing.median_s == sorted(timing.times_s)[2]
 
 
-@pytest.mark.parametrize("warmup,repeats", [(-1, 5), (0, 0)])
-def test_measure_time_refuses_bad_counts(warmup, repeats):
+def test_measure_time_inner_times_calls_back_to_back_and_divides():
+    calls = []
+    timing = measure.measure_time(lambda: calls.append(time.sleep(0.002)), "cpu", warmup=1, repeats=3, inner=4)
+    assert len(calls) == 1 + 3 * 4 and len(timing.times_s) == 3
+    assert 0.002 <= timing.median_s < 0.008          # per call, not per window of 4 (8 ms and more)
+
+
+@pytest.mark.parametrize("warmup,repeats,inner", [(-1, 5, 1), (0, 0, 1), (0, 5, 0)])
+def test_measure_time_refuses_bad_counts(warmup, repeats, inner):
     with pytest.raises(ValueError, match="repeats"):
-        measure.measure_time(lambda: None, "cpu", warmup, repeats)
+        measure.measure_time(lambda: None, "cpu", warmup, repeats, inner)
 
 
 def test_peak_memory_is_none_on_cpu_but_runs_fn():

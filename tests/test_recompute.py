@@ -218,8 +218,48 @@ def test_selective_keeps_matmul_outputs_and_drops_the_rest():
     model.recompute = None
     plain = measure.measure_activation_bytes(model, x, x)
     sbh = 2 * 32 * 64 * 4
-    # per block: 16 s·b·h kept plainly, 10 (input + q,k,v + attention out + projection + MLP up) selectively
-    assert plain - selective == pytest.approx(2 * 6 * sbh, rel=0.02)
+    # per block: 16 s·b·h kept plainly, 9 (input + q,k,v + attention out + MLP up) selectively
+    assert plain - selective == pytest.approx(2 * 7 * sbh, rel=0.02)
+    # keeping the attention's output projection too (keep names it): one s·b·h more per block
+    model.recompute = Recompute("selective", keep=("attn.c_attn", "attn.core", "attn.c_proj", "mlp.c_fc"))
+    assert measure.measure_activation_bytes(model, x, x) - selective == pytest.approx(2 * sbh, rel=0.02)
+
+
+@pytest.mark.parametrize("keep", [("attn.c_attn", "mlp.c_fc"), ("attn", "mlp.c_fc"), None])
+def test_selective_scopes_give_identical_gradients(keep):
+    model = _model(n_layer=2, dropout=0.1)
+    ref_loss, ref = _grads(model, None)
+    loss, got = _grads(model, Recompute("selective", keep=keep))
+    assert torch.equal(loss, ref_loss) and all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+def test_scoped_selective_sends_only_the_kept_modules_through_python(monkeypatch):
+    import frugal.recompute as R
+    dispatched = []
+    original = R._KeepOutputs.__torch_dispatch__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        dispatched.append(func)
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(R._KeepOutputs, "__torch_dispatch__", counting)
+    model = _model(n_layer=2)
+    counts = {}
+    for keep in (None, R.SELECTIVE_KEEP):
+        dispatched.clear()
+        _grads(model, Recompute("selective", keep=keep))
+        counts[keep] = len(dispatched)
+    # a few ops per kept module (view, addmm, ...) instead of every op of every block, forward and recomputation
+    assert 0 < counts[R.SELECTIVE_KEEP] < counts[None] / 3
+
+
+def test_selective_keep_names_that_do_not_exist_are_refused():
+    model = _model(n_layer=1)
+    model.recompute = Recompute("selective", keep=("attn.qkv",))
+    with pytest.raises(ValueError, match="submodules are"):
+        model(torch.randint(256, (1, 8)))
+    with pytest.raises(TypeError, match="keep_in"):
+        checkpoint_selective(model.blocks[0], torch.randn(1, 8, 64), keep_in=["attn.c_attn"])
 
 
 def test_train_config_switch_trains_the_same():

@@ -51,6 +51,14 @@ def test_each_stage_reaches_plain_data_parallel(world, two, three):
     assert ddp["losses"][0] != ddp["losses"][-1]                          # it trained
 
 
+def test_bucketed_dp_in_the_same_harness_is_ddp(two):
+    # the benchmark's yardstick for stage 2: our lesson-03 DataParallelBucket, run by the same run_rank.
+    # Same gloo all-reduce per bucket as DDP on 2 ranks (bucket bounds differ), so equal within 1e-5
+    eq = two[0]["equivalence"]
+    assert _max_diff(eq["bucket"]["params"], eq["ddp"]["params"]) < 1e-5
+    assert eq["bucket"]["comm_bytes_per_step"] == eq["ddp"]["comm_bytes_per_step"] > 0
+
+
 def test_stage3_with_recompute_is_stage3(two):
     eq = two[0]["equivalence"]
     a, b = eq["zero3+recompute"]["params"], eq["zero3"]["params"]

@@ -20,6 +20,7 @@ def equivalence(rank, world_size, extra: bool):
     stage 3 with recompute and stages 2-3 with bf16 compute copies."""
     runs = {m: ZeroRun(mode=m, steps=3, return_params=True) for m in ("ddp", "zero1", "zero2", "zero3")}
     if extra:
+        runs["bucket"] = ZeroRun(mode="bucket", steps=3, return_params=True)
         runs["zero3+recompute"] = ZeroRun(mode="zero3", steps=3, recompute=True, return_params=True)
         runs["zero2 bf16"] = ZeroRun(mode="zero2", steps=3, dtype="bf16")
         runs["zero3 bf16"] = ZeroRun(mode="zero3", steps=3, dtype="bf16")
