@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.autograd import Variable
 
+from frugal.dist import grad_hooks
+
 FLAVOURS = ("naive", "bucket", "ddp")   # ours, ours, and torch's DistributedDataParallel as the reference
 
 
@@ -75,8 +77,7 @@ class DataParallelNaive(_DataParallelBase):
     def __init__(self, module: nn.Module):
         super().__init__(module)
         self._params = [p for p in module.parameters() if p.requires_grad]
-        for p in self._params:
-            p.register_post_accumulate_grad_hook(self._hook)
+        grad_hooks(self, self._params, "_hook")
 
     def _hook(self, param: torch.Tensor) -> None:
         if self.require_backward_grad_sync:
@@ -140,9 +141,8 @@ class DataParallelBucket(_DataParallelBase):
         self._sizes = [len(idx) for idx in self.buckets]
         self._exact_done = self._flat[0].device.type == "cpu" if self._flat else True
         self._reset()
-        for b, idx in enumerate(self.buckets):
-            for i in idx:                              # the bucket index is bound now: no lookup per gradient
-                self._params[i].register_post_accumulate_grad_hook(partial(self._hook, b))
+        for b, idx in enumerate(self.buckets):         # the bucket index is bound now: no lookup per gradient
+            grad_hooks(self, [self._params[i] for i in idx], "_hook", b)
         self.timeline: list[tuple[int, float, float, int]] = []
         self.backward_end_s = 0.0
         self._t0 = time.perf_counter()

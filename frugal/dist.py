@@ -14,6 +14,7 @@ import queue as queue_mod
 import threading
 import time
 import traceback
+import weakref
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -179,3 +180,32 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
         results.close()
         results.join_thread()
         del store
+
+
+def weak_method(method: Callable) -> Callable:
+    """obj.method as a callable that holds obj weakly and does nothing once obj is gone: for hooks a wrapper
+    registers on the model it wraps, so the model does not keep a dropped wrapper alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        return None if bound is None else bound(*args)
+    return call
+
+
+def grad_hooks(owner, params, method: str, *bound) -> None:
+    """Register `owner.method(*bound, param)` as a post-accumulate-grad hook on each parameter, holding owner weakly.
+
+    Such hooks live in C++, where Python's garbage collector cannot follow the cycle parameter -> hook -> wrapper
+    -> model -> parameter: a strong reference would keep a dropped wrapper, and every buffer it owns, alive for
+    the rest of the process. The hooks are removed when the owner is collected.
+    """
+    call = weak_method(getattr(owner, method))
+    handles = [p.register_post_accumulate_grad_hook(lambda param: call(*bound, param)) for p in params]
+    weakref.finalize(owner, remove_handles, handles)
+
+
+def remove_handles(handles) -> None:
+    """Remove hooks by their handles (what weakref.finalize runs when a hook owner is collected)."""
+    for h in handles:
+        h.remove()

@@ -9,6 +9,7 @@ and again for its backward, and frees it after: the idea torch's FSDP is built o
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,6 +17,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from frugal.dist import grad_hooks, remove_handles, weak_method
 
 STAGES = (1, 2, 3)
 
@@ -192,12 +195,13 @@ class ZeroDataParallel(nn.Module):
         if stage == 2:
             self._pending = [len(ps) for ps in self.unit_params]
             for u, ps in enumerate(self.unit_params):
-                for p in ps:
-                    self._hooks.append(p.register_post_accumulate_grad_hook(lambda p, u=u: self._grad_ready(u)))
-        if stage == 3:
+                grad_hooks(self, ps, "_grad_ready", u)
+        if stage == 3:                                     # held weakly, as grad_hooks does: see frugal.dist
+            gather, release = weak_method(self._pre_forward), weak_method(self._release)
             for i, m in enumerate(self.units):
-                self._hooks.append(m.register_forward_pre_hook(lambda m, a, u=i + 1: self._pre_forward(u)))
-                self._hooks.append(m.register_forward_hook(lambda m, a, o, u=i + 1: self._release(u)))
+                self._hooks.append(m.register_forward_pre_hook(lambda m, a, u=i + 1: gather(u)))
+                self._hooks.append(m.register_forward_hook(lambda m, a, o, u=i + 1: release(u)))
+            weakref.finalize(self, remove_handles, self._hooks)
         self._reduced = False
 
     @staticmethod
@@ -258,7 +262,7 @@ class ZeroDataParallel(nn.Module):
         return finish
 
     # ------------------------------------------------------------------ stage 2: reduce as gradients arrive
-    def _grad_ready(self, u: int) -> None:
+    def _grad_ready(self, u: int, param=None) -> None:
         self._pending[u] -= 1
         if self._pending[u] == 0:
             self._reduce_unit(u)

@@ -59,6 +59,12 @@ def test_bucketed_dp_in_the_same_harness_is_ddp(two):
     assert eq["bucket"]["comm_bytes_per_step"] == eq["ddp"]["comm_bytes_per_step"] > 0
 
 
+def test_dropped_wrappers_are_collected_and_leave_no_hooks(two):
+    for rank in two:
+        assert rank["collected"] == {name: {"alive": False, "hooks_left": 0}
+                                     for name in ("zero1", "zero2", "zero3", "bucket", "naive")}
+
+
 def test_stage3_with_recompute_is_stage3(two):
     eq = two[0]["equivalence"]
     a, b = eq["zero3+recompute"]["params"], eq["zero3"]["params"]

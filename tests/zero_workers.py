@@ -106,6 +106,31 @@ def three_ranks(rank, world_size):
     return {"equivalence": equivalence(rank, world_size, extra=False), "bad": bad_inputs(rank, world_size)}
 
 
+def collected(rank, world_size):
+    """Each wrapper, dropped after a backward, is garbage (gc.collect finds it) and leaves no gradient hook on the
+    model it wrapped: hooks kept in C++ must not hold it alive, or the next run's peak counts its buffers."""
+    import gc
+    import weakref
+    from frugal.data_parallel import DataParallelBucket, DataParallelNaive
+    torch.set_num_threads(1)
+    makers = {"zero1": lambda m: ZeroDataParallel(m, 1, lr=1e-3), "zero2": lambda m: ZeroDataParallel(m, 2, lr=1e-3),
+              "zero3": lambda m: ZeroDataParallel(m, 3, lr=1e-3), "bucket": DataParallelBucket,
+              "naive": DataParallelNaive}
+    out = {}
+    for name, make in makers.items():
+        model = TinyGPT(preset("tiny"))
+        net = make(model)
+        x, y = synthetic_batch(256, 2, 16, torch.Generator().manual_seed(rank))
+        net(x, y)[1].backward()
+        ref = weakref.ref(net)
+        del net
+        gc.collect()
+        hooks = sum(len(getattr(p, "_post_accumulate_grad_hooks", None) or {}) for p in model.parameters()) \
+            + sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+        out[name] = {"alive": ref() is not None, "hooks_left": hooks}
+    return out
+
+
 def two_ranks(rank, world_size):
     return {"equivalence": equivalence(rank, world_size, extra=True), "roundtrip": roundtrip(rank, world_size),
-            "freeing": freeing(rank, world_size)}
+            "freeing": freeing(rank, world_size), "collected": collected(rank, world_size)}
