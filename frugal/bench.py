@@ -418,7 +418,7 @@ def bench_zero(ctx: BenchContext) -> dict:
     n_params = _meta_model(cfg).num_params()
     precision = "mixed" if dtype != "fp32" else "fp32"
     act_bytes = 2 if dtype != "fp32" else 4
-    label = lambda m: {"ddp": "DDP", "bucket": "DP bucketed (ours)", "fsdp": "FSDP"}.get(m) or f"stage {m[-1]}"
+    label = lambda m: {"ddp": "DDP", "bucket": "DP (ours)", "fsdp": "FSDP"}.get(m) or f"stage {m[-1]}"
     stage_of = lambda m: {"ddp": 0, "bucket": 0, "fsdp": 3}.get(m) if m in ("ddp", "bucket", "fsdp") else int(m[-1])
     rows, predicted, observed, comm_pred, comm_counted, breakdown = [], {}, {}, {}, {}, {}
     for m in modes:
@@ -459,7 +459,7 @@ def bench_zero(ctx: BenchContext) -> dict:
     figures = {
         "memory": plots.sharding_memory_bars(
             predicted, observed, unit=2 ** 30 if big else 2 ** 20, unit_name="GiB" if big else "MiB",
-            title=f"Per-rank memory, {model} {dtype}, {world} x {ctx.slug}: predicted peak vs "
+            title=f"Per-rank memory, {model} {dtype}, {world} ranks on {ctx.slug}: predicted peak vs "
                   f"{'peak CUDA' if multi else 'counted'}"),
         "comm": plots.comm_volume_bars(comm_pred, comm_counted),
     }

@@ -352,7 +352,7 @@ def sharding_memory_bars(predicted: dict[str, dict[str, float]], measured: dict[
                          title: str = "Memory per rank", unit: float = 2 ** 20, unit_name: str = "MiB") -> Figure:
     """For each plan (DP, stage 1-3): a stacked bar of the predicted bytes by kind, and beside it (hatched)
     the measured or counted bytes, so prediction and observation stand side by side."""
-    fig, ax = _figure(7.0, 4.2)
+    fig, ax = _figure(7.6, 4.2)
     names = list(predicted)
     width = 0.38 if measured else 0.7
     for j, (series, offset, hatch) in enumerate(((predicted, -width / 2 if measured else 0.0, None),
@@ -368,10 +368,10 @@ def sharding_memory_bars(predicted: dict[str, dict[str, float]], measured: dict[
             bottoms = [b + v for b, v in zip(bottoms, values)]
         for x, b in zip(xs, bottoms):
             ax.text(x, b, "pred." if j == 0 else "meas.", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel(unit_name)
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)   # outside: the bars reach the top
     return fig
 
 
