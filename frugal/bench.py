@@ -396,12 +396,12 @@ def bench_data_parallel(ctx: BenchContext) -> dict:
 @section("zero")
 def bench_zero(ctx: BenchContext) -> dict:
     """Torch DDP, our ZeRO stages 1-3 and torch FSDP on every visible GPU (NCCL; 2 gloo CPU ranks otherwise):
-    tokens/s, per-rank peak memory beside zero.predict_peak_bytes (what lives at the peak, by name), bytes sent;
+    tokens/s, per-rank peak memory beside zero_experiment.predict_peak_bytes (what lives at the peak, by name), bytes sent;
     then a model over 2x what DP holds, trained with stage 3 under an emulated per-GPU memory cap."""
     from frugal import estimate, plots
     from frugal.dist import launch
     from frugal.model import preset
-    from frugal.zero import ZeroRun, peak_by_kind, predict_peak_bytes, run_many
+    from frugal.zero_experiment import ZeroRun, peak_by_kind, predict_peak_bytes, run_many
 
     gpus = dev.gpu_count() if ctx.device.type == "cuda" else 0
     multi = gpus >= 2
@@ -469,11 +469,11 @@ def bench_zero(ctx: BenchContext) -> dict:
 
 
 def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
-    """Cap each GPU's memory halfway between the predicted peaks (zero.predict_peak_bytes) of gpt2-medium under
+    """Cap each GPU's memory halfway between the predicted peaks (zero_experiment.predict_peak_bytes) of gpt2-medium under
     stage 3 and under DP, then train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
     from frugal.dist import RankError, launch
     from frugal.model import preset
-    from frugal.zero import ZeroRun, predict_peak_bytes, run_rank
+    from frugal.zero_experiment import ZeroRun, predict_peak_bytes, run_rank
 
     batch, seq = 2, 1024
     cfg = preset("gpt2-medium")

@@ -9,7 +9,7 @@ import zero_workers as w
 from frugal import estimate
 from frugal.dist import launch
 from frugal.model import TinyGPT, preset
-from frugal.zero import FlatLayout, ZeroDataParallel, ZeroRun
+from frugal.zero import FlatLayout, ZeroDataParallel
 
 STAGES = ("zero1", "zero2", "zero3")
 # Stages vs DDP after 3 AdamW steps (lr 3e-3, clip 1.0): not zero because the clip's sum of squares is added
@@ -150,13 +150,6 @@ def test_stage_outside_1_to_3_names_the_fix(stage):
 def test_no_process_group_names_the_fix():
     with pytest.raises(RuntimeError, match="frugal.dist.launch"):
         ZeroDataParallel(nn.Linear(2, 2), 1)
-
-
-def test_run_spec_rejects_unknown_mode_and_dtype():
-    with pytest.raises(ValueError, match="mode"):
-        ZeroRun(mode="zero4")
-    with pytest.raises(ValueError, match="dtype"):
-        ZeroRun(dtype="fp8")
 
 
 def test_flat_layout_pads_and_views():

@@ -6,7 +6,8 @@ import torch.nn as nn
 
 from frugal.data import synthetic_batch
 from frugal.model import TinyGPT, preset
-from frugal.zero import ZeroDataParallel, ZeroRun, run_rank
+from frugal.zero import ZeroDataParallel
+from frugal.zero_experiment import ZeroRun, run_rank
 
 
 def _strip(out: dict, keep_params: bool) -> dict:
