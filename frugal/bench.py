@@ -300,7 +300,8 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
         model.recompute = recompute
         with amp():
             saved = measure.measure_activation_bytes(model, x, y)
-        timing = measure.measure_time(step, ctx.device, warmup=2 if ctx.quick else 3, repeats=3 if ctx.quick else 10)
+        timing = measure.measure_time(step, ctx.device, warmup=2 if ctx.quick else 3, repeats=3 if ctx.quick else 6,
+                                      inner=1 if ctx.quick else 3)      # steady state, as lesson 01's precision
         peak = measure.measure_peak_memory(step, ctx.device)
         model.recompute = None
         return {"policy": label, "impl": impl, "model": name, "batch": batch, "seq": seq,
