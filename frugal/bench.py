@@ -274,7 +274,7 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
     from frugal import estimate, measure, plots
     from frugal.data import synthetic_batch
     from frugal.model import TinyGPT, preset
-    from frugal.recompute import Recompute
+    from frugal.recompute import SELECTIVE_KEEP, Recompute
 
     on_gpu = ctx.device.type == "cuda"
     name = "gpt2-small" if on_gpu and not ctx.quick else "tiny"
@@ -315,13 +315,19 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
             point("selective", "frugal", Recompute("selective")),
             point("sqrt", "frugal", Recompute("sqrt")),
             point("sqrt", "torch", Recompute("sqrt", checkpoint_fn=theirs_seq))]
+    rows[3]["keep"] = "+".join(SELECTIVE_KEEP)
+    # what to keep is a choice: keep the attention's output projection too (less saving, less recompute), or
+    # drop the attention core's output as well (more saving, attention recomputed)
+    variants = [dict(point("selective", "frugal", Recompute("selective", keep=keep)), keep="+".join(keep), label=lbl)
+                for lbl, keep in (("+proj", ("attn.c_attn", "attn.core", "attn.c_proj", "mlp.c_fc")),
+                                  ("-core", ("attn.c_attn", "mlp.c_fc")))]
     curve = {"frugal": [], "torch.utils.checkpoint": []}
     for k in range(1, L):
         curve["frugal"].append(point(f"first:{k}", "frugal", Recompute("first", k)))
         curve["torch.utils.checkpoint"].append(point(f"first:{k}", "torch", Recompute("first", k, checkpoint_fn=theirs)))
     base = rows[0]
     blocks_saved = base["saved_bytes"] - rows[1]["saved_bytes"]
-    for r in rows + [p for pts in curve.values() for p in pts]:
+    for r in rows + variants + [p for pts in curve.values() for p in pts]:
         r["step_vs_none"] = r["step_s"] / base["step_s"]
         r["saved_vs_none"] = r["saved_bytes"] / base["saved_bytes"]
         r["block_saving_kept"] = (base["saved_bytes"] - r["saved_bytes"]) / blocks_saved if blocks_saved else None
@@ -338,9 +344,10 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
                                                                    for p in curve[key]]
         curve[key].append(dict(rows_by[("all", impl)], label=f"{L}"))
         curve[key].append(dict(rows_by[("sqrt", impl)], label="√n"))
-    curve["frugal selective"] = [dict(rows_by[("selective", "frugal")], label="sel")]
+    curve["frugal selective"] = sorted([dict(rows_by[("selective", "frugal")], label="sel")] + variants,
+                                       key=lambda p: p["step_s"])
     fig = plots.recompute_tradeoff(curve, title=f"{name} B={batch} T={seq}")
-    return {"rows": rows + [p for pts in curve.values() for p in pts if p["policy"].startswith("first")],
+    return {"rows": rows + variants + [p for pts in curve.values() for p in pts if p["policy"].startswith("first")],
             "figures": {"tradeoff": fig}}
 
 
