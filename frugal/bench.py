@@ -467,7 +467,7 @@ def bench_zero(ctx: BenchContext) -> dict:
     figures = {
         "memory": plots.sharding_memory_bars(
             predicted, observed, unit=2 ** 30 if big else 2 ** 20, unit_name="GiB" if big else "MiB",
-            title=f"Per-rank memory, {model} {dtype}, {world} ranks on {ctx.slug}: predicted peak vs "
+            title=f"Per rank, {model} {dtype}, {world} ranks ({ctx.slug}): predicted vs "
                   f"{'peak CUDA' if multi else 'counted'}"),
         "comm": plots.comm_volume_bars(comm_pred, comm_counted),
     }
