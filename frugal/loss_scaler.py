@@ -21,7 +21,7 @@ _FIX = "This may indicate your script did not use scaler.scale(loss or outputs) 
 
 
 def _f32(x: float) -> float:
-    """x rounded to float32, as the scale is stored (the product is taken in double, then rounded, like torch's)."""
+    """x rounded to float32, as the scale is stored (inf when it overflows, like a float32 store)."""
     with np.errstate(over="ignore"):
         return float(np.float32(x))
 
@@ -29,10 +29,13 @@ def _f32(x: float) -> float:
 class LossScaler:
     """Dynamic loss scaler with GradScaler's protocol and update rule.
 
-    The scale lives on the host as a float32 value, so `get_scale()` never syncs. Each step does one
-    non-finite check over all gradients (a foreach max-norm, then one reduction) and one host sync to
-    decide whether to step, as GradScaler does with a non-fused optimizer.
+    The scale (float32) and growth tracker (int32) live on the device of the first scaled output and
+    update() runs there, so nothing waits for the GPU. With a fused optimizer (`fused=True` AdamW/Adam/SGD)
+    the step is skipped on the device too: no host sync at all. Any other optimizer costs one sync per step
+    (to decide whether to call its step()), as GradScaler's does.
     """
+
+    _COMPACT = 4096   # iterations of history kept as 0-d tensors before they are stacked into one (bounds memory)
 
     def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000, enabled: bool = True):
@@ -45,15 +48,19 @@ class LossScaler:
         if not (isinstance(growth_interval, int) and growth_interval > 0):
             raise ValueError(f"growth_interval={growth_interval}: must be a positive integer (2000 is usual)")
         self._enabled = enabled
-        self._scale = _f32(init_scale)
         self._growth_factor = float(growth_factor)
         self._backoff_factor = float(backoff_factor)
         self._growth_interval = growth_interval
-        self._growth_tracker = 0          # consecutive clean steps since the last change of scale
-        self._scaled_once = False         # GradScaler's "_scale is None" until the first scale()
+        self._init_scale = _f32(init_scale)     # until the first scale() creates the tensors (GradScaler's lazy init)
+        self._init_growth_tracker = 0
+        self._scale: torch.Tensor | None = None            # 0-d float32 on the device: S
+        self._growth_tracker: torch.Tensor | None = None   # 0-d int32: consecutive clean steps since S last changed
         self._per_optimizer: dict[int, dict[str, Any]] = {}
-        self.scales: list[float] = []     # history: the scale each iteration used
-        self.skipped_steps: list[int] = []  # history: iterations whose optimizer step was skipped
+        # History, on the device until read: (S used, inf/NaN found) per iteration, some stacked into chunks.
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._scales_read: list[float] = []
+        self._skipped_read: list[int] = []
 
     # -- the protocol --------------------------------------------------------------------------------
 
@@ -61,9 +68,11 @@ class LossScaler:
         """outputs · S (a tensor, or a list/tuple of them): backward of this gives gradients · S."""
         if not self._enabled:
             return outputs
-        self._scaled_once = True
         if isinstance(outputs, torch.Tensor):
-            return outputs * self._scale
+            if self._scale is None:
+                self._scale = self._full(self._init_scale, torch.float32, outputs.device)
+                self._growth_tracker = self._full(self._init_growth_tracker, torch.int32, outputs.device)
+            return outputs * self._scale.to(outputs.device, non_blocking=True)
         if isinstance(outputs, (list, tuple)):
             return type(outputs)(self.scale(o) for o in outputs)
         raise ValueError("outputs must be a Tensor or an iterable of Tensors")
@@ -78,23 +87,22 @@ class LossScaler:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
         if state["stage"] == STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if any(g.dtype == torch.float16 for g in grads):
-            raise ValueError("Attempting to unscale FP16 gradients.")  # GradScaler's words: keep fp32 master weights
-        if any(g.is_sparse for g in grads):
-            raise TypeError("LossScaler does not unscale sparse gradients: use dense ones (nn.Embedding(sparse=False))")
+        grads = self._grads(optimizer, allow_fp16=False)
         state["found_inf"] = self._non_finite(grads)
         # 1/S in float64 then float32, like GradScaler, so the unscaled gradients are bit-identical to its.
-        inv_scale = _f32(1.0 / self._scale)
-        by_device: dict[tuple, list[torch.Tensor]] = {}
+        inv_scale = self._scale.double().reciprocal().float()
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
         for g in grads:
-            by_device.setdefault((g.device, g.dtype), []).append(g)
-        for group in by_device.values():
-            torch._foreach_mul_(group, inv_scale)
+            by_device.setdefault(g.device, []).append(g)
+        for device, group in by_device.items():
+            torch._foreach_mul_(group, inv_scale.to(device, non_blocking=True))
         state["stage"] = UNSCALED
 
     def step(self, optimizer: torch.optim.Optimizer, *args, **kwargs):
-        """unscale_ (if not done yet), then optimizer.step() unless a gradient was inf/NaN (then skip)."""
+        """unscale_ (if not done yet), then optimizer.step() unless a gradient was inf/NaN (then skip).
+
+        A fused optimizer (`_step_supports_amp_scaling`) gets S and the flag as tensors and does both itself.
+        """
         if not self._enabled:
             return optimizer.step(*args, **kwargs)
         if "closure" in kwargs:
@@ -103,44 +111,63 @@ class LossScaler:
         state = self._state(optimizer)
         if state["stage"] == STEPPED:
             raise RuntimeError("step() has already been called since the last update().")
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            if state["stage"] == READY:          # check only: the fused kernel unscales by grad_scale as it steps
+                state["found_inf"] = self._non_finite(self._grads(optimizer, allow_fp16=True))
+            optimizer.grad_scale = self._scale if state["stage"] == READY else None   # None: already unscaled
+            optimizer.found_inf = state["found_inf"].to(torch.float32)   # 1.0: the kernel leaves everything as is
+            state["stage"] = STEPPED
+            try:
+                return optimizer.step(*args, **kwargs)
+            finally:
+                del optimizer.grad_scale, optimizer.found_inf
         if state["stage"] == READY:
             self.unscale_(optimizer)
-        state["found"] = bool(state["found_inf"].item())  # the one host sync of the iteration
         state["stage"] = STEPPED
-        return None if state["found"] else optimizer.step(*args, **kwargs)
+        if state["found_inf"].item():            # the one host sync of the iteration (none with a fused optimizer)
+            return None
+        return optimizer.step(*args, **kwargs)
 
-    def update(self, new_scale: float | None = None) -> None:
-        """Back off (x backoff_factor) after an inf/NaN, grow (x growth_factor) after growth_interval clean steps."""
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        """Back off (x backoff_factor) after an inf/NaN, grow (x growth_factor) after growth_interval clean steps.
+
+        Runs on the device as tensor ops: S * factor is taken in float64 and rounded to float32, like torch's.
+        """
         if not self._enabled:
             return
         self._check_scaled("update")
-        self.scales.append(self._scale)
+        scale, tracker = self._scale, self._growth_tracker
+        flags = [s["found_inf"].to(scale.device) for s in self._per_optimizer.values() if "found_inf" in s]
+        found = (flags[0] if len(flags) == 1 else torch.stack(flags).any()) if flags else None
         if new_scale is not None:
-            self._scale = _f32(float(new_scale))
-        else:
-            if not any("found_inf" in s for s in self._per_optimizer.values()):
-                raise RuntimeError("No inf checks were recorded prior to update.")
-            # step() already read each flag; an optimizer only unscaled (never stepped) is read here.
-            found = any(s["found"] if "found" in s else bool(s["found_inf"].item())
-                        for s in self._per_optimizer.values() if "found_inf" in s)
-            if found:
-                self.skipped_steps.append(len(self.scales) - 1)
-                self._scale = _f32(self._scale * self._backoff_factor)
-                self._growth_tracker = 0
+            if isinstance(new_scale, torch.Tensor):
+                if new_scale.numel() != 1:
+                    raise ValueError(f"new_scale has {new_scale.numel()} elements: pass a float or a 1-element tensor")
+                self._scale = new_scale.detach().to(scale.device, torch.float32).reshape(()).clone()
             else:
-                self._growth_tracker += 1
-                if self._growth_tracker == self._growth_interval:
-                    grown = _f32(self._scale * self._growth_factor)
-                    if math.isfinite(grown):
-                        self._scale = grown
-                    self._growth_tracker = 0
+                self._scale = self._full(_f32(float(new_scale)), torch.float32, scale.device)
+        else:
+            if found is None:
+                raise RuntimeError("No inf checks were recorded prior to update.")
+            clean = tracker + 1
+            grow = (clean == self._growth_interval) & ~found
+            s = scale.double()
+            candidate = torch.where(found, s * self._backoff_factor, torch.where(grow, s * self._growth_factor, s))
+            candidate = candidate.float()
+            # Never grow past fp32 to inf. (A backoff of a finite S is finite; an inf/NaN S stays inf/NaN, as in torch.)
+            self._scale = torch.where(torch.isfinite(candidate), candidate, scale)
+            self._growth_tracker = torch.where(found | grow, 0, clean)
+        # S is replaced, never written in place, so the history can keep the tensor this iteration used.
+        self._record(scale, found if found is not None else torch.zeros((), dtype=torch.bool, device=scale.device))
         self._per_optimizer = {}
 
     # -- state ---------------------------------------------------------------------------------------
 
     def get_scale(self) -> float:
-        """The current scale S as a Python float (1.0 when disabled); no host sync."""
-        return self._scale if self._enabled else 1.0
+        """The current scale S as a Python float (1.0 when disabled). Reads the device, so it syncs (as GradScaler)."""
+        if not self._enabled:
+            return 1.0
+        return self._init_scale if self._scale is None else self._scale.item()
 
     def is_enabled(self) -> bool:
         return self._enabled
@@ -149,8 +176,10 @@ class LossScaler:
         """GradScaler's five entries, so either scaler can load the other's (empty when disabled)."""
         if not self._enabled:
             return {}
-        return {"scale": self._scale, "growth_factor": self._growth_factor, "backoff_factor": self._backoff_factor,
-                "growth_interval": self._growth_interval, "_growth_tracker": self._growth_tracker}
+        tracker = self._init_growth_tracker if self._growth_tracker is None else int(self._growth_tracker.item())
+        return {"scale": self.get_scale(), "growth_factor": self._growth_factor,
+                "backoff_factor": self._backoff_factor, "growth_interval": self._growth_interval,
+                "_growth_tracker": tracker}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not self._enabled:
@@ -161,16 +190,32 @@ class LossScaler:
         missing = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}: pass what LossScaler/GradScaler.state_dict() returned")
-        self._scale = _f32(float(state_dict["scale"]))
+        self._init_scale = _f32(float(state_dict["scale"]))
         self._growth_factor = float(state_dict["growth_factor"])
         self._backoff_factor = float(state_dict["backoff_factor"])
         self._growth_interval = int(state_dict["growth_interval"])
-        self._growth_tracker = int(state_dict["_growth_tracker"])
+        self._init_growth_tracker = int(state_dict["_growth_tracker"])
+        if self._scale is not None:              # new tensors, not fill_: the history holds the old ones
+            self._scale = self._full(self._init_scale, torch.float32, self._scale.device)
+            self._growth_tracker = self._full(self._init_growth_tracker, torch.int32, self._scale.device)
+
+    @property
+    def scales(self) -> list[float]:
+        """The scale each iteration used (reading it syncs once for everything recorded since the last read)."""
+        self._read_history()
+        return list(self._scales_read)
+
+    @property
+    def skipped_steps(self) -> list[int]:
+        """Iterations whose optimizer step was skipped (an inf/NaN gradient)."""
+        self._read_history()
+        return list(self._skipped_read)
 
     @property
     def history(self) -> dict[str, list]:
         """{'scale': the scale of each iteration, 'skipped': iterations whose step was skipped}."""
-        return {"scale": list(self.scales), "skipped": list(self.skipped_steps)}
+        self._read_history()
+        return {"scale": list(self._scales_read), "skipped": list(self._skipped_read)}
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -178,8 +223,22 @@ class LossScaler:
         return self._per_optimizer.setdefault(id(optimizer), {"stage": READY})
 
     def _check_scaled(self, funcname: str) -> None:
-        if not self._scaled_once:
+        if self._scale is None:
             raise RuntimeError(f"Attempted {funcname} but _scale is None.  " + _FIX)
+
+    @staticmethod
+    def _full(value: float | int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 0-d tensor filled on its device (a fill kernel, not a copy from pageable host memory that would wait)."""
+        return torch.full((), value, dtype=dtype, device=device)
+
+    @staticmethod
+    def _grads(optimizer: torch.optim.Optimizer, allow_fp16: bool) -> list[torch.Tensor]:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not allow_fp16 and any(g.dtype == torch.float16 for g in grads):
+            raise ValueError("Attempting to unscale FP16 gradients.")  # GradScaler's words: keep fp32 master weights
+        if any(g.is_sparse for g in grads):
+            raise TypeError("LossScaler does not unscale sparse gradients: use dense ones (nn.Embedding(sparse=False))")
+        return grads
 
     @staticmethod
     def _non_finite(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -193,3 +252,26 @@ class LossScaler:
         norms = torch._foreach_norm(grads, math.inf)                       # [max |g|] per tensor
         top = torch.stack([n.to(device, torch.float32) for n in norms]).amax()
         return ~torch.isfinite(top)
+
+    def _record(self, scale: torch.Tensor, found: torch.Tensor) -> None:
+        """Keep this iteration's S and flag on the device; every _COMPACT iterations stack them (no sync)."""
+        self._pending.append((scale, found))
+        if len(self._pending) >= self._COMPACT:
+            self._chunks.append(self._stack_pending())
+
+    def _stack_pending(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scales, found = zip(*self._pending)
+        self._pending = []
+        return torch.stack(scales), torch.stack(found)
+
+    def _read_history(self) -> None:
+        """Move what was recorded since the last read to Python lists: one device-to-host copy."""
+        chunks = self._chunks + ([self._stack_pending()] if self._pending else [])
+        if not chunks:
+            return
+        rows = torch.stack([torch.cat([s for s, _ in chunks]).double(), torch.cat([f for _, f in chunks]).double()])
+        scales, found = rows.tolist()            # float32 -> float64 is exact, so these are the stored values
+        start = len(self._scales_read)
+        self._scales_read += scales
+        self._skipped_read += [start + i for i, f in enumerate(found) if f]
+        self._chunks = []

@@ -1,5 +1,6 @@
 import copy
 import math
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ from frugal.train import TrainConfig, make_scaler, matmul_precision, train, trai
 SPECIALS = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 
 
-def _pair(seed: int):
+def _pair(seed: int, fused: bool = False):
+    """Two identical models with AdamW; fused=True: the scaler hands S and the flag to the optimizer's kernel."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     twin = copy.deepcopy(model)
-    return (model, torch.optim.AdamW(model.parameters(), lr=1e-2)), (twin, torch.optim.AdamW(twin.parameters(), lr=1e-2))
+    return ((model, torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)),
+            (twin, torch.optim.AdamW(twin.parameters(), lr=1e-2, fused=fused)))
 
 
 def _step(model, opt, scaler, x, y, inject=(), clip=False):
@@ -44,9 +47,11 @@ def _adam_steps(opt) -> int:
 STEPS_PER_EXAMPLE, EXAMPLES = 30, 40           # 1,200 random steps in all (asserted below)
 
 
-def test_same_scales_skips_and_bit_identical_weights_as_torch_gradscaler():
+@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused-adamw"])
+def test_same_scales_skips_and_bit_identical_weights_as_torch_gradscaler(fused):
     """Exact equality, not a tolerance: both multiply the loss by the same float32 S, unscale by float32(1/S)
-    computed in float64, and apply the same update rule, so every float must match."""
+    computed in float64 (or hand the same S to the same fused kernel), and apply the same update rule
+    (S * factor in float64, rounded to float32), so every float must match."""
     total = [0]
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,7 +60,7 @@ def test_same_scales_skips_and_bit_identical_weights_as_torch_gradscaler():
            inject=st.lists(st.tuples(st.integers(0, STEPS_PER_EXAMPLE - 1), st.integers(0, 3),
                                      st.floats(0, 1), st.sampled_from(list(SPECIALS))), max_size=12))
     def run(seed, init_exp, growth_interval, growth_factor, backoff_factor, clip, inject):
-        (m1, o1), (m2, o2) = _pair(seed)
+        (m1, o1), (m2, o2) = _pair(seed, fused)
         kw = dict(init_scale=2.0 ** init_exp, growth_factor=growth_factor, backoff_factor=backoff_factor,
                   growth_interval=growth_interval)
         ours, ref = LossScaler(**kw), torch.amp.GradScaler("cpu", **kw)
@@ -183,7 +188,8 @@ def test_fp16_gradients_are_refused_as_gradscaler_does():
 
 
 def test_one_host_sync_per_step_whatever_the_number_of_parameters(monkeypatch):
-    """The inf/NaN check is one reduction over all gradients, read once: not one .item() per parameter."""
+    """A non-fused optimizer: the inf/NaN check is one reduction over all gradients, read once to decide the skip
+    (not one .item() per parameter); update() reads nothing."""
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(10)])   # 20 parameters
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = LossScaler()
@@ -194,6 +200,99 @@ def test_one_host_sync_per_step_whatever_the_number_of_parameters(monkeypatch):
     scaler.step(opt)
     scaler.update()
     assert calls[0] == 1
+
+
+# Every way a tensor's value reaches Python; each forces a device-to-host copy (a sync) on a GPU.
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__array__",
+              "__format__", "__repr__")
+
+
+@contextmanager
+def _no_host_reads(monkeypatch):
+    def refuse(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"Tensor.{name}() read a tensor on the host")
+        return read
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, refuse(name))
+        yield
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["step", "unscale_-clip-step"])
+def test_fused_optimizer_steps_without_reading_the_device_and_a_skip_touches_nothing(monkeypatch, clip):
+    """With fused AdamW the flag goes to the optimizer's kernel, so scale/unscale_/step/update never read a tensor."""
+    (model, opt), _ = _pair(0, fused=True)
+    scaler = LossScaler(growth_interval=1)
+    gen = torch.Generator().manual_seed(0)
+    snapshots = []
+    for i in range(4):
+        x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+        snapshots.append((copy.deepcopy(list(model.parameters())), copy.deepcopy(opt.state_dict()["state"])))
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        with _no_host_reads(monkeypatch):
+            scaled = scaler.scale(loss)
+        scaled.backward()
+        if i == 2:
+            model[0].weight.grad[3, 1] = float("nan")
+        if clip:
+            with _no_host_reads(monkeypatch):
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        with _no_host_reads(monkeypatch):
+            scaler.step(opt)
+            scaler.update()
+        assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")   # cleared after the step
+        opt.zero_grad(set_to_none=True)
+    (before, state_before), (after, state_after) = snapshots[2], snapshots[3]   # around step 2, the NaN
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert not any(torch.equal(a, b) for a, b in zip(snapshots[1][0], before))  # step 1 did move every weight
+    assert not any(torch.equal(a, b) for a, b in zip(after, model.parameters()))  # and so did step 3
+    for k, v in state_before.items():
+        for name, t in v.items():
+            assert torch.equal(state_after[k][name], t), name                   # m, v and the step count
+    assert scaler.history == {"scale": [2.0 ** 16, 2.0 ** 17, 2.0 ** 18, 2.0 ** 17], "skipped": [2]}
+    assert scaler._scale.dtype == torch.float32 and scaler._growth_tracker.dtype == torch.int32
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused-adamw"])
+def test_history_read_at_the_end_equals_reading_it_every_step(monkeypatch, fused):
+    """The history stays on the device until read; reading it late (across stacked chunks) changes nothing."""
+    monkeypatch.setattr(LossScaler, "_COMPACT", 4)   # so 30 steps stack several chunks
+    (m1, o1), (m2, o2) = _pair(3, fused)
+    every, once = (LossScaler(init_scale=2.0 ** 20, growth_interval=2) for _ in range(2))
+    gen = torch.Generator().manual_seed(3)
+    per_step, scale_before = [], []
+    for i in range(30):
+        x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+        bad = [(1, 0.5, "inf")] if i % 6 == 4 else ()
+        scale_before.append(every.get_scale())
+        _step(m1, o1, every, x, y, bad)
+        _step(m2, o2, once, x, y, bad)
+        per_step.append(every.history)
+        if i % 3 == 0:                               # also read in the middle of a chunk
+            assert every.scales == per_step[-1]["scale"] and every.skipped_steps == per_step[-1]["skipped"]
+    final = once.history
+    assert final == per_step[-1] and once.scales == final["scale"] and once.skipped_steps == final["skipped"]
+    for k, h in enumerate(per_step):
+        assert h == {"scale": final["scale"][:k + 1], "skipped": [s for s in final["skipped"] if s <= k]}
+    assert final["scale"] == scale_before and final["skipped"] == [4, 10, 16, 22, 28]
+    assert all(type(s) is float for s in final["scale"]) and all(type(s) is int for s in final["skipped"])
+
+
+def test_update_with_a_new_scale_matches_gradscaler():
+    for new in (3.0e5, 0.1, torch.tensor(0.1)):      # 0.1 is rounded to float32 as it is stored
+        (m1, o1), (m2, o2) = _pair(0)
+        ours, ref = LossScaler(), torch.amp.GradScaler("cpu")
+        x, y = torch.randn(8, 6), torch.randn(8, 3)
+        for scaler, model, opt in ((ours, m1, o1), (ref, m2, o2)):
+            scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+            scaler.step(opt)
+            scaler.update(new)
+        assert ours.get_scale() == ref.get_scale() and ours.state_dict() == ref.state_dict()
+        assert ours.scales == [2.0 ** 16] and ours.skipped_steps == []
+    with pytest.raises(ValueError, match="1-element tensor"):
+        ours.update(torch.ones(2))
 
 
 def test_disabled_scaler_is_a_pass_through():
@@ -211,6 +310,46 @@ def test_nan_and_inf_are_caught_on_cuda():
         grads[1][517] = bad
         assert LossScaler._non_finite(grads).item()
     assert not LossScaler._non_finite([torch.ones(10, device="cuda")]).item()
+
+
+@contextmanager
+def _cuda_sync_is_an_error():
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+def test_fused_cuda_step_never_synchronizes_and_matches_gradscaler():
+    """The real check of the fused path: CUDA's sync debug mode raises on any wait for the device (a .item(), a
+    device-to-host copy), during scale, step (with a skip) and update; weights stay bit-identical to GradScaler's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8)).cuda()
+    twin = copy.deepcopy(model)
+    runs = [(model, torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True), LossScaler(growth_interval=1)),
+            (twin, torch.optim.AdamW(twin.parameters(), lr=1e-2, fused=True),
+             torch.amp.GradScaler("cuda", growth_interval=1))]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for i in range(5):
+        x, y = torch.randn(16, 64, device="cuda", generator=gen), torch.randn(16, 8, device="cuda", generator=gen)
+        for m, opt, scaler in runs:
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            with _cuda_sync_is_an_error() if scaler is runs[0][2] else nullcontext():
+                scaled = scaler.scale(loss)
+            scaled.backward()
+            if i == 3:
+                m[2].bias.grad[1] = float("inf")
+            with _cuda_sync_is_an_error() if scaler is runs[0][2] else nullcontext():
+                scaler.step(opt)
+                scaler.update()
+            opt.zero_grad(set_to_none=True)
+    ours, ref = runs[0][2], runs[1][2]
+    assert ours._scale.device.type == "cuda" and ours._growth_tracker.device.type == "cuda"
+    assert ours.get_scale() == ref.get_scale() and ours.skipped_steps == [3]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
 
 
 # ----------------------------------------------------------------------------- the scaler in train.py
