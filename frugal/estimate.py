@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 TB = 1e12
 GB = 1e9   # decimal gigabytes, as GPU data sheets and the ZeRO paper count them

@@ -6,7 +6,6 @@ backward (f) per MLP and per attention: 4 all-reduces of a (B, T, C) tensor per 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch

@@ -1,5 +1,4 @@
 import copy
-import math
 from contextlib import contextmanager, nullcontext
 
 import pytest
