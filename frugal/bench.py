@@ -6,8 +6,10 @@ results/<device>_<section>_<figure>.png.
 """
 from __future__ import annotations
 
+import gc
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -48,6 +50,17 @@ def _print_table(name: str, rows: list[dict]) -> None:
         print("  ".join(fmt(r.get(c, "")).ljust(widths[c]) for c in cols))
 
 
+def _fresh(device: torch.device) -> None:
+    """Start a section with nothing left from the one before: compiled graphs (they hold their models), objects
+    in reference cycles, cached GPU blocks. Leftovers would count in a later section's peak and memory cap."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 def run(sections: list[str] | None = None, out_dir: str | Path = "results", quick: bool = False,
         device: str | None = None) -> dict:
     """Run the named sections (all by default), print their tables, write JSON and figures."""
@@ -62,6 +75,7 @@ def run(sections: list[str] | None = None, out_dir: str | Path = "results", quic
     results["host"] = {"torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     results.setdefault("sections", {})
     for name in sections or list(SECTIONS):
+        _fresh(ctx.device)
         t0 = time.perf_counter()
         out = SECTIONS[name](ctx)
         figures = out.pop("figures", {})

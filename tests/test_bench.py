@@ -1,3 +1,4 @@
+import gc
 import json
 
 import matplotlib
@@ -32,6 +33,30 @@ def test_a_later_run_merges_its_section_into_the_file(tmp_path, monkeypatch):
     assert saved["sections"]["dummy"]["rows"] == [{"quick": True}]
     assert saved["sections"]["baseline"]["rows"] == [{"mfu": 0.1}]     # the earlier section is kept as it was
     assert saved["device"]["device"] == "cpu"
+
+
+def test_a_section_starts_without_what_the_one_before_left_in_cycles(tmp_path, monkeypatch):
+    import weakref
+
+    class Node:
+        pass
+    left = []
+
+    def first(ctx):
+        a, b = Node(), Node()
+        a.other, b.other = b, a                    # a cycle: only the garbage collector frees it
+        left.append(weakref.ref(a))
+        return {"rows": []}
+
+    seen = []
+    monkeypatch.setitem(bench.SECTIONS, "first", first)
+    monkeypatch.setitem(bench.SECTIONS, "second", lambda ctx: seen.append(left[0]() is None) or {"rows": []})
+    gc.disable()
+    try:
+        bench.run(["first", "second"], tmp_path, quick=True, device="cpu")
+    finally:
+        gc.enable()
+    assert seen == [True]
 
 
 def test_unknown_section_lists_the_known_ones(tmp_path):
