@@ -307,7 +307,7 @@ def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, keep
     pointwise and normalisation work: selective recompute (Korthikanti et al. 2022, sec. 5).
 
     keep_in: the modules (e.g. [block.attn.c_attn, block.mlp.c_fc]) whose `keep` ops are kept; None = every
-    `keep` op in fn. Naming them is also much faster: only their ops go through a Python dispatch mode.
+    `keep` op in fn. Naming them also costs less host time: only their ops go through a Python dispatch mode.
     """
     if not isinstance(keep, (set, frozenset)) or not all(isinstance(op, torch._ops.OpOverload) for op in keep):
         raise TypeError("keep must be a set of aten op overloads, e.g. {torch.ops.aten.mm.default}; "
@@ -373,7 +373,7 @@ class Recompute:
     k: int = 1                              # for 'every' and 'first'
     checkpoint_fn: Callable | None = None   # None = ours; e.g. partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
     keep: tuple[str, ...] | None = SELECTIVE_KEEP  # 'selective': block submodules whose matmul outputs stay;
-                                            # None = every matmul output, found op by op (slower: Python per op)
+                                            # None = every matmul output, found op by op (every op via Python)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
