@@ -326,10 +326,9 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
     rows = [point("none", "-", None),
             point("all", "frugal", Recompute("all")),
             point("all", "torch", Recompute("all", checkpoint_fn=theirs)),
-            point("selective", "frugal", Recompute("selective")),
+            dict(point("selective", "frugal", Recompute("selective")), keep="+".join(SELECTIVE_KEEP)),
             point("sqrt", "frugal", Recompute("sqrt")),
             point("sqrt", "torch", Recompute("sqrt", checkpoint_fn=theirs_seq))]
-    rows[3]["keep"] = "+".join(SELECTIVE_KEEP)
     # what to keep is a choice: keep the attention's output projection too (less saving, less recompute), or
     # drop the attention core's output as well (more saving, attention recomputed)
     variants = [dict(point("selective", "frugal", Recompute("selective", keep=keep)), keep="+".join(keep), label=lbl)

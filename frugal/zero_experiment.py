@@ -99,21 +99,19 @@ def run_rank(rank: int, world_size: int, run: ZeroRun) -> dict:
     if run.mode.startswith("zero"):
         net = ZeroDataParallel(model, int(run.mode[-1]), param_dtype=dtype, units=units, lr=run.lr)
         comm = net.comm
-    elif run.mode == "bucket":
-        from frugal.data_parallel import DataParallelBucket
-        net = DataParallelBucket(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
-        if dtype != torch.float32:
-            autocast = torch.autocast(device.type, dtype=dtype)
-    elif run.mode == "ddp":
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-        from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif run.mode in ("ddp", "bucket"):            # plain data parallel: fp32 weights, autocast to the compute dtype
+        if run.mode == "bucket":
+            from frugal.data_parallel import DataParallelBucket
+            net = DataParallelBucket(model)
+        else:
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+            from torch.nn.parallel import DistributedDataParallel
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        def counting_allreduce(counter, bucket):
-            counter.add("all_reduce", bucket.buffer().numel() * bucket.buffer().element_size())
-            return allreduce_hook(None, bucket)
-        net.register_comm_hook(comm, counting_allreduce)
+            def counting_allreduce(counter, bucket):
+                counter.add("all_reduce", bucket.buffer().numel() * bucket.buffer().element_size())
+                return allreduce_hook(None, bucket)
+            net.register_comm_hook(comm, counting_allreduce)
         opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
         if dtype != torch.float32:
             autocast = torch.autocast(device.type, dtype=dtype)
