@@ -310,23 +310,30 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def point(label, impl, recompute):
+    def point(label, impl, recompute, synced=False):
         model.recompute = recompute
         with amp():
             saved = measure.measure_activation_bytes(model, x, y)
-        timing = measure.measure_time(step, ctx.device, warmup=2 if ctx.quick else 3, repeats=3 if ctx.quick else 6,
-                                      inner=1 if ctx.quick else 3)      # steady state, as lesson 01's precision
+        repeats = 3 if ctx.quick else 5
+        # steady state, as lesson 01's precision section: steps back to back, here 10 per reading (a step takes
+        # ~0.1 s), so the GPU's idle start after each reading's sync weighs a tenth; recompute adds host work
+        # that shows most in that first step (step_s_synced_each_step below)
+        timing = measure.measure_time(step, ctx.device, warmup=2 if ctx.quick else 3, repeats=repeats,
+                                      inner=1 if ctx.quick else 10)
         peak = measure.measure_peak_memory(step, ctx.device)
+        row = {"policy": label, "impl": impl, "model": name, "batch": batch, "seq": seq,
+               "dtype": "bf16 autocast" if bf16 else "fp32", "saved_bytes": saved,
+               "peak_memory_bytes": peak, "step_s": timing.median_s}
+        if synced:      # the other clock: the GPU idle at every step's start, waiting for the host's first kernels
+            row["step_s_synced_each_step"] = measure.measure_time(step, ctx.device, warmup=1, repeats=repeats).median_s
         model.recompute = None
-        return {"policy": label, "impl": impl, "model": name, "batch": batch, "seq": seq,
-                "dtype": "bf16 autocast" if bf16 else "fp32", "saved_bytes": saved,
-                "peak_memory_bytes": peak, "step_s": timing.median_s}
+        return row
 
     L = cfg.n_layer
-    rows = [point("none", "-", None),
-            point("all", "frugal", Recompute("all")),
-            point("all", "torch", Recompute("all", checkpoint_fn=theirs)),
-            dict(point("selective", "frugal", Recompute("selective")), keep="+".join(SELECTIVE_KEEP)),
+    rows = [point("none", "-", None, synced=True),
+            point("all", "frugal", Recompute("all"), synced=True),
+            point("all", "torch", Recompute("all", checkpoint_fn=theirs), synced=True),
+            dict(point("selective", "frugal", Recompute("selective"), synced=True), keep="+".join(SELECTIVE_KEEP)),
             point("sqrt", "frugal", Recompute("sqrt")),
             point("sqrt", "torch", Recompute("sqrt", checkpoint_fn=theirs_seq))]
     # what to keep is a choice: keep the attention's output projection too (less saving, less recompute), or
@@ -334,6 +341,13 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
     variants = [dict(point("selective", "frugal", Recompute("selective", keep=keep)), keep="+".join(keep), label=lbl)
                 for lbl, keep in (("+proj", ("attn.c_attn", "attn.core", "attn.c_proj", "mlp.c_fc")),
                                   ("-core", ("attn.c_attn", "mlp.c_fc")))]
+    # on a GPU the LayerNorms are rebuilt by one fused kernel from kept statistics; eager recompute beside it
+    fused = Recompute("selective").fused_norms(model.blocks[0], x.float()) is not None
+    if fused:
+        variants.append(dict(point("selective", "frugal", Recompute("selective", fused=False)),
+                             keep="+".join(SELECTIVE_KEEP), label="eager LN", fused_norms=False))
+    for r in rows[3:4] + variants:
+        r.setdefault("fused_norms", fused)
     curve = {"frugal": [], "torch.utils.checkpoint": []}
     for k in range(1, L):
         curve["frugal"].append(point(f"first:{k}", "frugal", Recompute("first", k)))
@@ -342,6 +356,8 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
     blocks_saved = base["saved_bytes"] - rows[1]["saved_bytes"]
     for r in rows + variants + [p for pts in curve.values() for p in pts]:
         r["step_vs_none"] = r["step_s"] / base["step_s"]
+        if "step_s_synced_each_step" in r:
+            r["step_vs_none_synced_each_step"] = r["step_s_synced_each_step"] / base["step_s_synced_each_step"]
         r["saved_vs_none"] = r["saved_bytes"] / base["saved_bytes"]
         r["block_saving_kept"] = (base["saved_bytes"] - r["saved_bytes"]) / blocks_saved if blocks_saved else None
     act = 2 if bf16 else 4

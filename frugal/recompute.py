@@ -7,7 +7,7 @@ backward re-runs fn (same RNG, same autocast) and hands back the recomputed tens
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +16,8 @@ import torch
 # on its first call. Inside a forward that import pins every frame on the stack (torch.fx.wrap holds its own frame
 # in a cycle), _run's `frame` and its tensors too, until a gc pass; so import it now, outside any forward.
 import torch._dynamo  # noqa: F401
-from torch.utils._python_dispatch import TorchDispatchMode
+from frugal.device import has_triton
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 aten = torch.ops.aten
 
@@ -73,7 +74,17 @@ def _storage(t: torch.Tensor) -> int | None:
     return s.data_ptr() if s.nbytes() else None
 
 
-class _KeepOutputs(TorchDispatchMode):
+class _Mode(TorchDispatchMode):
+    """A dispatch mode called directly. Recent torch wraps each mode's __torch_dispatch__ in torch._disable_dynamo
+    unless the class opts out; the wrapper costs more than the mode's own work on every op it sees, tens of
+    milliseconds of host time a GPT-2 step, enough to leave the GPU waiting. These modes only run eagerly."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+
+class _KeepOutputs(_Mode):
     """Below autograd: records the outputs of `keep` ops in forward, and replays them in the recomputation
     instead of running the op again (how selective recompute skips the matmuls)."""
 
@@ -144,18 +155,201 @@ def _keeping(frame: "_Frame", replay: list | None = None):
     return _ModeInModules(frame.keep_in, lambda: _KeepOutputs(frame.keep, frame, replay))
 
 
+class _KeepNormStats:
+    """Forward, around the LayerNorms of fuse_norms: marks them, so pack keeps each one's mean and 1/std (one float
+    per row, saved by LayerNorm for its backward) instead of dropping them; the recomputation rebuilds the output
+    from them in one pass instead of reducing every row again. Module hooks, not a dispatch mode: no op of theirs
+    goes through Python."""
+
+    def __init__(self, frame: "_Frame"):
+        self.frame, self.handles = frame, []
+
+    def _enter(self, module, args) -> None:
+        self.frame.norm_rows = tuple(args[0].shape[:-1]) if args and isinstance(args[0], torch.Tensor) else None
+
+    def _exit(self, module, args, out) -> None:
+        self.frame.norm_rows = None
+
+    def __enter__(self):
+        for m in self.frame.fuse_norms:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._exit, always_call=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.frame.norm_rows = None
+        return False
+
+
+def _fusable_add(args, kwargs) -> bool:
+    """x + r as the residual stream does it: fp32 x, a float r of the same shape, both contiguous, alpha 1."""
+    if len(args) != 2 or not all(isinstance(a, torch.Tensor) for a in args) or kwargs.get("alpha", 1) != 1:
+        return False
+    x, r = args
+    return (x.dtype == torch.float32 and r.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and x.shape == r.shape and x.device == r.device and x.is_contiguous() and r.is_contiguous())
+
+
+class _FusedNorms:
+    """Recomputation: each LayerNorm of fuse_norms rebuilt from forward's statistics in one pass
+    (frugal.kernels.layer_norm_recompute), the residual add before it folded in.
+
+    fn's own ops (a block's residual adds) run under a mode that hands back each add's sum unfilled, with a note of
+    how to fill it; the mode steps aside inside fn's submodules, so their ops cost no Python. A LayerNorm of
+    fuse_norms whose input is such a sum writes it in the same pass as its output; any other reader (an op of fn,
+    a submodule called with it, autograd keeping it) gets it filled first. Under autocast the output comes in the
+    autocast dtype, the cast the matmul after it would make: fuse only LayerNorms that feed matmuls."""
+
+    def __init__(self, frame: "_Frame", stats: list[tuple[torch.Tensor, torch.Tensor]]):
+        from frugal.kernels.layer_norm_recompute import layer_norm_from_stats
+        self.apply_norm = layer_norm_from_stats
+        self.frame, self.stats = frame, list(stats)  # (mean, rstd) per LayerNorm call, in forward's order
+        self.pending: dict[int, tuple] = {}          # storage -> (unfilled sum, x, r)
+        self.norms = set(map(id, frame.fuse_norms))
+        self.adds = _ResidualAdds(self)
+        self.norm_modes = _ModeInModules(frame.fuse_norms, lambda: _NormFromStats(self))
+        self.handles: list = []
+        self.suspended = False
+
+    def __enter__(self):
+        self.norm_modes.__enter__()
+        fn = self.frame.fn
+        for child in (fn.children() if isinstance(fn, torch.nn.Module) else ()):
+            self.handles.append(child.register_forward_pre_hook(self._step_aside, prepend=True))
+            self.handles.append(child.register_forward_hook(self._step_back, always_call=True))
+        self.adds.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        if not self.suspended:
+            self.adds.__exit__(None, None, None)
+        self.norm_modes.__exit__(*exc)
+        if exc[0] is None:                           # what autograd saved must hold values, not a placeholder
+            with torch.no_grad():
+                self.fill_all(self.frame.recomputed.values())
+        # the modes and their hooks point back here: drop the loop, or the frame and every tensor it recomputed
+        # would wait for a gc pass instead of going when backward is done with them
+        self.adds = self.norm_modes = self.frame = None
+        self.pending.clear()
+        return False
+
+    def _step_aside(self, module, args) -> None:
+        if id(module) not in self.norms:             # a LayerNorm of fuse_norms reads an unfilled sum itself
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    self.fill(a)
+        if not self.suspended and _get_current_dispatch_mode() is self.adds:
+            self.adds.__exit__(None, None, None)
+            self.suspended = True
+
+    def _step_back(self, module, args, out) -> None:
+        if self.suspended:
+            self.adds.__enter__()
+            self.suspended = False
+
+    def pending_sum(self, t: torch.Tensor):
+        """(x, r) if t is exactly an unfilled x + r (not a view of one)."""
+        entry = self.pending.get(_storage(t))
+        if entry is None:
+            return None
+        h = entry[0]
+        same = t.shape == h.shape and t.stride() == h.stride() and t.storage_offset() == h.storage_offset()
+        return entry[1:] if same else None
+
+    def fill(self, t: torch.Tensor) -> None:
+        """Write an unfilled sum (the eager add's result) before anything reads it."""
+        entry = self.pending.pop(_storage(t), None)
+        if entry is not None:
+            h, x, r = entry
+            self.fill(x)
+            self.fill(r)
+            with torch.no_grad():                    # h's place in the graph is set; only its values are due
+                torch.add(x, r, out=h)
+
+    def fill_all(self, tensors) -> None:
+        for t in tensors:
+            self.fill(t)
+
+
+class _FusedNormsMode(_Mode):
+    """A mode working for one _FusedNorms."""
+
+    def __init__(self, fused: _FusedNorms):
+        super().__init__()
+        self.fused = fused
+
+
+class _ResidualAdds(_FusedNormsMode):
+    """fn's own ops in the recomputation: x + r becomes an unfilled sum; anything else reading one fills it."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.is_view:                             # an alias (a detach, a reshape) reads nothing
+            return func(*args, **kwargs)
+        if func is aten.add.Tensor and _fusable_add(args, kwargs):
+            h = torch.empty_like(args[0])
+            self.fused.pending[_storage(h)] = (h, args[0], args[1])
+            return h
+        for a in (*args, *kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):   # aten takes tensors or lists of them
+                if isinstance(t, torch.Tensor):
+                    self.fused.fill(t)
+        return func(*args, **kwargs)
+
+
+class _NormFromStats(_FusedNormsMode):
+    """Inside a LayerNorm of fuse_norms, in the recomputation: its output from forward's mean and 1/std."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        fused = self.fused
+        if func is not aten.native_layer_norm.default or not fused.stats:
+            return func(*args, **kwargs)
+        x, shape, weight, bias = (list(args) + [None] * 4)[:4]
+        mean, rstd = fused.stats.pop(0)
+        if (len(shape) != 1 or x.dtype != torch.float32 or not x.is_contiguous()
+                or mean.numel() != x.numel() // max(x.shape[-1], 1)):
+            fused.fill(x)
+            return func(*args, **kwargs)[0], mean.detach(), rstd.detach()   # forward's statistics: same values
+        enabled, dtype = fused.frame.autocast.get(x.device.type, (False, None))
+        out_dtype = dtype if enabled and dtype in (torch.bfloat16, torch.float16) else x.dtype
+        add = fused.pending_sum(x)
+        if add is None:
+            fused.fill(x)
+            y = fused.apply_norm(x, mean, rstd, weight, bias, out_dtype=out_dtype)[1]
+        else:
+            del fused.pending[_storage(x)]
+            fused.fill(add[0])
+            fused.fill(add[1])
+            y = fused.apply_norm(add[0], mean, rstd, weight, bias, residual=add[1], h_out=x, out_dtype=out_dtype)[1]
+        return y, mean.detach(), rstd.detach()
+
+
+_DROPOUT_ARG: dict = {}                            # op -> position of its dropout_p argument (None: it has none)
+
+
 def _dropout_p(func, args, kwargs) -> float:
-    for i, a in enumerate(func._schema.arguments):
-        if a.name == "dropout_p":
-            return float(args[i] if i < len(args) else kwargs.get("dropout_p", 0.0))
-    return 0.0
+    if func not in _DROPOUT_ARG:
+        _DROPOUT_ARG[func] = next((i for i, a in enumerate(func._schema.arguments) if a.name == "dropout_p"), None)
+    i = _DROPOUT_ARG[func]
+    if i is None:
+        return 0.0
+    return float(args[i] if i < len(args) else kwargs.get("dropout_p", 0.0))
 
 
 class _Frame:
     """One checkpointed call: what is needed to run fn again, and the tensors recomputed for backward."""
 
-    def __init__(self, fn, args, kwargs, preserve_rng_state: bool, keep: frozenset | None, keep_in=None):
+    def __init__(self, fn, args, kwargs, preserve_rng_state: bool, keep: frozenset | None, keep_in=None,
+                 fuse_norms=None):
         self.fn, self.args, self.kwargs, self.keep, self.keep_in = fn, args, kwargs, keep, keep_in
+        self.fuse_norms = fuse_norms
+        self.stats: list[torch.Tensor] = []          # fuse_norms: each LayerNorm's mean and rstd, kept
+        self.norm_rows: tuple | None = None          # inside a LayerNorm of fuse_norms: its input's rows
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         self.requires_grad = [t.requires_grad for t in tensors]
         self.inputs = _hold(tensors)                 # saved through the hooks outside this call
@@ -177,9 +371,14 @@ class _Frame:
 
     # --- forward: drop what autograd saves, keep a ticket
     def pack(self, t: torch.Tensor):
-        if _storage(t) in self.kept_ptrs:            # selective: a kept matmul output (or a view of one)
-            self.packed_ops.add(self.kept_ptrs[_storage(t)])
+        storage = _storage(t)
+        if storage in self.kept_ptrs:                # selective: a kept matmul output (or a view of one)
+            self.packed_ops.add(self.kept_ptrs[storage])
             return t.detach()
+        if self.norm_rows is not None and t.dtype == torch.float32 and t.shape[:-1] == self.norm_rows \
+                and t.dim() == len(self.norm_rows) + 1 and t.shape[-1] == 1:   # a LayerNorm's mean or 1/std
+            self.stats.append(t.detach())
+            return self.stats[-1]
         self.meta.append((t.shape, t.dtype, t.device))
         return len(self.meta) - 1
 
@@ -195,9 +394,11 @@ class _Frame:
         args = list(self.args)
         for i, t, rg in zip(self.tensor_pos, self.inputs.saved_tensors, self.requires_grad):
             args[i] = t.detach().requires_grad_(rg)  # same requires_grad: ops save differently without it
-        replay = self._replay_list() if self.keep is not None else []
+        replay, stats = self._replay_list() if self.keep is not None else ([], [])
         kept_ptrs = {_storage(t) for _, out in replay for t in (out if isinstance(out, tuple) else (out,))
-                     if isinstance(t, torch.Tensor)} - {None}
+                     if isinstance(t, torch.Tensor)} | {_storage(t) for pair in stats for t in pair}
+        kept_ptrs.discard(None)
+        fused = _FusedNorms(self, stats) if self.fuse_norms else None
         counter = [0]
 
         def pack(t):
@@ -222,6 +423,8 @@ class _Frame:
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None))
             if self.keep is not None:
                 stack.enter_context(_keeping(self, replay))
+            if fused is not None:                    # after: its hooks must step aside first and come back last
+                stack.enter_context(fused)
             try:
                 self.fn(*args, **self.kwargs)
             except _StopRecompute:
@@ -233,7 +436,12 @@ class _Frame:
     def keep_needed(self) -> None:
         """After forward: hold the kept outputs that autograd saved or that the recomputation will replay."""
         self.kept_ops = [op for j, op in enumerate(self.kept_ops) if op[3] < len(self.meta) or j in self.packed_ops]
-        self.kept_node = _hold([o for op in self.kept_ops for o in op[1] if isinstance(o, torch.Tensor)])
+        self.kept_node = _hold([o for op in self.kept_ops for o in op[1] if isinstance(o, torch.Tensor)]
+                               + self.stats)
+        if len(self.stats) % 2:
+            raise RuntimeError("fuse_norms: a LayerNorm saved a mean without its 1/std; pass only nn.LayerNorm "
+                               "modules (normalising the last dimension)")
+        self.stats = len(self.stats) // 2            # (mean, rstd) pairs; they now live in kept_node only
         self.kept_ops = [(func, tuple(_TENSOR if isinstance(o, torch.Tensor) else o for o in outs), was_tuple, n)
                          for func, outs, was_tuple, n in self.kept_ops]  # tensors now live in kept_node only
         self.kept_ptrs, self.packed_ops = {}, set()
@@ -244,7 +452,8 @@ class _Frame:
         for func, outs, was_tuple, _ in self.kept_ops:
             items = tuple(next(kept) if o is _TENSOR else o for o in outs)
             replay.append((func, items if was_tuple else items[0]))
-        return replay
+        rest = list(kept)
+        return replay, [tuple(rest[i:i + 2]) for i in range(0, 2 * self.stats, 2)]
 
 
 class _restored_rng:
@@ -270,7 +479,7 @@ class _restored_rng:
         return False
 
 
-def _run(fn, args, kwargs, preserve_rng_state, keep, keep_in=None):
+def _run(fn, args, kwargs, preserve_rng_state, keep, keep_in=None, fuse_norms=None):
     if not callable(fn):
         raise TypeError(f"checkpoint(fn, *args): fn must be callable (a module or function), got "
                         f"{type(fn).__name__}; pass the function first, then its arguments")
@@ -281,12 +490,13 @@ def _run(fn, args, kwargs, preserve_rng_state, keep, keep_in=None):
                          "drop the argument or pass use_reentrant=False")
     if not torch.is_grad_enabled():                  # nothing is saved for backward anyway
         return fn(*args, **kwargs)
-    frame = _Frame(fn, args, kwargs, preserve_rng_state, keep, keep_in)
+    frame = _Frame(fn, args, kwargs, preserve_rng_state, keep, keep_in, fuse_norms)
     with torch.autograd.graph.saved_tensors_hooks(frame.pack, frame.unpack):
         if keep is None:
             out = fn(*args, **kwargs)
         else:
-            with _keeping(frame):
+            stats = _KeepNormStats(frame) if fuse_norms else nullcontext()
+            with _keeping(frame), stats:
                 out = fn(*args, **kwargs)
     if keep is not None:
         frame.keep_needed()
@@ -301,13 +511,17 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
     return _run(fn, args, kwargs, preserve_rng_state, keep=None)
 
 
-def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, keep_in=None,
+def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, keep_in=None, fuse_norms=None,
                          preserve_rng_state: bool = True, **kwargs):
     """Like checkpoint, but keeps the outputs of `keep` ops (matmuls, attention) and recomputes only the cheap
     pointwise and normalisation work: selective recompute (Korthikanti et al. 2022, sec. 5).
 
     keep_in: the modules (e.g. [block.attn.c_attn, block.mlp.c_fc]) whose `keep` ops are kept; None = every
     `keep` op in fn. Naming them also costs less host time: only their ops go through a Python dispatch mode.
+    fuse_norms: LayerNorm modules (e.g. [block.ln_1, block.ln_2]) whose mean and 1/std are kept (8 bytes a row)
+    so backward rebuilds their output, with the residual add before it and the cast after it, in one Triton
+    pass (frugal.kernels.layer_norm_recompute; needs Triton). Bit-identical to eager on a GPU; on a CPU the
+    interpreter's rounding may differ from PyTorch's by one unit in the last place.
     """
     if not isinstance(keep, (set, frozenset)) or not all(isinstance(op, torch._ops.OpOverload) for op in keep):
         raise TypeError("keep must be a set of aten op overloads, e.g. {torch.ops.aten.mm.default}; "
@@ -317,7 +531,13 @@ def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, keep
         if not all(isinstance(m, torch.nn.Module) for m in keep_in):
             raise TypeError("keep_in must be a list of nn.Module (the submodules whose matmul outputs to keep), "
                             "or None to keep every matmul output in fn")
-    return _run(fn, args, kwargs, preserve_rng_state, keep=frozenset(keep), keep_in=keep_in)
+    if fuse_norms is not None:
+        fuse_norms = list(fuse_norms)
+        if not all(isinstance(m, torch.nn.Module) for m in fuse_norms):
+            raise TypeError("fuse_norms must be a list of nn.LayerNorm modules inside fn (e.g. [block.ln_1, "
+                            "block.ln_2]), or None to recompute LayerNorms eagerly")
+    return _run(fn, args, kwargs, preserve_rng_state, keep=frozenset(keep), keep_in=keep_in,
+                fuse_norms=fuse_norms or None)
 
 
 def sqrt_segments(n: int) -> int:
@@ -374,6 +594,8 @@ class Recompute:
     checkpoint_fn: Callable | None = None   # None = ours; e.g. partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
     keep: tuple[str, ...] | None = SELECTIVE_KEEP  # 'selective': block submodules whose matmul outputs stay;
                                             # None = every matmul output, found op by op (every op via Python)
+    fused: bool = True                      # 'selective' on a GPU: rebuild LayerNorms (with the add before and
+                                            # the cast after) from kept statistics in one Triton pass
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -405,10 +627,17 @@ class Recompute:
             if i not in chosen:
                 x = block(x)
             elif self.policy == "selective":
-                x = checkpoint_selective(block, x, keep_in=self.kept_modules(block))
+                x = checkpoint_selective(block, x, keep_in=self.kept_modules(block), fuse_norms=self.fused_norms(block, x))
             else:
                 x = run(block, x)
         return x
+
+    def fused_norms(self, block: torch.nn.Module, x: torch.Tensor) -> list[torch.nn.Module] | None:
+        """The block's LayerNorms when they are rebuilt by the fused kernel: selective, fused, on a GPU with
+        Triton (on a CPU Triton only interprets, far slower than eager)."""
+        if not (self.fused and x.is_cuda and has_triton()):
+            return None
+        return [m for m in block.modules() if isinstance(m, torch.nn.LayerNorm)] or None
 
     def kept_modules(self, block: torch.nn.Module) -> list[torch.nn.Module] | None:
         """The submodules of `block` named by self.keep (None: keep every matmul output)."""
