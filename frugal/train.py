@@ -67,6 +67,10 @@ class TrainConfig:
                              f"use precision='bf16' (no scaler needed) or a plain data-parallel flavour")
         if self.compile not in COMPILE:
             raise ValueError(f"TrainConfig.compile={self.compile!r}: pick one of {COMPILE}")
+        if self.compile == "model" and self.recompute != "none":
+            raise ValueError(f"compile='model' with recompute={self.recompute!r}: torch.compile would trace through "
+                             f"our recompute's saved-tensor hooks and dispatch modes, which it does not support; "
+                             f"use compile='blocks' (each block compiled, checkpointed from outside)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
         if not self.loss_divisor > 0:
