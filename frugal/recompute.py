@@ -98,7 +98,7 @@ class _KeepOutputs(_Mode):
             return func(*args, **kwargs)
         if self.replay is not None:
             recorded, out = self.replay.pop(0)
-            if recorded is not func:
+            if recorded is not None and recorded is not func:     # None: a Linear's matmul, seen from a hook
                 raise RuntimeError(f"selective recompute replayed {func} where forward ran {recorded}: "
                                    f"fn must run the same ops each time")
             return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out) \
@@ -147,12 +147,54 @@ class _ModeInModules:
         return False
 
 
+class _KeepLinearOutputs:
+    """Forward, for the nn.Linear modules of keep_in: a Linear's output is its one matmul's result (or a view of
+    it), so a forward hook records it without sending the Linear's ops (casts, views, the matmul) through a
+    dispatch mode, which costs more host time than the rest of the block's forward. The recomputation still
+    replays it from inside a mode: that is where the matmul must be skipped."""
+
+    def __init__(self, modules, frame: "_Frame"):
+        self.modules, self.frame, self.handles, self.dropped = modules, frame, [], []
+
+    def _enter(self, module, args) -> None:
+        self.dropped.append(len(self.frame.meta))
+
+    def _exit(self, module, args, out) -> None:
+        frame, op = self.frame, len(self.frame.kept_ops)
+        base = out._base if out._base is not None else out
+        if _storage(base) is not None:
+            frame.kept_ptrs[_storage(base)] = op
+        frame.kept_ops.append((None, (base.detach(),), False, self.dropped.pop()))
+
+    def __enter__(self):
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._exit))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+_LINEAR_MATMULS = frozenset({aten.addmm.default, aten.mm.default})   # what nn.Linear runs, bias or not
+
+
 def _keeping(frame: "_Frame", replay: list | None = None):
     """The context that records (forward) or replays (recomputation) the kept ops' outputs: around all of fn,
     or only inside the modules of keep_in."""
     if frame.keep_in is None:
         return _KeepOutputs(frame.keep, frame, replay)
-    return _ModeInModules(frame.keep_in, lambda: _KeepOutputs(frame.keep, frame, replay))
+    mode = _ModeInModules(frame.keep_in, lambda: _KeepOutputs(frame.keep, frame, replay))
+    linear = [m for m in frame.keep_in if type(m) is torch.nn.Linear]
+    if replay is not None or not linear or not _LINEAR_MATMULS <= frame.keep:
+        return mode
+    stack = ExitStack()                                # forward: Linears by hook, the other modules by mode
+    stack.enter_context(_KeepLinearOutputs(linear, frame))
+    stack.enter_context(_ModeInModules([m for m in frame.keep_in if type(m) is not torch.nn.Linear],
+                                       lambda: _KeepOutputs(frame.keep, frame, replay)))
+    return stack
 
 
 class _KeepNormStats:

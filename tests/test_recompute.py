@@ -251,6 +251,13 @@ def test_scoped_selective_sends_only_the_kept_modules_through_python(monkeypatch
         counts[keep] = len(dispatched)
     # a few ops per kept module (view, addmm, ...) instead of every op of every block, forward and recomputation
     assert 0 < counts[R.SELECTIVE_KEEP] < counts[None] / 3
+    # in forward the kept Linears are seen from a hook: only the attention core's op goes through Python
+    dispatched.clear()
+    model.recompute = Recompute("selective")
+    model(*[torch.randint(model.cfg.vocab_size, (2, 32))] * 2)
+    names = {str(f) for f in dispatched}
+    assert any("attention" in n for n in names)
+    assert {n for n in names if "attention" not in n} == {"aten.detach.default"}   # autograd keeping q, k, v
 
 
 def _fused_everywhere(monkeypatch):
