@@ -184,16 +184,17 @@ _LINEAR_MATMULS = frozenset({aten.addmm.default, aten.mm.default})   # what nn.L
 def _keeping(frame: "_Frame", replay: list | None = None):
     """The context that records (forward) or replays (recomputation) the kept ops' outputs: around all of fn,
     or only inside the modules of keep_in."""
-    if frame.keep_in is None:
+    def make_mode():
         return _KeepOutputs(frame.keep, frame, replay)
-    mode = _ModeInModules(frame.keep_in, lambda: _KeepOutputs(frame.keep, frame, replay))
+
+    if frame.keep_in is None:
+        return make_mode()
     linear = [m for m in frame.keep_in if type(m) is torch.nn.Linear]
     if replay is not None or not linear or not _LINEAR_MATMULS <= frame.keep:
-        return mode
+        return _ModeInModules(frame.keep_in, make_mode)
     stack = ExitStack()                                # forward: Linears by hook, the other modules by mode
     stack.enter_context(_KeepLinearOutputs(linear, frame))
-    stack.enter_context(_ModeInModules([m for m in frame.keep_in if type(m) is not torch.nn.Linear],
-                                       lambda: _KeepOutputs(frame.keep, frame, replay)))
+    stack.enter_context(_ModeInModules([m for m in frame.keep_in if type(m) is not torch.nn.Linear], make_mode))
     return stack
 
 
@@ -562,8 +563,10 @@ def checkpoint_selective(fn: Callable, *args, keep: frozenset = MATMUL_OPS, keep
     `keep` op in fn. Naming them also costs less host time: only their ops go through a Python dispatch mode.
     fuse_norms: LayerNorm modules (e.g. [block.ln_1, block.ln_2]) whose mean and 1/std are kept (8 bytes a row)
     so backward rebuilds their output, with the residual add before it and the cast after it, in one Triton
-    pass (frugal.kernels.layer_norm_recompute; needs Triton). Bit-identical to eager on a GPU; on a CPU the
-    interpreter's rounding may differ from PyTorch's by one unit in the last place.
+    pass (frugal.kernels.layer_norm_recompute; needs Triton). Under autocast the rebuilt output comes already
+    in the autocast dtype, as the matmul reading it would cast it: name only LayerNorms whose output feeds
+    matmuls (a pre-norm block's ln_1 and ln_2). Bit-identical to eager on a GPU; on a CPU the interpreter's
+    rounding may differ from PyTorch's by one unit in the last place.
     """
     if not isinstance(keep, (set, frozenset)) or not all(isinstance(op, torch._ops.OpOverload) for op in keep):
         raise TypeError("keep must be a set of aten op overloads, e.g. {torch.ops.aten.mm.default}; "
