@@ -342,7 +342,7 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
                 for lbl, keep in (("+proj", ("attn.c_attn", "attn.core", "attn.c_proj", "mlp.c_fc")),
                                   ("-core", ("attn.c_attn", "mlp.c_fc")))]
     # on a GPU the LayerNorms are rebuilt by one fused kernel from kept statistics; eager recompute beside it
-    fused = Recompute("selective").fused_norms(model.blocks[0], x.float()) is not None
+    fused = Recompute("selective").fused_norms(model.blocks[0], x) is not None
     if fused:
         variants.append(dict(point("selective", "frugal", Recompute("selective", fused=False)),
                              keep="+".join(SELECTIVE_KEEP), label="eager LN", fused_norms=False))

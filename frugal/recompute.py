@@ -115,14 +115,42 @@ class _KeepOutputs(_Mode):
         return out
 
 
-class _ModeInModules:
+class _AroundModules:
+    """While open, calls _enter(module, args) as each of `modules` starts its forward and _exit(module, args, out)
+    as it ends (hooks on the modules, removed on leaving); _exit also when forward raises, if always_call."""
+
+    always_call = True
+
+    def __init__(self, modules):
+        self.modules, self.handles = list(modules), []
+
+    def _enter(self, module, args) -> None:
+        pass
+
+    def _exit(self, module, args, out) -> None:
+        pass
+
+    def __enter__(self):
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._exit, always_call=self.always_call))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        return False
+
+
+class _ModeInModules(_AroundModules):
     """Enters a fresh dispatch mode each time one of `modules` starts its forward and leaves it when that forward
     ends: only their few ops pass through Python, the rest of the checkpointed function runs at full speed."""
 
     def __init__(self, modules, make_mode: Callable[[], TorchDispatchMode]):
-        self.modules, self.make_mode = modules, make_mode
+        super().__init__(modules)
+        self.make_mode = make_mode
         self.active: list[TorchDispatchMode] = []
-        self.handles: list = []
 
     def _enter(self, module, args) -> None:
         mode = self.make_mode()
@@ -133,28 +161,24 @@ class _ModeInModules:
         if self.active:
             self.active.pop().__exit__(None, None, None)
 
-    def __enter__(self):
-        for m in self.modules:
-            self.handles.append(m.register_forward_pre_hook(self._enter))
-            self.handles.append(m.register_forward_hook(self._exit, always_call=True))  # also when forward raises
-        return self
-
     def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
+        super().__exit__(*exc)
         while self.active:
             self.active.pop().__exit__(None, None, None)
         return False
 
 
-class _KeepLinearOutputs:
+class _KeepLinearOutputs(_AroundModules):
     """Forward, for the nn.Linear modules of keep_in: a Linear's output is its one matmul's result (or a view of
     it), so a forward hook records it without sending the Linear's ops (casts, views, the matmul) through a
     dispatch mode, which costs more host time than the rest of the block's forward. The recomputation still
     replays it from inside a mode: that is where the matmul must be skipped."""
 
+    always_call = False                                # _exit reads the output
+
     def __init__(self, modules, frame: "_Frame"):
-        self.modules, self.frame, self.handles, self.dropped = modules, frame, [], []
+        super().__init__(modules)
+        self.frame, self.dropped = frame, []
 
     def _enter(self, module, args) -> None:
         self.dropped.append(len(self.frame.meta))
@@ -165,17 +189,6 @@ class _KeepLinearOutputs:
         if _storage(base) is not None:
             frame.kept_ptrs[_storage(base)] = op
         frame.kept_ops.append((None, (base.detach(),), False, self.dropped.pop()))
-
-    def __enter__(self):
-        for m in self.modules:
-            self.handles.append(m.register_forward_pre_hook(self._enter))
-            self.handles.append(m.register_forward_hook(self._exit))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        return False
 
 
 _LINEAR_MATMULS = frozenset({aten.addmm.default, aten.mm.default})   # what nn.Linear runs, bias or not
@@ -198,14 +211,15 @@ def _keeping(frame: "_Frame", replay: list | None = None):
     return stack
 
 
-class _KeepNormStats:
+class _KeepNormStats(_AroundModules):
     """Forward, around the LayerNorms of fuse_norms: marks them, so pack keeps each one's mean and 1/std (one float
     per row, saved by LayerNorm for its backward) instead of dropping them; the recomputation rebuilds the output
     from them in one pass instead of reducing every row again. Module hooks, not a dispatch mode: no op of theirs
     goes through Python."""
 
     def __init__(self, frame: "_Frame"):
-        self.frame, self.handles = frame, []
+        super().__init__(frame.fuse_norms)
+        self.frame = frame
 
     def _enter(self, module, args) -> None:
         self.frame.norm_rows = tuple(args[0].shape[:-1]) if args and isinstance(args[0], torch.Tensor) else None
@@ -213,15 +227,8 @@ class _KeepNormStats:
     def _exit(self, module, args, out) -> None:
         self.frame.norm_rows = None
 
-    def __enter__(self):
-        for m in self.frame.fuse_norms:
-            self.handles.append(m.register_forward_pre_hook(self._enter))
-            self.handles.append(m.register_forward_hook(self._exit, always_call=True))
-        return self
-
     def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
+        super().__exit__(*exc)
         self.frame.norm_rows = None
         return False
 
