@@ -233,6 +233,12 @@ class _KeepNormStats(_AroundModules):
         return False
 
 
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b are the same elements of the same storage (the same tensor, or an identical view of it)."""
+    return a is b or (_storage(a) == _storage(b) and a.shape == b.shape and a.stride() == b.stride()
+                      and a.storage_offset() == b.storage_offset())
+
+
 def _fusable_add(args, kwargs) -> bool:
     """x + r as the residual stream does it: fp32 x, a float r of the same shape, both contiguous, alpha 1."""
     if len(args) != 2 or not all(isinstance(a, torch.Tensor) for a in args) or kwargs.get("alpha", 1) != 1:
@@ -246,22 +252,30 @@ class _FusedNorms:
     """Recomputation: each LayerNorm of fuse_norms rebuilt from forward's statistics in one pass
     (frugal.kernels.layer_norm_recompute), the residual add before it folded in.
 
-    fn's own ops (a block's residual adds) run under a mode that hands back each add's sum unfilled, with a note of
-    how to fill it; the mode steps aside inside fn's submodules, so their ops cost no Python. A LayerNorm of
-    fuse_norms whose input is such a sum writes it in the same pass as its output; any other reader (an op of fn,
-    a submodule called with it, autograd keeping it) gets it filled first. Under autocast the output comes in the
-    autocast dtype, the cast the matmul after it would make: fuse only LayerNorms that feed matmuls."""
+    Results are handed back unfilled, with a note of how to fill them, and written as late as possible:
+    - fn's own ops (a block's residual adds) run under a mode that turns each add into an unfilled sum; a LayerNorm
+      of fuse_norms whose input is such a sum writes it in the same pass as its output;
+    - a LayerNorm of fuse_norms reading a plain tensor x (a block's ln_1) leaves its output unfilled; the pass of a
+      later LayerNorm of x + r writes it too, so the block's recomputation reads x once. In a pre-norm block the
+      only reader of ln_1's output is the qkv matmul, replayed from forward, which reads nothing.
+    Any other reader gets an unfilled tensor filled first: an op of fn, an op of a submodule called with an unfilled
+    LayerNorm output (the mode watches inside it), autograd keeping it. The mode steps aside inside every other
+    submodule, so their ops cost no Python, and fills everything still due before it. Under autocast the output
+    comes in the autocast dtype, the cast the matmul after it would make: fuse only LayerNorms that feed matmuls."""
 
     def __init__(self, frame: "_Frame", stats: list[tuple[torch.Tensor, torch.Tensor]]):
         from frugal.kernels.layer_norm_recompute import layer_norm_from_stats
         self.apply_norm = layer_norm_from_stats
         self.frame, self.stats = frame, list(stats)  # (mean, rstd) per LayerNorm call, in forward's order
         self.pending: dict[int, tuple] = {}          # storage -> (unfilled sum, x, r)
+        self.due: dict[int, tuple] = {}              # storage -> (unfilled LayerNorm output, x, mean, rstd, w, b)
         self.norms = set(map(id, frame.fuse_norms))
         self.adds = _ResidualAdds(self)
         self.norm_modes = _ModeInModules(frame.fuse_norms, lambda: _NormFromStats(self))
         self.handles: list = []
         self.suspended = False
+        self.suspended_by_norm = False               # suspended only for a LayerNorm of fuse_norms called where the
+                                                     # mode watches: the readers of its output are watched too
 
     def __enter__(self):
         self.norm_modes.__enter__()
@@ -285,16 +299,18 @@ class _FusedNorms:
         # would wait for a gc pass instead of going when backward is done with them
         self.adds = self.norm_modes = self.frame = None
         self.pending.clear()
+        self.due.clear()
         return False
 
     def _step_aside(self, module, args) -> None:
         if id(module) not in self.norms:             # a LayerNorm of fuse_norms reads an unfilled sum itself
-            for a in args:
-                if isinstance(a, torch.Tensor):
-                    self.fill(a)
+            if any(isinstance(a, torch.Tensor) and _storage(a) in self.due for a in args):
+                return                               # watch inside: its reads fill, a replayed matmul reads nothing
+            self.fill_everything()                   # unwatched, it may read or overwrite anything
         if not self.suspended and _get_current_dispatch_mode() is self.adds:
             self.adds.__exit__(None, None, None)
             self.suspended = True
+            self.suspended_by_norm = id(module) in self.norms
 
     def _step_back(self, module, args, out) -> None:
         if self.suspended:
@@ -304,25 +320,43 @@ class _FusedNorms:
     def pending_sum(self, t: torch.Tensor):
         """(x, r) if t is exactly an unfilled x + r (not a view of one)."""
         entry = self.pending.get(_storage(t))
-        if entry is None:
-            return None
-        h = entry[0]
-        same = t.shape == h.shape and t.stride() == h.stride() and t.storage_offset() == h.storage_offset()
-        return entry[1:] if same else None
+        return entry[1:] if entry is not None and _same_view(t, entry[0]) else None
+
+    def norm_of(self, x: torch.Tensor) -> tuple | None:
+        """The unfilled LayerNorm output of exactly x, taken off the due list, as the kernel's x_norm argument."""
+        for key, (y, x_in, *stats) in self.due.items():
+            if _same_view(x, x_in):
+                del self.due[key]
+                return (*stats, y)
+        return None
 
     def fill(self, t: torch.Tensor) -> None:
-        """Write an unfilled sum (the eager add's result) before anything reads it."""
-        entry = self.pending.pop(_storage(t), None)
+        """Write an unfilled sum (the eager add's result) or LayerNorm output before anything reads it."""
+        key = _storage(t)
+        entry = self.pending.pop(key, None)
         if entry is not None:
             h, x, r = entry
             self.fill(x)
             self.fill(r)
             with torch.no_grad():                    # h's place in the graph is set; only its values are due
                 torch.add(x, r, out=h)
+        entry = self.due.pop(key, None)
+        if entry is not None:
+            y, x, mean, rstd, weight, bias = entry
+            self.apply_norm(x, mean, rstd, weight, bias, y_out=y)
 
     def fill_all(self, tensors) -> None:
         for t in tensors:
             self.fill(t)
+
+    def fill_everything(self) -> None:
+        self.fill_all([entry[0] for entry in (*self.pending.values(), *self.due.values())])
+
+    def fill_readers_of(self, tensors) -> None:
+        """Fill the unfilled tensors computed from any of `tensors` (before those are overwritten)."""
+        storages = {_storage(t) for t in tensors}
+        self.fill_all([entry[0] for entry in (*self.pending.values(), *self.due.values())
+                       if any(_storage(src) in storages for src in entry[1:3] if isinstance(src, torch.Tensor))])
 
 
 class _FusedNormsMode(_Mode):
@@ -340,6 +374,8 @@ class _ResidualAdds(_FusedNormsMode):
         kwargs = kwargs or {}
         if func.is_view:                             # an alias (a detach, a reshape) reads nothing
             return func(*args, **kwargs)
+        if func._schema.is_mutable:                  # it may overwrite what an unfilled tensor is computed from
+            self.fused.fill_readers_of(_written(func, args, kwargs))
         if func is aten.add.Tensor and _fusable_add(args, kwargs):
             h = torch.empty_like(args[0])
             self.fused.pending[_storage(h)] = (h, args[0], args[1])
@@ -368,15 +404,32 @@ class _NormFromStats(_FusedNormsMode):
         enabled, dtype = fused.frame.autocast.get(x.device.type, (False, None))
         out_dtype = dtype if enabled and dtype in (torch.bfloat16, torch.float16) else x.dtype
         add = fused.pending_sum(x)
-        if add is None:
+        if add is None and fused.suspended and not fused.suspended_by_norm:   # read where no mode watches
             fused.fill(x)
             y = fused.apply_norm(x, mean, rstd, weight, bias, out_dtype=out_dtype)[1]
+        elif add is None:                            # written when read, or by the pass of a later x + r
+            fused.fill(x)
+            y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+            fused.due[_storage(y)] = (y, x, mean, rstd, weight, bias)
         else:
             del fused.pending[_storage(x)]
             fused.fill(add[0])
             fused.fill(add[1])
-            y = fused.apply_norm(add[0], mean, rstd, weight, bias, residual=add[1], h_out=x, out_dtype=out_dtype)[1]
+            y = fused.apply_norm(add[0], mean, rstd, weight, bias, residual=add[1], h_out=x, out_dtype=out_dtype,
+                                 x_norm=fused.norm_of(add[0]))[1]
         return y, mean.detach(), rstd.detach()
+
+
+_WRITES: dict = {}                                 # op -> its arguments that it writes into: (position, name)
+
+
+def _written(func, args, kwargs) -> list[torch.Tensor]:
+    """The tensors an in-place or out= op writes into."""
+    if func not in _WRITES:
+        _WRITES[func] = [(i, a.name) for i, a in enumerate(func._schema.arguments)
+                         if a.alias_info is not None and a.alias_info.is_write]
+    found = [args[i] if i < len(args) else kwargs.get(name) for i, name in _WRITES[func]]
+    return [t for a in found for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
 
 
 _DROPOUT_ARG: dict = {}                            # op -> position of its dropout_p argument (None: it has none)

@@ -44,6 +44,20 @@ def test_residual_add_is_written_exactly_and_normed():
     torch.testing.assert_close(y, ref.to(torch.bfloat16), **BF16_TOL)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_pass_writes_the_layer_norms_of_x_and_of_x_plus_r(bias):
+    x, r, w, b = _inputs(7, 80, bias=bias)
+    w1, b1 = 1 + 0.1 * w, (None if b is None else -b)   # a pre-norm block's ln_1 has weights of its own
+    ref1, mean1, rstd1 = torch.native_layer_norm(x, (80,), w1, b1, 1e-5)
+    ref2, mean2, rstd2 = torch.native_layer_norm(x + r, (80,), w, b, 1e-5)
+    y1 = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    h, y2 = layer_norm_from_stats(x, mean2, rstd2, w, b, residual=r, out_dtype=torch.bfloat16,
+                                  x_norm=(mean1, rstd1, w1, b1, y1))
+    assert torch.equal(h, x + r)
+    torch.testing.assert_close(y1, ref1.to(torch.bfloat16), **BF16_TOL)
+    torch.testing.assert_close(y2, ref2.to(torch.bfloat16), **BF16_TOL)
+
+
 def test_bad_inputs_name_the_fix():
     x, r, w, b = _inputs(4, 16)
     _, mean, rstd = torch.native_layer_norm(x, (16,), w, b, 1e-5)
@@ -53,3 +67,7 @@ def test_bad_inputs_name_the_fix():
         layer_norm_from_stats(x, mean[:2], rstd, w, b)
     with pytest.raises(ValueError, match="residual"):
         layer_norm_from_stats(x, mean, rstd, w, b, residual=r[:2])
+    with pytest.raises(ValueError, match="x_norm"):
+        layer_norm_from_stats(x, mean, rstd, w, b, x_norm=(mean, rstd, w, b, x[:2]))
+    with pytest.raises(ValueError, match="statistics"):
+        layer_norm_from_stats(x, mean, rstd, w, b, x_norm=(mean[:1], rstd, w, b, torch.empty_like(x)))

@@ -261,14 +261,15 @@ def test_scoped_selective_sends_only_the_kept_modules_through_python(monkeypatch
 
 
 def _fused_everywhere(monkeypatch):
-    """Fused LayerNorm recompute on any device (Recompute only fuses on a GPU), counting the kernel's calls."""
+    """Fused LayerNorm recompute on any device (Recompute only fuses on a GPU), recording each kernel call as
+    (writes a residual add?, writes a second LayerNorm of the add's x?)."""
     pytest.importorskip("triton", reason="fused LayerNorm recompute needs `pip install triton`")
     import frugal.kernels.layer_norm_recompute as K
     calls = []
     original = K.layer_norm_from_stats
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("residual") is not None)
+        calls.append((kwargs.get("residual") is not None, kwargs.get("x_norm") is not None))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(K, "layer_norm_from_stats", counting)
@@ -294,16 +295,22 @@ def _grads_under(model, recompute, amp: bool):
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("amp,tol,keep", [(False, 1e-5, recompute.SELECTIVE_KEEP), (True, 2e-2, recompute.SELECTIVE_KEEP),
-                                          (True, 2e-2, ("attn", "mlp.c_fc")), (True, 2e-2, None)])
-def test_fused_norms_rebuild_each_layer_norm_in_one_pass(monkeypatch, amp, tol, keep):
+ONE_PASS = [(True, True)]                   # ln_2 with the add before it, and ln_1, read from the same x
+TWO_PASSES = [(False, False), (True, False)]  # ln_1 on its own (something read its output), then ln_2 and the add
+
+
+@pytest.mark.parametrize("amp,tol,keep,passes", [
+    (False, 1e-5, recompute.SELECTIVE_KEEP, ONE_PASS), (True, 2e-2, recompute.SELECTIVE_KEEP, ONE_PASS),
+    (True, 2e-2, ("attn", "mlp.c_fc"), ONE_PASS),
+    (True, 2e-2, ("attn.core", "mlp.c_fc"), TWO_PASSES),   # the qkv matmul runs: it reads ln_1's output
+    (True, 2e-2, None, TWO_PASSES)])                      # every op through the keeping mode, read as it goes
+def test_fused_norms_rebuild_each_block_s_layer_norms_in_one_pass(monkeypatch, amp, tol, keep, passes):
     calls = _fused_everywhere(monkeypatch)
     tol = 0 if DEVICE == "cuda" else tol
     model = _model(n_layer=3, dropout=0.1).to(DEVICE)
     ref_loss, ref = _grads_under(model, None, amp)
     loss, got = _grads_under(model, Recompute("selective", keep=keep), amp)
-    # one pass per LayerNorm; ln_2's also writes the residual add before it
-    assert calls == [False, True] * 3
+    assert calls == passes * 3
     assert torch.equal(loss, ref_loss)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
@@ -325,8 +332,8 @@ def test_fused_norms_fill_what_other_ops_read(monkeypatch):
     ref = torch.autograd.grad(fn(x), [x, *lin.parameters(), *ln1.parameters(), *ln2.parameters()])
     out = checkpoint_selective(fn, x, fuse_norms=[ln1, ln2])
     got = torch.autograd.grad(out, [x, *lin.parameters(), *ln1.parameters(), *ln2.parameters()])
-    # one pass per LayerNorm, as it is called; ln2's also writes h, which h * 2 then reads
-    assert calls == [False, True]
+    # one pass per LayerNorm: lin reads ln1's output at once; ln2's writes h, which h * 2 then reads
+    assert calls == [(False, False), (True, False)]
     tol = 0 if DEVICE == "cuda" else 1e-5
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
@@ -344,7 +351,27 @@ def test_fused_norms_fill_what_other_ops_read(monkeypatch):
     calls.clear()
     ref = torch.autograd.grad(net(x), [x, *net.parameters()])
     got = torch.autograd.grad(checkpoint_selective(net, x, fuse_norms=[ln1, ln2]), [x, *net.parameters()])
-    assert calls == [False, False]    # `other` got h filled first, so ln2 normalises it without the add
+    assert calls == [(False, False)] * 2   # `other` got h filled first, so ln2 normalises it without the add
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_fused_norms_fill_a_sum_before_an_in_place_op_overwrites_what_it_adds(monkeypatch):
+    calls = _fused_everywhere(monkeypatch)
+    torch.manual_seed(0)
+    ln2, lin = nn.LayerNorm(16).to(DEVICE), nn.Linear(16, 16).to(DEVICE)
+
+    def fn(x):
+        t = x * 1.0
+        h = t + lin(x)                               # an unfilled sum in the recomputation...
+        t.mul_(2)                                    # ...whose t changes before ln2 reads h (legal: nothing saved t)
+        return (ln2(h) * t).sum()
+
+    x = torch.randn(3, 5, 16, device=DEVICE, requires_grad=True)
+    ref = torch.autograd.grad(fn(x), [x, *lin.parameters(), *ln2.parameters()])
+    got = torch.autograd.grad(checkpoint_selective(fn, x, fuse_norms=[ln2]), [x, *lin.parameters(), *ln2.parameters()])
+    assert calls == [(False, False)]                # h was written before mul_, so ln2 reads it whole
+    tol = 0 if DEVICE == "cuda" else 1e-5
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
