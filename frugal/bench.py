@@ -372,10 +372,9 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
         curve[key] = [dict(rows_by[("none", "-")], label="0")] + [dict(p, label=p["policy"].split(":")[1])
                                                                    for p in curve[key]]
         curve[key].append(dict(rows_by[("all", impl)], label=f"{L}"))
-        curve[key].append(dict(rows_by[("sqrt", impl)], label="√n"))
-    curve["frugal selective"] = sorted([dict(rows_by[("selective", "frugal")], label="sel")] + variants,
-                                       key=lambda p: p["step_s"])
-    fig = plots.recompute_tradeoff(curve, title=f"{name} B={batch} T={seq}")
+    choices = {"frugal selective": [dict(rows_by[("selective", "frugal")], label="sel")] + variants,
+               "√n segments": [dict(rows_by[("sqrt", impl)], label="√n") for impl in ("frugal", "torch")]}
+    fig = plots.recompute_tradeoff(curve, title=f"{name} B={batch} T={seq}", alternatives=choices)
     return {"rows": rows + variants + [p for pts in curve.values() for p in pts if p["policy"].startswith("first")],
             "figures": {"tradeoff": fig}}
 

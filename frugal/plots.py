@@ -196,21 +196,34 @@ def precision_runs(runs: dict[str, dict], title: str = "Precision on a live Tiny
 
 # ----------------------------------------------------------------------------- lesson 02: activation checkpointing
 
-def recompute_tradeoff(series: dict[str, list[dict]], title: str = "Memory for time") -> Figure:
+def recompute_tradeoff(series: dict[str, list[dict]], title: str = "Memory for time",
+                       alternatives: dict[str, list[dict]] | None = None) -> Figure:
     """Saved-activation bytes (and, when measured, peak CUDA memory) against step time, one line per
-    implementation; each point is a dict with 'label', 'step_s', 'saved_bytes' and optional 'peak_memory_bytes'."""
-    has_peak = any(p.get("peak_memory_bytes") for pts in series.values() for p in pts)
+    implementation; each point is a dict with 'label', 'step_s', 'saved_bytes' and optional 'peak_memory_bytes'.
+    alternatives: points that are separate choices, not steps along a curve (what selective recompute keeps),
+    drawn as markers without a line."""
+    alternatives = alternatives or {}
+    everything = [p for pts in (*series.values(), *alternatives.values()) for p in pts]
+    has_peak = any(p.get("peak_memory_bytes") for p in everything)
     fig, axes = _figure(11.0 if has_peak else 6.4, 4.2, ncols=2 if has_peak else 1)
     axes = list(axes) if has_peak else [axes]
     keys = [("saved_bytes", "saved activations")] + ([("peak_memory_bytes", "peak CUDA memory")] if has_peak else [])
+    drawn = [(name, pts, "-") for name, pts in series.items()] + [(name, pts, "none") for name, pts in alternatives.items()]
     for ax, (key, label) in zip(axes, keys):
-        for (name, pts), marker in zip(series.items(), "os^Dv"):
+        xs = [p["step_s"] * 1e3 for p in everything if p.get(key) is not None]
+        ys = [p[key] / 2 ** 20 for p in everything if p.get(key) is not None]
+        near = (0.03 * (max(xs) - min(xs) or 1), 0.03 * (max(ys) - min(ys) or 1))
+        placed: list[tuple] = []                     # one label where two series' points coincide
+        for (name, pts, line), marker in zip(drawn, "os^Dv*"):
             pts = [p for p in pts if p.get(key) is not None]
             ax.plot([p["step_s"] * 1e3 for p in pts], [p[key] / 2 ** 20 for p in pts], marker=marker,
-                    label=name, alpha=0.8)
+                    linestyle=line, label=name, alpha=0.8)
             for p in pts:
-                ax.annotate(p["label"], (p["step_s"] * 1e3, p[key] / 2 ** 20), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                x, y = p["step_s"] * 1e3, p[key] / 2 ** 20
+                if any(t == p["label"] and abs(x - px) < near[0] and abs(y - py) < near[1] for t, px, py in placed):
+                    continue
+                placed.append((p["label"], x, y))
+                ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("step time (ms, median)")
         ax.set_ylabel(f"{label} (MiB)")
         ax.set_title(f"{title}: {label}")

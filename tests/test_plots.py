@@ -48,3 +48,20 @@ def test_loss_curve_draws_each_run():
 def test_predicted_vs_measured_stacks_the_estimate_beside_the_count():
     fig = plots.predicted_vs_measured({"mlp": 3 * 2 ** 20, "attention": 1 * 2 ** 20}, 5 * 2 ** 20)
     assert _bar_heights(fig.axes[0]) == [3.0, 1.0, 5.0]
+
+
+# ----------------------------------------------------------------------------- lesson 02
+
+def test_recompute_tradeoff_joins_the_curves_and_leaves_alternatives_as_points():
+    def pt(label, ms, mib, peak=None):
+        return dict(label=label, step_s=ms / 1e3, saved_bytes=mib * 2 ** 20, peak_memory_bytes=peak)
+
+    curves = {"ours": [pt("0", 100, 30), pt("1", 110, 20)], "torch": [pt("0", 100, 30), pt("1", 110.2, 20)]}
+    fig = plots.recompute_tradeoff(curves, alternatives={"selective": [pt("sel", 104, 25), pt("+proj", 103, 27)]})
+    ax = fig.axes[0]                                 # no peak memory measured: one panel
+    assert len(fig.axes) == 1
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["ours"].get_linestyle() == "-" and lines["selective"].get_linestyle() == "None"
+    assert list(lines["selective"].get_xdata()) == [104, 103]
+    # the "0" and "1" of both curves sit on (nearly) the same spots: labelled once each
+    assert sorted(t.get_text() for t in ax.texts) == ["+proj", "0", "1", "sel"]
