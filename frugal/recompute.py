@@ -732,6 +732,10 @@ class Recompute:
             if i not in chosen:
                 x = block(x)
             elif self.policy == "selective":
+                if getattr(block, "_compiled_call_impl", None) is not None:
+                    raise ValueError(f"block {i} is compiled (module.compile()): selective recompute works inside "
+                                     f"the block, where torch.compile saves other tensors than the recomputation "
+                                     f"makes; use Recompute('all') with compiled blocks, or leave them uncompiled")
                 x = checkpoint_selective(block, x, keep_in=self.kept_modules(block), fuse_norms=self.fused_norms(block, x))
             else:
                 x = run(block, x)

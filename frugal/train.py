@@ -71,6 +71,11 @@ class TrainConfig:
             raise ValueError(f"compile='model' with recompute={self.recompute!r}: torch.compile would trace through "
                              f"our recompute's saved-tensor hooks and dispatch modes, which it does not support; "
                              f"use compile='blocks' (each block compiled, checkpointed from outside)")
+        if self.compile == "blocks" and self.recompute == "selective":
+            raise ValueError("compile='blocks' with recompute='selective': selective recompute runs inside each block "
+                             "(module hooks, dispatch modes), where torch.compile saves other tensors than the "
+                             "recomputation makes; use recompute='all' with compile='blocks', or compile='none' "
+                             "with recompute='selective'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
         if not self.loss_divisor > 0:
