@@ -257,7 +257,8 @@ class _FusedNorms:
       of fuse_norms whose input is such a sum writes it in the same pass as its output;
     - a LayerNorm of fuse_norms reading a plain tensor x (a block's ln_1) leaves its output unfilled; the pass of a
       later LayerNorm of x + r writes it too, so the block's recomputation reads x once. In a pre-norm block the
-      only reader of ln_1's output is the qkv matmul, replayed from forward, which reads nothing.
+      only reader of ln_1's output is the qkv matmul, replayed from forward, which reads nothing. (Not when the
+      LayerNorm has forward hooks, its own or global: they would read the output before the mode watches again.)
     Any other reader gets an unfilled tensor filled first: an op of fn, an op of a submodule called with an unfilled
     LayerNorm output (the mode watches inside it), autograd keeping it. The mode steps aside inside every other
     submodule, so their ops cost no Python, and fills everything still due before it. Under autocast the output
@@ -270,12 +271,15 @@ class _FusedNorms:
         self.pending: dict[int, tuple] = {}          # storage -> (unfilled sum, x, r)
         self.due: dict[int, tuple] = {}              # storage -> (unfilled LayerNorm output, x, mean, rstd, w, b)
         self.norms = set(map(id, frame.fuse_norms))
+        # a LayerNorm whose output may wait: forward hooks of its own or global ones would read it unwatched
+        watched_after = not torch.nn.modules.module._global_forward_hooks
+        self.may_wait = {id(m) for m in frame.fuse_norms if watched_after and not m._forward_hooks}
         self.adds = _ResidualAdds(self)
         self.norm_modes = _ModeInModules(frame.fuse_norms, lambda: _NormFromStats(self))
         self.handles: list = []
         self.suspended = False
         self.suspended_by_norm = False               # suspended only for a LayerNorm of fuse_norms called where the
-                                                     # mode watches: the readers of its output are watched too
+                                                     # mode watches, without hooks: its output's readers are watched
 
     def __enter__(self):
         self.norm_modes.__enter__()
@@ -310,7 +314,7 @@ class _FusedNorms:
         if not self.suspended and _get_current_dispatch_mode() is self.adds:
             self.adds.__exit__(None, None, None)
             self.suspended = True
-            self.suspended_by_norm = id(module) in self.norms
+            self.suspended_by_norm = id(module) in self.may_wait
 
     def _step_back(self, module, args, out) -> None:
         if self.suspended:

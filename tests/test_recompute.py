@@ -356,6 +356,30 @@ def test_fused_norms_fill_what_other_ops_read(monkeypatch):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("where", ["module", "global"])
+def test_a_forward_hook_on_a_fused_layer_norm_reads_its_output_filled(monkeypatch, where):
+    """A LayerNorm with forward hooks writes its output at once: its hooks run before the mode watches again."""
+    calls = _fused_everywhere(monkeypatch)
+    model = _model(n_layer=2).to(DEVICE)
+    seen = []
+
+    def hook(module, args, out):
+        if module is model.blocks[0].ln_1:
+            seen.append(out.float().clone())
+
+    handle = (model.blocks[0].ln_1.register_forward_hook(hook) if where == "module"
+              else nn.modules.module.register_module_forward_hook(hook))
+    try:
+        _grads_under(model, Recompute("selective"), amp=True)
+    finally:
+        handle.remove()
+    forward, recomputed = seen
+    # the rebuilt output comes in bf16, the cast the qkv matmul makes (fp32 in forward): one bf16 rounding apart
+    torch.testing.assert_close(recomputed, forward, rtol=2 ** -7, atol=2 ** -7)
+    # backward recomputes block 1, then block 0; a global hook sees every LayerNorm, so none waits
+    assert calls == (ONE_PASS + TWO_PASSES if where == "module" else TWO_PASSES * 2)
+
+
 def test_fused_norms_fill_a_sum_before_an_in_place_op_overwrites_what_it_adds(monkeypatch):
     calls = _fused_everywhere(monkeypatch)
     torch.manual_seed(0)
