@@ -271,9 +271,11 @@ class _FusedNorms:
         self.pending: dict[int, tuple] = {}          # storage -> (unfilled sum, x, r)
         self.due: dict[int, tuple] = {}              # storage -> (unfilled LayerNorm output, x, mean, rstd, w, b)
         self.norms = set(map(id, frame.fuse_norms))
-        # a LayerNorm whose output may wait: forward hooks of its own or global ones would read it unwatched
-        watched_after = not torch.nn.modules.module._global_forward_hooks
-        self.may_wait = {id(m) for m in frame.fuse_norms if watched_after and not m._forward_hooks}
+        # a LayerNorm whose output may wait: forward hooks of its own or global ones would read it unwatched; and
+        # one whose input must be written first: its forward pre-hooks would read that unwatched
+        glob = torch.nn.modules.module
+        self.may_wait = {id(m) for m in frame.fuse_norms if not (glob._global_forward_hooks or m._forward_hooks)}
+        self.fill_input = {id(m) for m in frame.fuse_norms if glob._global_forward_pre_hooks or m._forward_pre_hooks}
         self.adds = _ResidualAdds(self)
         self.norm_modes = _ModeInModules(frame.fuse_norms, lambda: _NormFromStats(self))
         self.handles: list = []
@@ -311,6 +313,8 @@ class _FusedNorms:
             if any(isinstance(a, torch.Tensor) and _storage(a) in self.due for a in args):
                 return                               # watch inside: its reads fill, a replayed matmul reads nothing
             self.fill_everything()                   # unwatched, it may read or overwrite anything
+        elif id(module) in self.fill_input:
+            self.fill_all([a for a in args if isinstance(a, torch.Tensor)])
         if not self.suspended and _get_current_dispatch_mode() is self.adds:
             self.adds.__exit__(None, None, None)
             self.suspended = True

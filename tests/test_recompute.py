@@ -380,6 +380,17 @@ def test_a_forward_hook_on_a_fused_layer_norm_reads_its_output_filled(monkeypatc
     assert calls == (ONE_PASS + TWO_PASSES if where == "module" else TWO_PASSES * 2)
 
 
+def test_a_forward_pre_hook_on_a_fused_layer_norm_reads_its_input_filled(monkeypatch):
+    calls = _fused_everywhere(monkeypatch)
+    model = _model(n_layer=1).to(DEVICE)
+    seen = []
+    model.blocks[0].ln_2.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    _grads_under(model, Recompute("selective"), amp=True)
+    forward, recomputed = seen
+    assert torch.equal(recomputed, forward)         # x + attn written before the hook (the eager add: exact)
+    assert calls == [(False, False)] * 2            # so neither LayerNorm pass writes the add
+
+
 def test_fused_norms_fill_a_sum_before_an_in_place_op_overwrites_what_it_adds(monkeypatch):
     calls = _fused_everywhere(monkeypatch)
     torch.manual_seed(0)
