@@ -83,7 +83,7 @@ def test_zero_through_train_matches_single_process(stage, extra):
     Not exact: the ranks sum half-batch gradients in another order (fp32 rounding, 1e-7), which Adam's
     normalised update turns into parameter differences of ~1e-5 after three steps."""
     from frugal.model import preset
-    kw = dict(steps=3, batch_size=4, seq_len=32, progress=False, data="synthetic", **extra)
+    kw = dict(steps=3, batch_size=4, seq_len=32, progress=False, data="synthetic", device="cpu", **extra)
     ref = train(preset("tiny"), TrainConfig(**kw))
     run = train(preset("tiny"), TrainConfig(**kw, world_size=2, data_parallel=stage))
     ref_params = dict(ref.model.named_parameters())
