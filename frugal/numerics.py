@@ -83,7 +83,8 @@ def round_tf32(x: torch.Tensor) -> torch.Tensor:
 
 
 def round_trip(x: torch.Tensor, fmt: Format | str) -> torch.Tensor:
-    """x stored in `fmt` and read back, as float64. fp8 uses torch's CPU float8 casts (which saturate to max)."""
+    """x stored in `fmt` and read back, as float64. fp8 uses torch's CPU float8 casts; e4m3 (no inf) saturates to
+    its max, as recent torch's cast does (older releases give NaN: the clamp here makes every version agree)."""
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"round_trip needs a floating-point tensor, got {type(x).__name__}: "
@@ -92,6 +93,8 @@ def round_trip(x: torch.Tensor, fmt: Format | str) -> torch.Tensor:
     if fmt.dtype is None:
         return round_tf32(x).double()
     src = x.float() if fmt.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else x
+    if fmt.dtype == torch.float8_e4m3fn:
+        src = torch.where(torch.isfinite(src), src.clamp(-fmt.max, fmt.max), src)
     return src.to(fmt.dtype).double()
 
 

@@ -3,6 +3,7 @@ import json
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
@@ -73,6 +74,8 @@ def test_command_line(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU sweep's fused-head candidates need Triton's "
+                    "interpreter, off where a GPU is; the GPU sweep is `python -m frugal bench --section recipe`")
 def test_quick_recipe_sweeps_candidates_marks_one_best_and_checks_the_pair(tmp_path):
     out = bench.run(["recipe"], out_dir=tmp_path, quick=True, device="cpu")["sections"]["recipe"]
     runs = [r for r in out["rows"] if "mfu" in r]

@@ -68,7 +68,7 @@ def test_train_with_world_size_2_follows_single_process_loss():
     """train() launches the ranks itself; its loss curve lies on the single-process one with the same
     global batch (tolerance: as above, fp32 rounding amplified by Adam over 4 steps)."""
     mcfg = preset("tiny", n_embd=32)
-    kw = dict(steps=4, batch_size=4, seq_len=32, progress=False)
+    kw = dict(steps=4, batch_size=4, seq_len=32, progress=False, device="cpu")   # like the gloo ranks
     single = train(mcfg, TrainConfig(**kw))
     multi = train(mcfg, TrainConfig(**kw, world_size=2, data_parallel="bucket", bucket_cap_mb=0.05))
     assert multi.column("loss") == pytest.approx(single.column("loss"), abs=1e-4)

@@ -66,7 +66,7 @@ def test_bfloat16_within_bf16_rounding():
 
 
 def test_fused_moves_fewer_bytes_than_the_eager_chain():
-    rows = benchmark_add_rmsnorm([(32, 64)], "cpu", repeats=1)
+    rows = benchmark_add_rmsnorm([(32, 64)], DEVICE, repeats=1)
     fused, eager = (next(r for r in rows if r["impl"] == name) for name in ("fused (ours)", "eager chain"))
     assert fused["bytes moved"] == add_rmsnorm_bytes(32, 64, 4)
     assert eager["bytes moved"] > 2.5 * fused["bytes moved"]

@@ -93,14 +93,16 @@ def test_missing_file_and_wrong_version_are_refused(tmp_path):
 
 
 def _fsdp_rank(rank, world, store_file, out_file):
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = TinyGPT(CFG)
+        mesh = init_device_mesh("cpu", (world,))    # gloo ranks on the CPU, even where a GPU is visible
         for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sampler = BatchSampler(_tokens(), 4, 16, seed=1, rank=rank, world_size=world)
         _run(model, opt, sampler, steps=3)

@@ -13,7 +13,7 @@ from frugal import torchrun_train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 60
-TINY = ["--model", "tiny", "--n-layer", "1", "--batch-size", "4", "--seq-len", "16",
+TINY = ["--device", "cpu", "--model", "tiny", "--n-layer", "1", "--batch-size", "4", "--seq-len", "16",
         "--steps", str(STEPS), "--log-every", "10", "--peak-tflops", "0.1", "--lr", "1e-3"]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds its processes through /proc")

@@ -73,3 +73,19 @@ def test_not_a_tensor_is_refused():
 def test_large_add_on_gpu_is_exact():
     x, y = torch.randn(2 ** 24 + 3, device="cuda"), torch.randn(2 ** 24 + 3, device="cuda")
     assert torch.equal(vector_add(x, y, 4096, 8), x + y)
+
+
+def test_a_cpu_tensor_where_triton_compiles_for_the_gpu_gets_the_fix(monkeypatch):
+    from frugal.kernels import check_reachable
+    monkeypatch.setenv("TRITON_INTERPRET", "0")          # as on a machine with a GPU: kernels compiled for it
+    with pytest.raises(ValueError, match="move the model and batch to 'cuda', or set TRITON_INTERPRET=1"):
+        check_reachable(torch.ones(2))
+    check_reachable(None, torch.ones(2, device="meta"))  # nothing on the CPU: fine
+    monkeypatch.setenv("TRITON_INTERPRET", "1")          # the interpreter runs CPU tensors
+    check_reachable(torch.ones(2))
+
+
+@pytest.mark.gpu
+def test_vector_add_of_cpu_tensors_on_a_gpu_machine_names_the_fix():
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        vector_add(torch.ones(4), torch.ones(4))

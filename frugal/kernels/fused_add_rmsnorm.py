@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from frugal.kernels import check_reachable
 
 from frugal.kernels.roofline import count_bytes_moved, gbps
 from frugal.measure import measure_time
@@ -117,6 +118,7 @@ def _check(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> Non
     if x.dim() == 0 or weight.shape != (x.shape[-1],):
         raise ValueError(f"weight has shape {tuple(weight.shape)}: it must be (x.shape[-1],) = "
                          f"({x.shape[-1] if x.dim() else '?'},)")
+    check_reachable(x)
 
 
 def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from frugal.kernels import check_reachable
 
 from frugal.measure import measure_peak_memory, measure_time
 
@@ -130,6 +131,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         chunk_size = default_chunk_size(hidden.shape[0], n_vocab, hidden.shape[1])
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be at least 1 token")
+    check_reachable(hidden)
     return LinearCrossEntropyFunction.apply(hidden, weight, targets, ignore_index, chunk_size)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from frugal.kernels import check_reachable
 
 
 @triton.jit
@@ -81,6 +82,7 @@ def layer_norm_from_stats(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tenso
                          f"and be contiguous")
     if x_norm is not None and (len(x_norm) != 5 or x_norm[4].shape != x.shape or not x_norm[4].is_contiguous()):
         raise ValueError("x_norm must be (mean, rstd, weight, bias, out) with out contiguous and shaped like x")
+    check_reachable(x)
     h = x if residual is None else (h_out if h_out is not None else torch.empty_like(x))
     y = y_out if y_out is not None else torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
     xmean, xrstd, xw, xb, xy = x_norm if x_norm is not None else (x, x, None, None, x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from frugal.kernels import check_reachable
 
 from frugal.kernels.roofline import gbps, measure_copy_bandwidth
 from frugal.measure import measure_time
@@ -52,6 +53,7 @@ def vector_add(x: torch.Tensor, y: torch.Tensor, block_size: int = 1024, num_war
     n = x.numel()
     if n >= 2 ** 31:
         raise ValueError(f"{n} elements: offsets are 32-bit here; split the tensor into pieces below 2**31")
+    check_reachable(x)
     if n == 0:
         return out                                        # nothing to launch
     n_blocks = triton.cdiv(n, block_size)
