@@ -89,3 +89,18 @@ def test_a_cpu_tensor_where_triton_compiles_for_the_gpu_gets_the_fix(monkeypatch
 def test_vector_add_of_cpu_tensors_on_a_gpu_machine_names_the_fix():
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         vector_add(torch.ones(4), torch.ones(4))
+
+
+def test_an_interpreter_that_cannot_run_with_this_numpy_is_named_with_the_fix():
+    import numpy
+    from frugal.kernels import interpreter_problem
+    assert interpreter_problem("3.7.0") is None and interpreter_problem("3.9.1") is None
+    try:                                   # Triton 3.6's interpreter calls int() on one-element arrays
+        int(numpy.zeros(1))
+        numpy_refuses = False
+    except TypeError:
+        numpy_refuses = True
+    problem = interpreter_problem("3.6.0")
+    assert (problem is not None) == numpy_refuses
+    if problem:
+        assert "pip install 'triton>=3.7'" in problem

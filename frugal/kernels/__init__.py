@@ -3,6 +3,7 @@
 Importing this package switches Triton to its interpreter when there is no GPU (it must happen before
 any kernel is decorated), so every kernel also runs, slowly, on a CPU. Without Triton it fails with the fix.
 """
+import importlib.metadata
 import os
 import sys
 
@@ -27,8 +28,26 @@ def _interpret_already_imported_triton() -> None:
                     setattr(module, attr, InterpretedFunction(value.fn))
 
 
-if enable_triton_interpreter() and "triton" in sys.modules:
-    _interpret_already_imported_triton()
+def interpreter_problem(triton_version: str) -> str | None:
+    """Why Triton's interpreter cannot run here, or None. Before Triton 3.7 it reads a one-element array with
+    int(), which recent NumPy refuses ("only 0-dimensional arrays can be converted to Python scalars")."""
+    import numpy
+    if tuple(int(p) for p in triton_version.split(".")[:2]) >= (3, 7):
+        return None
+    try:
+        int(numpy.zeros(1))
+        return None
+    except TypeError:
+        return (f"Triton {triton_version}'s interpreter, which runs frugal's kernels on a CPU, fails with NumPy "
+                f"{numpy.__version__}: `pip install 'triton>=3.7'` (or an older NumPy)")
+
+
+if enable_triton_interpreter():
+    _problem = interpreter_problem(importlib.metadata.version("triton"))
+    if _problem:
+        raise ImportError(_problem)
+    if "triton" in sys.modules:
+        _interpret_already_imported_triton()
 
 
 def check_reachable(*tensors) -> None:
