@@ -357,13 +357,17 @@ class _FusedNorms:
         for t in tensors:
             self.fill(t)
 
+    def _unfilled(self) -> list[tuple]:
+        """Every entry still to write: (unfilled tensor, what it is computed from...)."""
+        return [*self.pending.values(), *self.due.values()]
+
     def fill_everything(self) -> None:
-        self.fill_all([entry[0] for entry in (*self.pending.values(), *self.due.values())])
+        self.fill_all([entry[0] for entry in self._unfilled()])
 
     def fill_readers_of(self, tensors) -> None:
         """Fill the unfilled tensors computed from any of `tensors` (before those are overwritten)."""
         storages = {_storage(t) for t in tensors}
-        self.fill_all([entry[0] for entry in (*self.pending.values(), *self.due.values())
+        self.fill_all([entry[0] for entry in self._unfilled()
                        if any(_storage(src) in storages for src in entry[1:3] if isinstance(src, torch.Tensor))])
 
 
@@ -412,13 +416,13 @@ class _NormFromStats(_FusedNormsMode):
         enabled, dtype = fused.frame.autocast.get(x.device.type, (False, None))
         out_dtype = dtype if enabled and dtype in (torch.bfloat16, torch.float16) else x.dtype
         add = fused.pending_sum(x)
-        if add is None and fused.suspended and not fused.suspended_by_norm:   # read where no mode watches
+        if add is None:
             fused.fill(x)
-            y = fused.apply_norm(x, mean, rstd, weight, bias, out_dtype=out_dtype)[1]
-        elif add is None:                            # written when read, or by the pass of a later x + r
-            fused.fill(x)
-            y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-            fused.due[_storage(y)] = (y, x, mean, rstd, weight, bias)
+            if fused.suspended and not fused.suspended_by_norm:    # read where no mode watches: write it now
+                y = fused.apply_norm(x, mean, rstd, weight, bias, out_dtype=out_dtype)[1]
+            else:                                    # written when read, or by the pass of a later x + r
+                y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+                fused.due[_storage(y)] = (y, x, mean, rstd, weight, bias)
         else:
             del fused.pending[_storage(x)]
             fused.fill(add[0])
