@@ -112,6 +112,7 @@ def _fsdp_rank(rank, world, store_file, out_file):
                  for name, p in model.named_parameters()}
         if rank == 0:
             torch.save(truth, out_file + ".truth")
+        dist.barrier()      # both ranks done before either tears gloo down (a rank leaving early aborted it)
     finally:
         dist.destroy_process_group()
 
