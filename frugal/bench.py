@@ -331,8 +331,8 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
 
     L = cfg.n_layer
     rows = [point("none", "-", None, synced=True),
-            point("all", "frugal", Recompute("all"), synced=True),
-            point("all", "torch", Recompute("all", checkpoint_fn=theirs), synced=True),
+            point("full", "frugal", Recompute("full"), synced=True),
+            point("full", "torch", Recompute("full", checkpoint_fn=theirs), synced=True),
             dict(point("selective", "frugal", Recompute("selective"), synced=True), keep="+".join(SELECTIVE_KEEP)),
             point("sqrt", "frugal", Recompute("sqrt")),
             point("sqrt", "torch", Recompute("sqrt", checkpoint_fn=theirs_seq))]
@@ -362,7 +362,7 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
         r["block_saving_kept"] = (base["saved_bytes"] - r["saved_bytes"]) / blocks_saved if blocks_saved else None
     act = 2 if bf16 else 4
     for r in rows:
-        k, sel = {"none": (0, False), "all": (L, False), "selective": (L, True),
+        k, sel = {"none": (0, False), "full": (L, False), "selective": (L, True),
                   "sqrt": (estimate.sqrt_segmentation(L)[0], False)}[r["policy"]]
         segs = estimate.sqrt_segmentation(L)[1] if r["policy"] == "sqrt" else None
         r["saved_bytes_estimated"] = sum(estimate.estimate_recompute_activation_bytes(
@@ -371,7 +371,7 @@ def bench_checkpointing(ctx: BenchContext) -> dict:
     for impl, key in (("frugal", "frugal"), ("torch", "torch.utils.checkpoint")):
         curve[key] = [dict(rows_by[("none", "-")], label="0")] + [dict(p, label=p["policy"].split(":")[1])
                                                                    for p in curve[key]]
-        curve[key].append(dict(rows_by[("all", impl)], label=f"{L}"))
+        curve[key].append(dict(rows_by[("full", impl)], label=f"{L}"))
     choices = {"frugal selective": [dict(rows_by[("selective", "frugal")], label="sel")] + variants,
                "√n segments": [dict(rows_by[("sqrt", impl)], label="√n") for impl in ("frugal", "torch")]}
     fig = plots.recompute_tradeoff(curve, title=f"{name} B={batch} T={seq}", alternatives=choices)
@@ -735,12 +735,12 @@ def bench_recipe(ctx: BenchContext) -> dict:
         f"fused CE B{large_b}": replace(big_b, fused_cross_entropy=True),
         f"compile blocks + fused CE B{large_b}": replace(big_b, fused_cross_entropy=True, compile="blocks"),
         f"compile model B{large_b}": replace(big_b, compile="model"),
-        f"recompute all + fused CE B{large_b}": replace(big_b, recompute="all", fused_cross_entropy=True),
-        f"recompute all + compile blocks + fused CE B{large_b}": replace(big_b, recompute="all",
+        f"recompute full + fused CE B{large_b}": replace(big_b, recompute="full", fused_cross_entropy=True),
+        f"recompute full + compile blocks + fused CE B{large_b}": replace(big_b, recompute="full",
                                                                         fused_cross_entropy=True, compile="blocks"),
         f"selective + fused CE B{large_b}": replace(big_b, recompute="selective", fused_cross_entropy=True),
         f"sqrt + fused CE B{large_b}": replace(big_b, recompute="sqrt", fused_cross_entropy=True),
-        f"recompute all + fused CE B{small_b}": replace(base, recompute="all", fused_cross_entropy=True),
+        f"recompute full + fused CE B{small_b}": replace(base, recompute="full", fused_cross_entropy=True),
     }
     if not on_gpu:                                 # compiling costs a minute per graph on a CPU: GPU sweep only
         candidates = {k: v for k, v in candidates.items() if v.compile == "none"}
@@ -787,7 +787,7 @@ def bench_recipe(ctx: BenchContext) -> dict:
     by = {r["recipe"]: r for r in ok}
     for b in (small_b, large_b):                  # the pair the issue names, at equal batch
         plain = by.get(f"plain bf16 B{b}")
-        for label in (f"recompute all + fused CE B{b}", f"selective + fused CE B{b}", f"sqrt + fused CE B{b}"):
+        for label in (f"recompute full + fused CE B{b}", f"selective + fused CE B{b}", f"sqrt + fused CE B{b}"):
             pair = by.get(label)
             if plain is None or pair is None:
                 continue

@@ -695,7 +695,7 @@ def checkpoint_sequential(modules, segments: int | None, x: torch.Tensor, *, pre
 
 # ----------------------------------------------------------------------------- TinyGPT's switch
 
-POLICIES = ("none", "all", "every", "first", "selective", "sqrt")
+POLICIES = ("none", "full", "every", "first", "selective", "sqrt")
 
 # The selective policy's default: inside each block keep the outputs of the qkv projection, the attention core
 # and the MLP's up-projection (the expensive work); recompute LayerNorms, GELU, the attention's output
@@ -706,7 +706,7 @@ SELECTIVE_KEEP = ("attn.c_attn", "attn.core", "mlp.c_fc")
 @dataclass(frozen=True)
 class Recompute:
     """How TinyGPT runs its blocks (TinyGPT.recompute): which blocks recompute their activations in backward."""
-    policy: str = "none"                    # none | all | every (every k-th block) | first (the first k) | selective | sqrt
+    policy: str = "none"                    # none | full | every (every k-th block) | first (the first k) | selective | sqrt
     k: int = 1                              # for 'every' and 'first'
     checkpoint_fn: Callable | None = None   # None = ours; e.g. partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
     keep: tuple[str, ...] | None = SELECTIVE_KEEP  # 'selective': block submodules whose matmul outputs stay;
@@ -724,7 +724,7 @@ class Recompute:
 
     def checkpointed(self, n_layer: int) -> list[int]:
         """Indices of the blocks that keep only their input (for 'sqrt': all but the last segment)."""
-        if self.policy in ("all", "selective"):
+        if self.policy in ("full", "selective"):
             return list(range(n_layer))
         if self.policy == "every":
             return list(range(0, n_layer, self.k))
@@ -747,7 +747,7 @@ class Recompute:
                 if getattr(block, "_compiled_call_impl", None) is not None:
                     raise ValueError(f"block {i} is compiled (module.compile()): selective recompute works inside "
                                      f"the block, where torch.compile saves other tensors than the recomputation "
-                                     f"makes; use Recompute('all') with compiled blocks, or leave them uncompiled")
+                                     f"makes; use Recompute('full') with compiled blocks, or leave them uncompiled")
                 x = checkpoint_selective(block, x, keep_in=self.kept_modules(block), fuse_norms=self.fused_norms(block, x))
             else:
                 x = run(block, x)
@@ -772,14 +772,14 @@ class Recompute:
 
 
 def from_spec(spec: str) -> Recompute | None:
-    """'none', 'all', 'every:2', 'first:3', 'selective' or 'sqrt' (TrainConfig.recompute) to a Recompute."""
+    """'none', 'full', 'every:2', 'first:3', 'selective' or 'sqrt' (TrainConfig.recompute) to a Recompute."""
     if not isinstance(spec, str):
-        raise TypeError(f"recompute={spec!r}: pass a string such as 'all', 'every:2' or 'selective'")
+        raise TypeError(f"recompute={spec!r}: pass a string such as 'full', 'every:2' or 'selective'")
     name, _, k = spec.partition(":")
     if name in ("every", "first"):
         if not k.isdigit():
             raise ValueError(f"recompute={spec!r}: write '{name}:K' with an integer K, e.g. '{name}:2'")
         return Recompute(name, int(k))
     if k or name not in POLICIES:
-        raise ValueError(f"recompute={spec!r}: pick 'none', 'all', 'every:K', 'first:K', 'selective' or 'sqrt'")
+        raise ValueError(f"recompute={spec!r}: pick 'none', 'full', 'every:K', 'first:K', 'selective' or 'sqrt'")
     return None if name == "none" else Recompute(name)

@@ -39,7 +39,7 @@ class TrainConfig:
                                     # this many times larger (lesson 01; Adam barely notices, fp16 does)
     progress: bool = True           # show a tqdm progress bar
     fused_cross_entropy: bool = False  # lesson 06: chunked output projection + loss (frugal.kernels), no full logits
-    recompute: str = "none"         # activation checkpointing (lesson 02): none | all | every:K | first:K | selective | sqrt
+    recompute: str = "none"         # activation checkpointing (lesson 02): none | full | every:K | first:K | selective | sqrt
     world_size: int = 1             # data-parallel ranks (lesson 03); batch_size stays the global batch, split evenly
     data_parallel: str = "bucket"   # with world_size > 1: 'naive', 'bucket' (frugal.data_parallel), 'ddp' (torch's),
                                     # or 'zero1'/'zero2'/'zero3' (frugal.zero's ZeroDataParallel, lesson 04)
@@ -74,7 +74,7 @@ class TrainConfig:
         if self.compile == "blocks" and self.recompute == "selective":
             raise ValueError("compile='blocks' with recompute='selective': selective recompute runs inside each block "
                              "(module hooks, dispatch modes), where torch.compile saves other tensors than the "
-                             "recomputation makes; use recompute='all' with compile='blocks', or compile='none' "
+                             "recomputation makes; use recompute='full' with compile='blocks', or compile='none' "
                              "with recompute='selective'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")

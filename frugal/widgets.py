@@ -458,7 +458,7 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
     controls = {
         "precision": W.Dropdown(options=list(PRECISIONS), value="bf16", description="precision"),
         "scaler": W.Dropdown(options=list(SCALERS), value="frugal", description="fp16 scaler"),
-        "recompute": W.Dropdown(options=["none", "all", "every:2", "selective", "sqrt"], value="all",
+        "recompute": W.Dropdown(options=["none", "full", "every:2", "selective", "sqrt"], value="full",
                                 description="recompute"),
         "fused_ce": W.Checkbox(value=True, description="fused cross-entropy"),
         "parallel": W.Dropdown(options=list(DATA_PARALLEL), value="bucket", description="parallel"),

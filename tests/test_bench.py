@@ -83,6 +83,6 @@ def test_quick_recipe_sweeps_candidates_marks_one_best_and_checks_the_pair(tmp_p
     best = next(r for r in runs if r["best"])
     assert best["mfu"] == max(r["mfu"] for r in runs)
     pairs = {r["recipe"]: r for r in out["rows"] if r["recipe"].startswith("pair:")}
-    full = pairs["pair: recompute all + fused CE B8 vs plain bf16 B8"]
+    full = pairs["pair: recompute full + fused CE B8 vs plain bf16 B8"]
     assert full["activation_bytes_less"] >= 0.70          # counted bytes: exact on CPU, timing is not claimed here
     assert out["figures"] == ["cpu_recipe_candidates.png"]

@@ -149,7 +149,7 @@ def _cfg(**kw):
 def test_estimate_recipe_shrinks_memory_and_prices_recompute():
     g = preset("gpt2-small")
     plain = recipe.estimate_recipe(g, _cfg(batch_size=32, seq_len=1024, precision="bf16"), "H100")
-    ours = recipe.estimate_recipe(g, _cfg(batch_size=32, seq_len=1024, precision="bf16", recompute="all",
+    ours = recipe.estimate_recipe(g, _cfg(batch_size=32, seq_len=1024, precision="bf16", recompute="full",
                                           fused_cross_entropy=True), "H100")
     assert ours["activation_bytes"] < 0.1 * plain["activation_bytes"]
     assert ours["recompute_flops_per_token"] == 2 * 12 * 768 ** 2 * 12       # one more forward of every block
@@ -177,11 +177,11 @@ def test_estimate_recipe_prices_bf16_on_a_t4_at_its_fp16_peak():
 def test_measure_recipe_counts_what_recompute_and_fused_ce_save():
     m = preset("tiny")
     plain = recipe.measure_recipe(m, _cfg(precision="bf16"), "T4", cpu_peak_flops=1e10)
-    ours = recipe.measure_recipe(m, _cfg(precision="bf16", recompute="all", fused_cross_entropy=True), "T4",
+    ours = recipe.measure_recipe(m, _cfg(precision="bf16", recompute="full", fused_cross_entropy=True), "T4",
                                  cpu_peak_flops=1e10)
     assert ours["memory_kind"] == plain["memory_kind"] == "saved activations (counted)"
     assert ours["memory_bytes"] < 0.5 * plain["memory_bytes"]
-    pred = recipe.estimate_recipe(m, _cfg(precision="bf16", recompute="all", fused_cross_entropy=True), "T4")
+    pred = recipe.estimate_recipe(m, _cfg(precision="bf16", recompute="full", fused_cross_entropy=True), "T4")
     # the count includes the token ids and LayerNorm statistics at fp32 that the 16-bit estimate halves: within 3x
     assert pred["activation_bytes"] / 3 <= ours["memory_bytes"] <= 3 * pred["activation_bytes"]
     for r in (plain, ours):

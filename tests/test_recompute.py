@@ -41,7 +41,7 @@ def _assert_equal(a, b):
 
 
 # Recompute runs exactly the same kernels on exactly the same inputs, so equality is exact (not allclose).
-@pytest.mark.parametrize("policy,dropout", [("all", 0.0), ("selective", 0.0), ("all", 0.1), ("every:2", 0.1),
+@pytest.mark.parametrize("policy,dropout", [("full", 0.0), ("selective", 0.0), ("full", 0.1), ("every:2", 0.1),
                                             ("first:1", 0.1), ("selective", 0.1), ("sqrt", 0.1)])
 def test_gradients_are_bit_identical_to_no_checkpoint(policy, dropout):
     model = _model(dropout, n_layer=4)
@@ -54,8 +54,8 @@ def test_gradients_are_bit_identical_to_no_checkpoint(policy, dropout):
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_gradients_equal_torch_utils_checkpoint(dropout):
     model = _model(dropout)
-    _, ours = _grads(model, Recompute("all"))
-    _, theirs = _grads(model, Recompute("all", checkpoint_fn=torch_checkpoint))
+    _, ours = _grads(model, Recompute("full"))
+    _, theirs = _grads(model, Recompute("full", checkpoint_fn=torch_checkpoint))
     _assert_equal(ours, theirs)
 
 
@@ -63,7 +63,7 @@ def test_dropout_needs_the_restored_rng():
     """Without preserve_rng_state the recomputed dropout masks differ, and so do the gradients."""
     model = _model(dropout=0.5)
     _, ref = _grads(model, None)
-    no_rng = Recompute("all", checkpoint_fn=functools.partial(checkpoint, preserve_rng_state=False))
+    no_rng = Recompute("full", checkpoint_fn=functools.partial(checkpoint, preserve_rng_state=False))
     _, got = _grads(model, no_rng)
     assert not all(torch.equal(a, b) for a, b in zip(ref, got))
 
@@ -73,7 +73,7 @@ def test_rng_after_checkpointed_backward_is_as_without():
     model = _model(dropout=0.1)
     _grads(model, None)
     after_plain = torch.rand(3)
-    _grads(model, Recompute("all"))
+    _grads(model, Recompute("full"))
     after_ckpt = torch.rand(3)
     assert torch.equal(after_plain, after_ckpt)
 
@@ -179,14 +179,14 @@ def test_all_blocks_checkpointed_keep_at_most_block_inputs_plus_head():
     x = torch.randint(256, (2, 32))
     plain = measure.measure_saved_bytes_by_module(model, x, x)
     head = sum(v for k, v in plain.items() if not k.startswith("blocks."))
-    model.recompute = Recompute("all")
+    model.recompute = Recompute("full")
     counted = measure.measure_activation_bytes(model, x, x)
     assert counted <= 4 * 2 * 32 * 64 * 4 + head
     assert counted < 0.25 * sum(plain.values())
 
 
 @pytest.mark.parametrize("policy,checkpointed,selective,segments",
-                         [("none", 0, False, None), ("all", 4, False, None), ("first:3", 3, False, None),
+                         [("none", 0, False, None), ("full", 4, False, None), ("first:3", 3, False, None),
                           ("selective", 4, True, None), ("sqrt", 2, False, 1)])
 def test_counted_bytes_match_the_estimate(policy, checkpointed, selective, segments):
     model = _model(n_layer=4)
@@ -474,7 +474,7 @@ def _live_frames() -> int:
     return sum(type(o) is recompute._Frame for o in gc.get_objects())
 
 
-@pytest.mark.parametrize("policy", ["all", "selective", "selective, fused LayerNorms"])
+@pytest.mark.parametrize("policy", ["full", "selective", "selective, fused LayerNorms"])
 @pytest.mark.parametrize("backward", [True, False])
 def test_no_frame_outlives_its_step_without_gc(policy, backward, monkeypatch):
     """A _Frame holds its block's kept tensors (gigabytes on a GPU) and GPU memory never triggers Python's gc:

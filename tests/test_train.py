@@ -77,7 +77,7 @@ def test_sequence_longer_than_the_model_allows_is_refused_with_the_fix():
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,extra", [
     ("zero1", {}), ("zero2", {}), ("zero3", {}),
-    pytest.param("zero3", {"recompute": "all", "fused_cross_entropy": True}, marks=pytest.mark.skipif(
+    pytest.param("zero3", {"recompute": "full", "fused_cross_entropy": True}, marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="the fused head on CPU ranks needs Triton's interpreter, off where a GPU is"))])
 def test_zero_through_train_matches_single_process(stage, extra):
     """train() with data_parallel='zeroN' on 2 gloo ranks ends where one process on the whole batch ends.
@@ -108,7 +108,7 @@ def test_unknown_data_parallel_and_compile_are_refused():
     with pytest.raises(ValueError, match="compile='blocks'"):
         TrainConfig(compile="model", recompute="selective")
     # selective works inside each block, where the compiled graph saves other tensors than eager (GPU test below)
-    with pytest.raises(ValueError, match="recompute='all' with compile='blocks'"):
+    with pytest.raises(ValueError, match="recompute='full' with compile='blocks'"):
         TrainConfig(compile="blocks", recompute="selective")
 
 
@@ -126,7 +126,7 @@ def test_selective_recompute_refuses_compiled_blocks_before_running_them():
     model, *_ = build(preset("tiny"), TrainConfig(compile="blocks", progress=False, device="cpu"))
     model.recompute = Recompute("selective")
     x = torch.randint(256, (2, 16))
-    with pytest.raises(ValueError, match=r"block 0 is compiled.*Recompute\('all'\)"):
+    with pytest.raises(ValueError, match=r"block 0 is compiled.*Recompute\('full'\)"):
         model(x, x)
 
 
@@ -147,7 +147,7 @@ def test_compiled_blocks_recompute_all_to_the_same_gradients_on_gpu():
         loss.backward()
         return [p.grad.float() for p in model.parameters()]
 
-    ref, got = grads("none"), grads("all")
+    ref, got = grads("none"), grads("full")
     for (name, _), a, b in zip(model.named_parameters(), got, ref):
         assert (a - b).norm() <= 2e-2 * b.norm() + 1e-6, name
 
