@@ -87,9 +87,129 @@ def test_missing_file_and_wrong_version_are_refused(tmp_path):
     model, opt, sampler = _fresh()
     with pytest.raises(FileNotFoundError, match="check the path"):
         serialization.load(tmp_path / "nothing.pt", model)
-    torch.save({"version": 0}, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="format version"):
+    torch.save({"version": 1}, tmp_path / "old.pt")             # the format before the checksummed header
+    with pytest.raises(ValueError, match="not a frugal checkpoint"):
         serialization.load(tmp_path / "old.pt", model)
+    serialization.save(tmp_path / "run.pt", model, opt)
+    raw = (tmp_path / "run.pt").read_bytes().replace(b"frugal-run 2 ", b"frugal-run 9 ", 1)
+    (tmp_path / "run.pt").write_bytes(raw)
+    with pytest.raises(ValueError, match="format version 9"):
+        serialization.load(tmp_path / "run.pt", model)
+
+
+class _RunsAShellCommand:
+    """What a hostile checkpoint carries: unpickling it would call os.system."""
+    def __reduce__(self):
+        import os
+        return os.system, ("touch " + str(_RunsAShellCommand.marker),)
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tmp_path):
+    import hashlib
+    import io
+    _RunsAShellCommand.marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"version": 2, "step": 0, "extra": _RunsAShellCommand()}, buf)
+    payload = buf.getvalue()
+    # A well-formed header with the right checksum: only weights_only stands between the file and the shell.
+    header = b"frugal-run 2 " + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    (tmp_path / "evil.pt").write_bytes(header + payload)
+    model, opt, sampler = _fresh()
+    with pytest.raises(ValueError, match="refuses to run code"):
+        serialization.load(tmp_path / "evil.pt", model, opt, sampler)
+    assert not _RunsAShellCommand.marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "flipped"])
+def test_a_damaged_checkpoint_is_refused_with_its_name(tmp_path, damage):
+    model, opt, sampler = _fresh()
+    path = tmp_path / "run.pt"
+    serialization.save(path, model, opt, step=1, sampler=sampler)
+    raw = path.read_bytes()
+    if damage == "empty":
+        raw = b""
+    elif damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:                                                   # one byte of tensor data changed on disk
+        i = len(raw) - 200
+        raw = raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:]
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match=f"{path.name} is (empty|damaged)"):
+        serialization.load(path, model, opt, sampler)
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
+    model, opt, sampler = _fresh()
+    path = tmp_path / "run.pt"
+    _run(model, opt, sampler, steps=1)
+    serialization.save(path, model, opt, step=1, sampler=sampler)
+    at_step_1 = {k: v.clone() for k, v in model.state_dict().items()}
+    _run(model, opt, sampler, steps=1)
+    serialization.save(path, model, opt, step=2, sampler=sampler)
+    assert serialization.previous(path).exists()
+    path.write_bytes(path.read_bytes()[:100])                 # the newest save is cut short
+    fresh = _fresh(seed=3)
+    with pytest.warns(UserWarning, match="previous checkpoint"):
+        blob = serialization.load(path, *fresh)
+    assert blob["step"] == 1
+    assert all(torch.equal(v, at_step_1[k]) for k, v in fresh[0].state_dict().items())
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                             # a pid that no longer runs
+    stale = tmp_path / f".run.pt.{dead.pid}.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    mine = tmp_path / f".run.pt.{__import__('os').getpid()}.ffff0000.tmp"
+    mine.write_bytes(b"being written")
+    model, opt, _ = _fresh()
+    serialization.save(tmp_path / "run.pt", model, opt)
+    assert not stale.exists() and mine.exists()
+
+
+def _save_many(path, seed, n):
+    torch.manual_seed(seed)
+    model = TinyGPT(CFG)
+    for step in range(n):
+        serialization.save(path, model, step=step, extra={"writer": seed})
+
+
+def test_two_writers_of_one_path_never_leave_a_broken_file(tmp_path):
+    path = str(tmp_path / "run.pt")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_save_many, args=(path, seed, 6)) for seed in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    model = TinyGPT(CFG)
+    blob = serialization.load(path, model)                 # whole, from one writer or the other
+    assert blob["extra"]["writer"] in (1, 2) and blob["step"] == 5
+
+
+def test_write_atomic_leaves_the_old_file_whole_when_the_write_fails(tmp_path, monkeypatch):
+    import errno
+    import os
+    target = tmp_path / "results.json"
+    target.write_text("old, whole")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        serialization.write_atomic(target, "new " * 1000)
+    assert target.read_text() == "old, whole"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_unwritable_save_path_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PermissionError, match="not a writable folder"):
+        serialization.check_writable(tmp_path / "file" / "run.pt")
+    with pytest.raises(IsADirectoryError, match="name a file"):
+        serialization.check_writable(tmp_path)
 
 
 def _fsdp_rank(rank, world, store_file, out_file):

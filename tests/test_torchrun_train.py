@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from frugal import torchrun_train
+from frugal import serialization, torchrun_train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 60
@@ -91,15 +91,15 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_parameters(workdir):
     log = "".join(lines)
     assert "saved step 10" in log, log
     assert "summary" not in log, "the run finished before it was killed: raise STEPS"
-    killed_at = torch.load(resumable, weights_only=False)["step"]
+    killed_at = serialization.read_verified(resumable)["step"]
     assert 10 <= killed_at < STEPS
 
     out = _run(["--save", str(resumable), "--save-every", "5", "--resume"])
     assert f"resumed from {resumable} after step {killed_at}" in out
 
     # Same data, same order of float operations, state restored bit for bit: exactly equal, no tolerance.
-    a = torch.load(reference, weights_only=False)
-    b = torch.load(resumable, weights_only=False)
+    a = serialization.read_verified(reference)
+    b = serialization.read_verified(resumable)
     assert a["step"] == b["step"] == STEPS
     assert a["model"].keys() == b["model"].keys()
     for name in a["model"]:
@@ -131,5 +131,5 @@ def test_single_process_run_saves_and_resumes_without_torchrun(tmp_path):
     torchrun_train.main(common + ["--steps", "6", "--save", str(tmp_path / "b.pt")])
     summary = torchrun_train.main(common + ["--steps", "10", "--save", str(tmp_path / "b.pt"), "--resume"])
     assert summary["resumed_from"] == 6
-    a, b = (torch.load(tmp_path / f, weights_only=False)["model"] for f in ("a.pt", "b.pt"))
+    a, b = (serialization.read_verified(tmp_path / f)["model"] for f in ("a.pt", "b.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
