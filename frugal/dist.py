@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue as queue_mod
+import socket
 import threading
 import time
 import traceback
@@ -22,6 +23,18 @@ import torch
 import torch.distributed as dist
 
 from frugal.device import gpu_count
+
+
+def loopback_store(world_size: int, timeout: float) -> dist.TCPStore:
+    """The parent's rendezvous store, listening on 127.0.0.1 only (TCPStore alone listens on every interface,
+    where any machine on the network could read and write its keys). The store owns the socket and closes it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))                 # port 0: the OS picks a free one, so launches never race for one
+    sock.listen(128)
+    store = dist.TCPStore("127.0.0.1", sock.getsockname()[1], world_size, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=timeout), master_listen_fd=sock.fileno())
+    sock.detach()                               # the store closes the descriptor; Python must not close it again
+    return store
 
 
 class RankError(RuntimeError):
@@ -132,9 +145,7 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
     _check_picklable(fn)
     backend = pick_backend(world_size, backend)
     ctx = mp.get_context("spawn")
-    # The parent owns the store: port 0 lets the OS pick a free port, so launches never race for one.
-    store = dist.TCPStore("127.0.0.1", 0, world_size + 1, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout))
+    store = loopback_store(world_size + 1, timeout)     # the parent owns the store
     results: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_rank_main, daemon=True, name=f"frugal-rank{r}",
                          args=(r, world_size, store.port, backend, timeout, os.getpid(), fn, args, results))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import dist_workers as w
+from frugal import dist as dist_mod
 from frugal.dist import RankError, RankTimeout, launch, pick_backend
 
 
@@ -149,3 +150,26 @@ def test_nccl_without_enough_gpus_names_the_fix():
 def test_bad_world_size():
     with pytest.raises(ValueError, match="world_size"):
         launch(w.rank_info, 0, "x")
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.rsplit(":", 1)
+            if state == "0A" and int(p, 16) == port:
+                found.append(addr)
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
+def test_the_launch_store_listens_on_loopback_only():
+    store = dist_mod.loopback_store(2, timeout=5)
+    assert _listening(store.port) == ["0100007F"], "127.0.0.1, and no other interface"
+    port = store.port
+    del store
+    assert _listening(port) == [], "the store closes its socket when it goes"
