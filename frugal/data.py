@@ -44,8 +44,9 @@ def split(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor
 
 
 def _check_batch(batch_size: int, seq_len: int) -> None:
-    if batch_size <= 0 or seq_len <= 0:
-        raise ValueError(f"batch_size={batch_size}, seq_len={seq_len}: both must be positive")
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name}={v!r}: must be a positive whole number")
 
 
 def get_batch(tokens: torch.Tensor, batch_size: int, seq_len: int,
@@ -64,5 +65,7 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int,
                     generator: torch.Generator | None = None, device: torch.device | str = "cpu"):
     """Uniformly random tokens for benchmarks (never zeros): x and y, each (B, T)."""
     _check_batch(batch_size, seq_len)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+        raise ValueError(f"vocab_size={vocab_size!r}: must be a whole number >= 2 (the model's GPTConfig.vocab_size)")
     xy = torch.randint(vocab_size, (batch_size, seq_len + 1), generator=generator)
     return xy[:, :-1].to(device), xy[:, 1:].to(device)

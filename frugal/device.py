@@ -27,7 +27,15 @@ _CATALOG_PATTERNS = [
 def pick_device(prefer: str | None = None) -> torch.device:
     """The device lessons run on: `prefer` if given, else CUDA when present, else CPU."""
     if prefer is not None:
-        dev = torch.device(prefer)
+        if prefer in ("gpu", "GPU"):
+            raise ValueError(f"device {prefer!r}: PyTorch calls a GPU 'cuda'; use 'cuda' (or 'cuda:1'), or 'cpu'")
+        try:
+            dev = torch.device(prefer)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device {prefer!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N'") from e
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {prefer!r}: frugal runs on 'cpu' and 'cuda' (NVIDIA GPUs); "
+                             f"{dev.type} is not supported, use 'cpu'")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} asked for, but no CUDA GPU is visible: use 'cpu' or pick_device()")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

@@ -140,8 +140,11 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
     """
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size={world_size!r}: must be a positive integer")
-    if timeout <= 0:
-        raise ValueError(f"timeout={timeout}: must be positive (seconds)")
+    for name, v in (("timeout", timeout), ("deadline", deadline)):
+        if v is None and name == "deadline":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and v < float("inf")):
+            raise ValueError(f"{name}={v!r}: must be a positive number of seconds, e.g. 60")
     _check_picklable(fn)
     backend = pick_backend(world_size, backend)
     ctx = mp.get_context("spawn")

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+MIN_SCALE = 2.0 ** -126    # the scale never backs off below fp32's smallest normal number (GradScaler goes to 0)
+
 READY, UNSCALED, STEPPED = "ready", "unscaled", "stepped"   # per-optimizer stage within one iteration
 _FIX = "This may indicate your script did not use scaler.scale(loss or outputs) earlier in the iteration."
 
@@ -145,6 +147,9 @@ class LossScaler:
                     raise ValueError(f"new_scale has {new_scale.numel()} elements: pass a float or a 1-element tensor")
                 self._scale = new_scale.detach().to(scale.device, torch.float32).reshape(()).clone()
             else:
+                if not (math.isfinite(float(new_scale)) and float(new_scale) > 0):
+                    raise ValueError(f"new_scale={new_scale}: a loss scale must be a positive finite number "
+                                     f"(at 0 every gradient unscales to NaN); e.g. 2.0**16")
                 self._scale = self._full(_f32(float(new_scale)), torch.float32, scale.device)
         else:
             if found is None:
@@ -155,7 +160,9 @@ class LossScaler:
             candidate = torch.where(found, s * self._backoff_factor, torch.where(grow, s * self._growth_factor, s))
             candidate = candidate.float()
             # Never grow past fp32 to inf. (A backoff of a finite S is finite; an inf/NaN S stays inf/NaN, as in torch.)
-            self._scale = torch.where(torch.isfinite(candidate), candidate, scale)
+            # Never back off to 0 either: GradScaler reaches 0 after ~150 overflowing steps in a row, and then
+            # unscale_ divides by 0 and the step is not skipped. Ours stops at MIN_SCALE (fp32's smallest normal).
+            self._scale = torch.where(torch.isfinite(candidate), candidate, scale).clamp_min(MIN_SCALE)
             self._growth_tracker = torch.where(found | grow, 0, clean)
         # S is replaced, never written in place, so the history can keep the tensor this iteration used.
         self._record(scale, found if found is not None else torch.zeros((), dtype=torch.bool, device=scale.device))
@@ -190,6 +197,9 @@ class LossScaler:
         missing = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}: pass what LossScaler/GradScaler.state_dict() returned")
+        if not (math.isfinite(float(state_dict["scale"])) and float(state_dict["scale"]) > 0):
+            raise ValueError(f"state_dict['scale']={state_dict['scale']}: a loss scale must be positive and finite; "
+                             f"the saved state is damaged, start from LossScaler() instead")
         self._init_scale = _f32(float(state_dict["scale"]))
         self._growth_factor = float(state_dict["growth_factor"])
         self._backoff_factor = float(state_dict["backoff_factor"])
@@ -235,7 +245,9 @@ class LossScaler:
     def _grads(optimizer: torch.optim.Optimizer, allow_fp16: bool) -> list[torch.Tensor]:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not allow_fp16 and any(g.dtype == torch.float16 for g in grads):
-            raise ValueError("Attempting to unscale FP16 gradients.")  # GradScaler's words: keep fp32 master weights
+            raise ValueError("Attempting to unscale FP16 gradients (GradScaler's words): the weights are fp16 "
+                             "(model.half()?); keep fp32 master weights and run the forward under "
+                             "torch.autocast(dtype=torch.float16), as TrainConfig(precision='fp16') does")
         if any(g.is_sparse for g in grads):
             raise TypeError("LossScaler does not unscale sparse gradients: use dense ones (nn.Embedding(sparse=False))")
         return grads

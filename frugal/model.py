@@ -7,7 +7,7 @@ plain nn.ModuleList (`model.blocks`) so later lessons can checkpoint, shard or s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,10 @@ def preset(name: str, **overrides) -> GPTConfig:
     """A copy of a named size, with fields overridden: preset('tiny', n_layer=4)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}: pick one of {sorted(PRESETS)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(GPTConfig)})
+    if unknown:
+        raise TypeError(f"preset({name!r}, {', '.join(unknown)}=...): GPTConfig has no such field; "
+                        f"its fields are {[f.name for f in fields(GPTConfig)]}")
     return replace(PRESETS[name], **overrides)
 
 
@@ -151,7 +155,24 @@ class TinyGPT(nn.Module):
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n
 
+    def _check_ids(self, ids: torch.Tensor, what: str) -> None:
+        """Token ids must be a (B, T) integer tensor of ids in [0, vocab_size); values are checked on CPU only
+        (on a GPU the check would wait for the device every step)."""
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"{what} is a {type(ids).__name__}: pass a (B, T) torch.long tensor of token ids")
+        if ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"{what} has dtype {ids.dtype}: token ids are integers; pass {what}.long()")
+        if ids.dim() != 2:
+            raise ValueError(f"{what} has shape {tuple(ids.shape)}: pass (batch, time), e.g. {what}[None] for one "
+                             f"sequence")
+        if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(f"{what} holds ids from {lo} to {hi}, outside [0, vocab_size={self.cfg.vocab_size}): "
+                                 f"tokenize with the model's vocabulary or raise GPTConfig.vocab_size")
+
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        self._check_ids(idx, "idx")
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(
@@ -166,6 +187,11 @@ class TinyGPT(nn.Module):
 
         With `model.fused_cross_entropy = True` and targets, the loss is chunked and logits come back None."""
         x = self.embed(idx)
+        if targets is not None:
+            self._check_ids(targets, "targets")
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets {tuple(targets.shape)} and idx {tuple(idx.shape)} differ in shape: each "
+                                 f"position needs one target (the next token)")
         if self.recompute is not None:                                       # activation checkpointing
             x = self.recompute(self.blocks, x)
         else:
@@ -185,9 +211,19 @@ class TinyGPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample max_new_tokens tokens after idx (B, T), cropping the context to block_size."""
+        """Sample max_new_tokens tokens after idx (B, T), cropping the context to block_size; temperature=0 is
+        greedy (always the most likely token)."""
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature={temperature}: pick a finite number >= 0 (1.0 samples the model's "
+                             f"distribution, lower is more conservative, 0 is greedy)")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: pick a whole number >= 0")
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.cfg.block_size:])
-            probs = F.softmax(logits[:, -1, :] / temperature, dim=-1)         # (B, V)
-            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)
+            if temperature == 0:
+                nxt = logits[:, -1, :].argmax(dim=-1, keepdim=True)             # (B, 1)
+            else:
+                probs = F.softmax(logits[:, -1, :] / temperature, dim=-1)       # (B, V)
+                nxt = torch.multinomial(probs, 1, generator=generator)          # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
         return idx

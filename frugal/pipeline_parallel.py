@@ -33,9 +33,17 @@ def _check_m(m) -> None:
         raise ValueError(f"m={m!r} micro-batches: must be an integer >= 1 (m=1 is no pipelining at all)")
 
 
+def _check_stage(n_stages: int, stage: int) -> None:
+    if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 1:
+        raise ValueError(f"n_stages={n_stages!r}: must be a whole number >= 1")
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < n_stages:
+        raise ValueError(f"stage={stage!r}: pick a stage in 0..{n_stages - 1} of the {n_stages} stages")
+
+
 def schedule_gpipe(n_stages: int, stage: int, m: int) -> list[tuple[str, int]]:
     """GPipe (Huang et al. 2019): forward all m micro-batches, then backward all m; holds m in flight."""
     _check_m(m)
+    _check_stage(n_stages, stage)
     return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
 
 
@@ -43,6 +51,7 @@ def schedule_1f1b(n_stages: int, stage: int, m: int) -> list[tuple[str, int]]:
     """1F1B (Narayanan et al. 2021, sec. 2.2): p-stage-1 warm-up forwards, then one forward / one backward,
     then the remaining backwards; holds at most p-stage micro-batches in flight."""
     _check_m(m)
+    _check_stage(n_stages, stage)
     warm = min(n_stages - stage - 1, m)
     actions = [("F", i) for i in range(warm)]
     fwd, bwd = warm, 0
@@ -107,6 +116,9 @@ def simulate(schedule, n_stages: int, m: int, t_forward: float = 1.0, t_backward
 
 def measure_bubble(timelines: list[list[dict]]) -> float:
     """Measured bubble (estimate.pipeline_bubble_fraction predicts it): per stage, idle time over the whole step's window (first start to last end), averaged."""
+    if not timelines or not all(timelines):
+        raise ValueError("measure_bubble needs one non-empty timeline per stage (the 'timeline' each stage's "
+                         "run returns): got an empty one")
     t0 = min(e["start"] for tl in timelines for e in tl)
     t1 = max(e["end"] for tl in timelines for e in tl)
     window = t1 - t0

@@ -99,16 +99,31 @@ def _tp_world(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def _check_split(n: int, rank: int, world_size: int, what: str) -> None:
+    """An even split of n over world_size ranks, and a rank that exists (a negative one would wrap around)."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size!r}: must be a whole number >= 1")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank!r}: pick a rank in 0..{world_size - 1}")
+    if n % world_size:
+        raise ValueError(f"{n} {what} do not split evenly over world_size={world_size}: pick a world size that "
+                         f"divides {n}")
+
+
 def shard_columns(full: torch.Tensor, rank: int, world_size: int, parts: int = 1) -> torch.Tensor:
     """This rank's slice of a column-parallel weight (out, in) or bias (out,): rows of out, per part.
 
     parts=3 slices q, k and v separately, so rank r gets the same heads of each (Megatron sec. 3, fig. 3b)."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1 or full.shape[0] % parts:
+        raise ValueError(f"parts={parts!r}: must be a whole number >= 1 that divides the {full.shape[0]} output rows")
+    _check_split(full.shape[0] // parts, rank, world_size, "output rows per part")
     chunks = full.chunk(parts, dim=0)
     return torch.cat([c.chunk(world_size, dim=0)[rank] for c in chunks], dim=0).clone()
 
 
 def shard_rows(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's slice of a row-parallel weight (out, in): a block of in-features."""
+    _check_split(full.shape[1], rank, world_size, "input features")
     return full.chunk(world_size, dim=1)[rank].clone()
 
 
