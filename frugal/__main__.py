@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="results", help="folder for <device>.json and figures")
     b.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: a GPU when present)")
     sub.add_parser("info", help="what hardware frugal sees")
-    r = sub.add_parser("report", help="write the measured results into README.md's results block")
+    r = sub.add_parser("report", help="write results/README.md (every measured table, in human units) and the "
+                       "headlines in README.md's results block; runs no benchmark")
     r.add_argument("--readme", default="README.md")
-    r.add_argument("--results", default="results")
+    r.add_argument("--results", default="results", help="folder of the <device>.json files; its README.md is written")
     t = sub.add_parser("train-dist", help="the recipe on torch DDP/FSDP; for N ranks launch "
                        "`torchrun --nproc-per-node N -m frugal.torchrun_train ...` (here: one process)",
                        add_help=False)

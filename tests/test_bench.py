@@ -1,5 +1,8 @@
 import gc
 import json
+import re
+import shutil
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -9,6 +12,19 @@ matplotlib.use("Agg")
 
 from frugal import bench  # noqa: E402
 from frugal.__main__ import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+NO_INTERPRETER = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="on CPU tensors the Triton kernels need Triton's interpreter, which is off where "
+    "a GPU is; the GPU run is `python -m frugal bench --section NAME`")
+
+
+def _quick(name, tmp_path):
+    section = bench.run([name], tmp_path, quick=True, device="cpu")["sections"][name]
+    for f in section["figures"]:
+        assert (tmp_path / f).read_bytes()[:8] == PNG
+    return section
 
 
 def test_quick_baseline_writes_json_and_png(tmp_path, capsys):
@@ -20,9 +36,81 @@ def test_quick_baseline_writes_json_and_png(tmp_path, capsys):
     assert row["model"] == "tiny" and row["tokens_per_s"] > 0 and 0 < row["mfu"] <= 1
     assert row["act_error"] < 0.01                      # estimate vs count, as in test_measure
     for name in section["figures"]:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / name).read_bytes()[:8] == PNG
     assert section["figures"] == ["cpu_baseline_activations.png"]
     assert "== baseline" in capsys.readouterr().out     # the printed table
+
+
+def test_sections_leave_the_tf32_switches_as_they_found_them(tmp_path):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        bench.run(["baseline"], tmp_path, quick=True, device="cpu")      # fp32 with TF32 off inside
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_quick_precision_times_every_setting(tmp_path):
+    section = _quick("precision", tmp_path)
+    runs = {r["setting"]: r for r in section["rows"] if r["setting"] != "ratios"}
+    assert list(runs) == [label for label, _, _ in bench.precision.SETTINGS]
+    assert all(r["step_ms"] > 0 and r["tokens_per_s"] > 0 for r in runs.values())
+    (ratios,) = [r for r in section["rows"] if r["setting"] == "ratios"]
+    assert ratios["bf16_speedup_over_fp32"] == pytest.approx(runs["fp32"]["step_ms"] / runs["bf16"]["step_ms"])
+    assert section["figures"] == ["cpu_precision_step_time.png"]
+
+
+def test_quick_checkpointing_saves_less_and_matches_torch(tmp_path):
+    rows = _quick("checkpointing", tmp_path)["rows"]
+    by = {(r["policy"], r["impl"]): r for r in rows if "label" not in r}
+    none, full = by[("none", "-")], by[("full", "frugal")]
+    assert full["saved_bytes"] < none["saved_bytes"]
+    assert full["saved_bytes"] == by[("full", "torch")]["saved_bytes"]          # counted bytes: exact
+    assert by[("sqrt", "frugal")]["saved_bytes"] == by[("sqrt", "torch")]["saved_bytes"]
+    assert none["saved_bytes"] > by[("selective", "frugal")]["saved_bytes"] > full["saved_bytes"]
+    assert any(r["policy"].startswith("first:") for r in rows)
+
+
+@pytest.mark.slow
+def test_quick_data_parallel_on_two_gloo_ranks(tmp_path):
+    rows = _quick("data_parallel", tmp_path)["rows"]
+    train = [r for r in rows if "flavour" in r]
+    assert {(r["flavour"], r["world_size"]) for r in train} >= {("ddp", 2), ("naive", 2), ("bucket", 2), ("none", 1)}
+    assert all(r["tokens_per_s"] > 0 for r in train)
+    assert {r["algorithm"] for r in rows if "algorithm" in r} >= {"ring (ours)", "dist.all_reduce"}
+
+
+@pytest.mark.slow
+def test_quick_zero_runs_every_plan(tmp_path):
+    rows = _quick("zero", tmp_path)["rows"]
+    assert not [r for r in rows if "error" in r]
+    by = {r["plan"]: r for r in rows}
+    assert set(by) == {"DDP", "DP (ours)", "stage 1", "stage 2", "stage 3", "FSDP"}
+    assert by["stage 3"]["state_bytes_counted"] < by["stage 1"]["state_bytes_counted"] < by["DDP"]["state_bytes_counted"]
+
+
+@pytest.mark.slow
+def test_quick_model_parallel_measures_the_bubble(tmp_path):
+    rows = _quick("model_parallel", tmp_path)["rows"]
+    pipe = {(r["schedule"], r["m"]): r for r in rows if r["part"] == "pipeline"}
+    assert pipe[("gpipe", 4)]["stage0_in_flight"] == 4 and pipe[("1f1b", 4)]["stage0_in_flight"] == 2
+    assert {r["ranks"] for r in rows if r["part"] == "tensor"} == {1, 2}
+
+
+@NO_INTERPRETER
+def test_quick_kernels_measures_each_kernel(tmp_path):
+    pytest.importorskip("triton")
+    rows = _quick("kernels", tmp_path)["rows"]
+    assert {r["part"] for r in rows} == {"vector add", "add+rmsnorm fwd+bwd", "linear cross-entropy fwd+bwd"}
+
+
+def test_quick_recipe_search_finds_more_with_the_recipe(tmp_path):
+    rows = {r["plan"]: r for r in _quick("recipe_search", tmp_path)["rows"]}
+    naive, full = rows["naive fp32 Adam"], rows["full recipe"]
+    assert full["largest_estimated_params"] >= naive["largest_estimated_params"]
+    assert full["estimated_GB"] < naive["estimated_GB"]                # the same model in less memory
+    assert rows["full recipe, ZeRO-3 over 8"]["largest_estimated_params"] > naive["largest_estimated_params"]
 
 
 def test_a_later_run_merges_its_section_into_the_file(tmp_path, monkeypatch):
@@ -74,8 +162,7 @@ def test_command_line(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU sweep's fused-head candidates need Triton's "
-                    "interpreter, off where a GPU is; the GPU sweep is `python -m frugal bench --section recipe`")
+@NO_INTERPRETER
 def test_quick_recipe_sweeps_candidates_marks_one_best_and_checks_the_pair(tmp_path):
     out = bench.run(["recipe"], out_dir=tmp_path, quick=True, device="cpu")["sections"]["recipe"]
     runs = [r for r in out["rows"] if "mfu" in r]
@@ -86,3 +173,50 @@ def test_quick_recipe_sweeps_candidates_marks_one_best_and_checks_the_pair(tmp_p
     full = pairs["pair: recompute full + fused CE B8 vs plain bf16 B8"]
     assert full["activation_bytes_less"] >= 0.70          # counted bytes: exact on CPU, timing is not claimed here
     assert out["figures"] == ["cpu_recipe_candidates.png"]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
+
+
+def test_report_writes_every_committed_result_in_human_units(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results, ignore=shutil.ignore_patterns("*.png", "README.md"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{bench.README_START}\nold\n{bench.README_END}\n\nafter\n")
+    assert bench.update_readme(readme, results)
+    full = (results / "README.md").read_text()
+    for path in results.glob("*.json"):
+        data = json.loads(path.read_text())
+        assert data["device"]["name"] in full
+        for name in data["sections"]:
+            assert f"### {name}" in full
+    rows = _table_rows(full)
+    assert rows and all(len(r) <= 10 for r in rows)                  # at most 10 columns a table
+    assert not [c for r in rows for c in r if re.fullmatch(r"\d{7,}", c)]   # no raw byte counts
+    assert "Other rows" not in full                                   # every committed row has its table
+    text = readme.read_text()
+    assert text.startswith("# x\n") and text.endswith("\n\nafter\n") and "old" not in text
+    head = text.split(bench.README_START)[1].split(bench.README_END)[0]
+    assert 4 <= len(_table_rows(head)) - 1 <= 12 and "(results/README.md)" in head
+    assert not bench.update_readme(readme, results)                   # a second run changes nothing
+
+
+def test_report_shows_rows_no_table_claims_and_refuses_a_readme_without_the_block(tmp_path):
+    (tmp_path / "cpu.json").write_text(json.dumps(
+        {"device": {"name": "CPU"}, "sections": {"dummy": {"rows": [{"mystery": 1.5}], "figures": []}}}))
+    assert "**Other rows**" in bench.markdown_report(tmp_path) and "| 1.50 |" in bench.markdown_report(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no block\n")
+    with pytest.raises(ValueError, match="results block"):
+        bench.update_readme(readme, tmp_path)
+
+
+def test_committed_readmes_are_what_the_report_writes():
+    """README.md's headline block and results/README.md come from results/*.json: run `python -m frugal report`."""
+    assert (ROOT / "results" / "README.md").read_text() == bench.markdown_report(ROOT / "results")
+    head = (ROOT / "README.md").read_text().split(bench.README_START)[1].split(bench.README_END)[0]
+    assert head.strip() == bench.headline_report(ROOT / "results").strip()

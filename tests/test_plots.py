@@ -65,3 +65,29 @@ def test_recompute_tradeoff_joins_the_curves_and_leaves_alternatives_as_points()
     assert list(lines["selective"].get_xdata()) == [104, 103]
     # the "0" and "1" of both curves sit on (nearly) the same spots: labelled once each
     assert sorted(t.get_text() for t in ax.texts) == ["+proj", "0", "1", "sel"]
+
+
+# ----------------------------------------------------------------------------- the package
+
+def test_every_public_figure_of_every_lesson_module_is_reexported():
+    import importlib
+    import inspect
+    import pkgutil
+
+    for info in pkgutil.iter_modules(plots.__path__):
+        module = importlib.import_module(f"frugal.plots.{info.name}")
+        public = {n for n, f in inspect.getmembers(module, inspect.isfunction)
+                  if not n.startswith("_") and f.__module__ == module.__name__ and n != "new_figure"}
+        assert public <= set(plots.__all__), f"frugal.plots.{info.name}: add {public - set(plots.__all__)} to __init__"
+        for name in public:
+            assert getattr(plots, name) is getattr(module, name)
+
+
+# ----------------------------------------------------------------------------- lesson 01
+
+def test_step_time_bars_put_both_clocks_beside_each_setting():
+    fig = plots.step_time_bars({"fp32": 160.0, "bf16": 30.0}, {"fp32": 161.0, "bf16": 33.0})
+    ax = fig.axes[0]
+    assert _bar_heights(ax) == [160.0, 30.0, 161.0, 33.0]      # steady state first, then synced each step
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fp32", "bf16"]
+    assert ax.patches[0].get_facecolor()[:3] == ax.patches[2].get_facecolor()[:3]   # one colour per format
