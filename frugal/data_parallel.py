@@ -5,7 +5,7 @@ batch, and the gradients are averaged across ranks before each optimizer step.
 buckets of `bucket_cap_mb` in reverse order of use and all-reduces each one asynchronously the moment its
 last gradient is accumulated, so communication overlaps the rest of backward (Li et al. 2020, "PyTorch
 Distributed", sec. 3.2). Both are swapped for torch DDP in one line; `no_sync()` skips the all-reduce
-for gradient accumulation.
+for gradient accumulation. Training on ranks with them is frugal.train's (TrainConfig.world_size).
 """
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.autograd import Variable
+from torch.nn.parallel import DistributedDataParallel
 
 from frugal.dist import grad_hooks
 
 FLAVOURS = ("naive", "bucket", "ddp")   # ours, ours, and torch's DistributedDataParallel as the reference
 
-
 def _require_group() -> None:
     if not dist.is_initialized():
         raise ValueError("no process group: build the data-parallel model inside a rank started by "
                          "frugal.dist.launch (or after torch.distributed.init_process_group)")
-
 
 class _DataParallelBase(nn.Module):
     def __init__(self, module: nn.Module):
@@ -69,7 +68,6 @@ class _DataParallelBase(nn.Module):
     def finish_gradient_synchronization(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-
 class DataParallelNaive(_DataParallelBase):
     """After backward, all-reduce and average each gradient one by one: correct, but no overlap and one
     message per parameter."""
@@ -90,7 +88,6 @@ class DataParallelNaive(_DataParallelBase):
         for g in grads:
             dist.all_reduce(g)
 
-
 def assign_buckets(params: list[torch.Tensor], bucket_cap_mb: float) -> list[list[int]]:
     """Indices of params grouped into buckets of at most bucket_cap_mb MiB (one bigger param gets its own),
     in reverse order of registration, which approximates the order backward produces gradients."""
@@ -108,7 +105,6 @@ def assign_buckets(params: list[torch.Tensor], bucket_cap_mb: float) -> list[lis
     if current:
         buckets.append(current)
     return buckets
-
 
 class DataParallelBucket(_DataParallelBase):
     """Gradients in buckets of bucket_cap_mb; each bucket's all-reduce starts (async) as soon as its last
@@ -218,7 +214,6 @@ class DataParallelBucket(_DataParallelBase):
         self.timeline = timeline
         self._reset()
 
-
 def wrap(model: nn.Module, flavour: str, bucket_cap_mb: float = 25.0) -> nn.Module:
     """The model wrapped for data parallel training: 'naive', 'bucket' (ours) or 'ddp' (torch's)."""
     if flavour == "naive":
@@ -226,135 +221,8 @@ def wrap(model: nn.Module, flavour: str, bucket_cap_mb: float = 25.0) -> nn.Modu
     if flavour == "bucket":
         return DataParallelBucket(model, bucket_cap_mb=bucket_cap_mb)
     if flavour == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
         _require_group()
         ids = [model_device.index] if (model_device := next(model.parameters()).device).type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb)
     raise ValueError(f"data_parallel={flavour!r}: pick one of {FLAVOURS}")
-
-
-# ----------------------------------------------------------------------------- training on ranks
-
-def _cpu_threads(world_size: int) -> None:
-    """Split this machine's cores between CPU ranks instead of letting each one take them all."""
-    if dist.get_backend() == "gloo":
-        import os
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-
-
-def _max_and_mean(values: list[float], device: torch.device) -> tuple[list[float], list[float]]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    hi, mean = t.clone(), t.clone()
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    dist.all_reduce(mean)
-    return hi.tolist(), (mean / dist.get_world_size()).tolist()
-
-
-def train_rank(rank: int, world_size: int, model_cfg, cfg) -> dict:
-    """One rank of train(model_cfg, cfg) with cfg.world_size ranks: its shard of each global batch, the
-    gradients averaged by cfg.data_parallel. Rank 0 returns the history, the weights and the bucket timeline."""
-    from frugal.measure import synchronize
-    from frugal.train import StepRecord, build, train_step
-    _cpu_threads(world_size)
-    model, optimizer, next_batch, device = build(model_cfg, cfg, rank)
-    model.train()
-    if cfg.data_parallel.startswith("zero"):             # lesson 04: the wrapper is model and optimizer at once
-        from frugal.zero import ZeroDataParallel
-        dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-        dp = optimizer = ZeroDataParallel(model, int(cfg.data_parallel[-1]), param_dtype=dtype, lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    else:
-        dp = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb)
-    losses, times, peaks = [], [], []
-    for _ in range(cfg.steps):
-        x, y = next_batch()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        loss = train_step(dp, optimizer, x, y, cfg)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-        peaks.append(float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0.0)
-    slowest, _ = _max_and_mean(times, device)            # a step lasts as long as its slowest rank
-    _, mean_loss = _max_and_mean(losses, device)         # equal shards: the global loss is the mean
-    top, _ = _max_and_mean(peaks, device)                # the fullest rank's peak
-    tokens = cfg.batch_size * cfg.seq_len
-    history = [StepRecord(i, mean_loss[i], slowest[i], tokens / slowest[i],
-                          int(top[i]) if device.type == "cuda" else None) for i in range(cfg.steps)]
-    if hasattr(dp, "full_parameters"):                   # ZeRO: gather the fp32 master shards (every rank joins)
-        weights = dp.full_parameters()
-    else:
-        weights = model.state_dict()
-    if rank != 0:
-        return {}
-    return {"history": history, "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
-            "timeline": getattr(dp, "timeline", []), "backward_end_s": getattr(dp, "backward_end_s", None),
-            "buckets": len(getattr(dp, "buckets", [])), "device": str(device)}
-
-
-def train_data_parallel(model_cfg, cfg, timeout: float = 120.0):
-    """train() on cfg.world_size ranks launched from here (gloo on CPU, NCCL with a GPU per rank).
-    Returns a TrainResult with rank 0's model (a TinyGPT passed in gets those weights) and the global loss."""
-    from frugal.dist import launch
-    from frugal.model import TinyGPT
-    from frugal.train import TrainResult
-    backend = "gloo" if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu") else "auto"
-    sent = model_cfg.cpu() if isinstance(model_cfg, TinyGPT) else model_cfg
-    out = launch(train_rank, cfg.world_size, sent, cfg, backend=backend, timeout=timeout)[0]
-    model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
-    model.load_state_dict(out["state_dict"])
-    result = TrainResult(model, cfg, out["history"])
-    result.timeline, result.backward_end_s = out["timeline"], out["backward_end_s"]
-    return result
-
-
-def check_against_reference(rank: int, world_size: int, steps: int = 3, bucket_cap_mb: float = 0.02,
-                            per_rank_batch: int = 2) -> dict:
-    """Max |param - reference| after `steps` AdamW steps, for each flavour and for no_sync accumulation
-    over 2 micro-batches; the reference is single-process training on the whole (concatenated) batch.
-    Rank != 0 starts from different weights, so the broadcast from rank 0 is tested too."""
-    from frugal.model import preset
-    from frugal.train import TrainConfig, build, train_step
-    _cpu_threads(world_size)
-    mcfg = preset("tiny", n_embd=32, n_layer=2)
-    kw = dict(steps=steps, batch_size=per_rank_batch * world_size, seq_len=32, progress=False, grad_clip=1.0)
-    single = TrainConfig(**kw)
-    ref, ref_opt, ref_batch, _ = build(mcfg, single)
-    for _ in range(steps):
-        train_step(ref, ref_opt, *ref_batch(), single)
-    ref_params = [p.detach().clone() for p in ref.parameters()]
-    out: dict = {"diff": {}, "vs_ddp": {}}
-    final: dict = {}
-    for flavour in FLAVOURS:
-        for accumulate in (False, True):
-            cfg = TrainConfig(**kw, world_size=world_size, data_parallel=flavour, bucket_cap_mb=bucket_cap_mb)
-            model, opt, next_batch, _ = build(mcfg, cfg, rank)
-            if rank != 0:
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.add_(1.0)                       # wrong weights: the wrapper must overwrite them
-            dp = wrap(model, flavour, bucket_cap_mb)
-            for _ in range(steps):
-                x, y = next_batch()                       # (B / world_size, T)
-                if not accumulate:
-                    train_step(dp, opt, x, y, cfg)
-                    continue
-                half = x.shape[0] // 2
-                with dp.no_sync():                        # first micro-batch: local gradients only
-                    (dp(x[:half], y[:half])[1] / 2).backward()
-                (dp(x[half:], y[half:])[1] / 2).backward()  # second: all-reduces the accumulated sum
-                torch.nn.utils.clip_grad_norm_(dp.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            final[(flavour, accumulate)] = [p.detach().clone() for p in model.parameters()]
-            out["diff"][(flavour, accumulate)] = max((p - q).abs().max().item()
-                                                    for p, q in zip(final[(flavour, accumulate)], ref_params))
-            if flavour == "bucket" and not accumulate:
-                out["timeline"], out["backward_end_s"], out["buckets"] = dp.timeline, dp.backward_end_s, dp.buckets
-    for (flavour, accumulate), params in final.items():
-        out["vs_ddp"][(flavour, accumulate)] = max((p - q).abs().max().item()
-                                                   for p, q in zip(params, final[("ddp", accumulate)]))
-    return out
 

@@ -196,6 +196,21 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
         del store
 
 
+def share_cpu_threads(world_size: int) -> None:
+    """On gloo (CPU) ranks, split this machine's cores between the ranks instead of letting each one take them all."""
+    if dist.get_backend() == "gloo":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+
+
+def max_and_mean(values: list[float], device: torch.device) -> tuple[list[float], list[float]]:
+    """Element-wise max and mean of `values` over every rank: a step lasts as long as its slowest rank."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    hi, mean = t.clone(), t.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(mean)                              # gloo has no AVG: sum, then divide
+    return hi.tolist(), (mean / dist.get_world_size()).tolist()
+
+
 def weak_method(method: Callable) -> Callable:
     """obj.method as a callable that holds obj weakly and does nothing once obj is gone: for hooks a wrapper
     registers on the model it wraps, so the model does not keep a dropped wrapper alive."""

@@ -1,6 +1,7 @@
 """What happened: step time, peak memory, the bytes saved for backward, FLOPs and MFU.
 
 `measure_*` observes; its twin in estimate.py (`estimate_*`) predicts. Lessons show both side by side.
+Measurements that take training steps (measure_precision, measure_recompute) live in frugal.train, above this.
 """
 from __future__ import annotations
 
@@ -232,24 +233,3 @@ def saved_bytes_by_kind(by_module: dict[str, int]) -> dict[str, int]:
             kind = "embedding + head"
         out[kind] = out.get(kind, 0) + nbytes
     return out
-
-
-def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recompute,
-                      warmup: int = 1, repeats: int = 3) -> dict:
-    """Saved bytes, forward+backward time and (CUDA) peak memory of model(x, y) with model.recompute set."""
-    before = getattr(model, "recompute", None)
-    model.recompute = recompute
-    device = x.device
-
-    def step():
-        _, loss = model(x, y)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    try:
-        saved = measure_activation_bytes(model, x, y)
-        timing = measure_time(step, device, warmup=warmup, repeats=repeats)
-        peak = measure_peak_memory(step, device)
-    finally:
-        model.recompute = before
-    return {"saved_bytes": saved, "step_s": timing.median_s, "peak_memory_bytes": peak}

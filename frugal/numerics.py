@@ -140,32 +140,3 @@ def gradient_magnitudes(model: torch.nn.Module) -> torch.Tensor:
     if not grads:
         raise ValueError("the model has no gradients: run loss.backward() first")
     return torch.cat(grads)
-
-
-# ----------------------------------------------------------------------------- precisions on a live model
-
-def measure_precision(model_cfg, cfg) -> dict:
-    """Train TinyGPT in cfg.precision and report what the lesson plots: loss per step, median step time,
-    memory (peak CUDA memory on a GPU, bytes saved for backward on CPU) beside estimate.py's prediction."""
-    import statistics
-    from frugal import estimate, measure
-    from frugal.train import autocast, batch_fn, train
-
-    result = train(model_cfg, cfg)
-    model = result.model
-    device = next(model.parameters()).device
-    times = result.column("time_s")
-    times = times[2:] if len(times) > 4 else times               # leave out warm-up steps
-    act_bytes = 2 if cfg.precision in ("fp16", "bf16") else 4
-    act_est = sum(estimate.estimate_activation_bytes(model.cfg, cfg.batch_size, cfg.seq_len, act_bytes).values())
-    if device.type == "cuda":
-        memory, kind = max(result.column("peak_memory_bytes")), "peak CUDA memory"
-        estimated = 16 * model.num_params() + act_est            # fp32 weights, grads, Adam m and v + activations
-    else:
-        x, y = batch_fn(cfg, model.cfg.vocab_size, device)()
-        with autocast(cfg, device):
-            memory = measure.measure_activation_bytes(model, x, y)
-        kind, estimated = "saved activations", act_est
-    return {"loss": result.column("loss"), "step_ms": statistics.median(times) * 1e3, "memory_bytes": memory,
-            "memory_estimate_bytes": estimated, "memory_kind": kind, "scale": result.column("loss_scale"),
-            "skipped": [r.step for r in result.history if r.skipped]}

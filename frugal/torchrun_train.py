@@ -6,6 +6,7 @@
 
 NCCL on GPUs, gloo on CPU. Every --save-every steps it writes the whole run (frugal.serialization) and
 `--resume` carries on from there, taking exactly the steps an uninterrupted run would have taken.
+Each step is frugal.train.train_step, the lessons' own, with their --precision and --recompute names.
 It logs loss, tokens/s and MFU (6N + 12·L·d·T FLOPs per token, frugal.measure). Lessons 01-04 build
 each piece from scratch; this script is what you run once they are understood.
 """
@@ -17,21 +18,30 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from frugal import data, measure, serialization
+from frugal import data, measure, recompute, serialization, train
 from frugal.device import catalog_name
 from frugal.estimate import get_gpu
 from frugal.model import TinyGPT, preset
-from frugal.recipe import apply_full_recompute
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# TrainConfig.precision's formats, and the dtype FSDP gathers the weights in for each
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def recompute_spec(spec: str) -> str:
+    """--recompute takes TrainConfig.recompute's policies, checked by frugal.recompute.from_spec."""
+    try:
+        recompute.from_spec(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return spec
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,9 +64,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
                    help="ddp: replicate and all-reduce gradients; fsdp: shard weights, gradients and Adam (ZeRO-3)")
     p.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
-                   help="autocast dtype of the matmuls; fp16 adds a GradScaler")
-    p.add_argument("--recompute", choices=("none", "full"), default="none",
-                   help="full: recompute each block's activations in backward (torch.utils.checkpoint)")
+                   help="number format of the matmuls (TrainConfig.precision); fp16 adds a GradScaler")
+    p.add_argument("--recompute", type=recompute_spec, default="none", metavar="POLICY",
+                   help="activation checkpointing by frugal.recompute (TrainConfig.recompute): none, full, every:K, "
+                        "first:K, selective or sqrt")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--save", default="runs/torchrun/state.pt", help="file the run is saved to")
@@ -111,12 +122,21 @@ def wrap(model: TinyGPT, parallel: str, precision: str, device: torch.device, di
         return model
     if parallel == "ddp":
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32)
     for block in model.blocks:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
+
+
+def train_config(args, device: torch.device) -> train.TrainConfig:
+    """The TrainConfig of this run: what train.build and train.train_step read (batch_size is the global batch;
+    this script's ranks come from torchrun, so world_size stays 1)."""
+    return train.TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                             weight_decay=args.weight_decay, grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+                             seed=args.seed, device=str(device), data=args.data, precision=args.precision,
+                             scaler="torch", progress=False, recompute=args.recompute,
+                             compile="blocks" if args.compile else "none")
 
 
 def peak_flops(args, device: torch.device, rank: int) -> tuple[float, str]:
@@ -125,9 +145,7 @@ def peak_flops(args, device: torch.device, rank: int) -> tuple[float, str]:
         return args.peak_tflops * 1e12, "--peak-tflops"
     if device.type == "cuda" and catalog_name():
         name = catalog_name()
-        dtype = args.precision if args.precision != "fp32" else (
-            "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
-        return get_gpu(name).peak_flops(dtype), f"{name} {dtype} data sheet"
+        return get_gpu(name).peak_flops(args.precision), f"{name} {args.precision} data sheet"
     # One rank measures while the others wait, so they do not share the cores during the measurement.
     value = torch.tensor([measure.measure_cpu_peak_flops(0.3) if rank == 0 else 0.0], dtype=torch.float64)
     if dist.is_initialized():
@@ -150,18 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("bf16 is emulated (slow) on this GPU (compute capability < 8.0): "
                              "use --precision fp16, which adds a loss scaler")
 
-        torch.manual_seed(args.seed)                     # the same initial weights on every rank
-        model = TinyGPT(cfg).to(device)
+        tcfg = train_config(args, device)
+        model, *_ = train.build(cfg, tcfg)               # seeded: the same initial weights on every rank
         flops_per_token = measure.model_flops_per_token(model, args.seq_len)
         n_params = model.num_params()
-        if args.recompute == "full":
-            apply_full_recompute(model)
-        if args.compile:
-            for block in model.blocks:
-                block.compile()
         model = wrap(model, args.parallel, args.precision, device, distributed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        optimizer = train.make_optimizer(model, tcfg)     # after wrapping: FSDP replaces the parameters
+        scaler = train.make_scaler(tcfg, device)          # fp16: torch's GradScaler; else None
         tokens = data.split(data.corpus_tokens())[0] if args.data == "corpus" else \
             torch.randint(cfg.vocab_size, (1 << 20,), generator=torch.Generator().manual_seed(args.seed))
         sampler = serialization.BatchSampler(tokens, args.batch_size, args.seq_len, args.seed, rank, world)
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
             if saved_model is not None and saved_model != asdict(cfg):
                 raise ValueError(f"{save_path} holds a different model ({saved_model}): "
                                  f"resume with the same --model/--n-layer/--n-embd/--n-head")
-            if "scaler" in blob["extra"]:
+            if scaler is not None and blob["extra"].get("scaler"):
                 scaler.load_state_dict(blob["extra"]["scaler"])
             start = blob["step"]
             log(f"resumed from {save_path} after step {start}")
@@ -188,11 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         def save(step: int) -> None:
             serialization.save(save_path, model, optimizer, step, sampler,
-                               extra={"model": asdict(cfg), "scaler": scaler.state_dict(), "args": vars(args)})
+                               extra={"model": asdict(cfg), "scaler": scaler.state_dict() if scaler else {},
+                                      "args": vars(args)})
             log(f"saved step {step} to {save_path}")
 
-        autocast = (torch.autocast(device.type, dtype=DTYPES[args.precision])
-                    if args.precision != "fp32" else nullcontext())
         model.train()
         rates, last_loss, step = [], float("nan"), start
         tokens_per_step = args.batch_size * args.seq_len          # global
@@ -200,17 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
         t0, t0_step = time.perf_counter(), start
         for step in range(start + 1, args.steps + 1):             # step = optimizer steps done after this one
             x, y = sampler.next_batch(device)
-            with autocast:
-                _, loss = model(x, y)
-            scaler.scale(loss).backward()
-            if args.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train.train_step(model, optimizer, x, y, tcfg, scaler)
             if step % args.log_every == 0 or step == args.steps:
-                mean_loss = loss.detach().float().clone()
+                mean_loss = loss.float().clone()
                 if distributed:
                     dist.all_reduce(mean_loss)                    # sum over ranks (gloo has no AVG)
                     mean_loss /= world

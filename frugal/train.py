@@ -1,19 +1,29 @@
-"""One training loop for every lesson and the benchmark; a TrainConfig switches each technique on or off."""
+"""One training loop for every lesson and the benchmark; a TrainConfig switches each technique on or off.
+
+`build` makes the model, optimizer and batches; `train_step` is one optimizer step (forward, loss, backward,
+loss scaler, clipping, optimizer, gradient accumulation); `train` times cfg.steps of them, in this process or,
+with cfg.world_size > 1, on ranks it launches (frugal.dist) around a data-parallel wrapper. Whatever else in
+frugal trains or times a step (lessons' measurements, the benchmark, torchrun_train) calls these.
+"""
 from __future__ import annotations
 
+import statistics
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from frugal import data, recompute
-from frugal.loss_scaler import LossScaler
+from frugal import data, estimate, recompute
+from frugal.data_parallel import wrap
 from frugal.device import pick_device
-from frugal.measure import synchronize
+from frugal.dist import launch, max_and_mean, share_cpu_threads
+from frugal.loss_scaler import LossScaler
+from frugal.measure import Timing, measure_activation_bytes, measure_peak_memory, measure_time, synchronize
 from frugal.model import GPTConfig, TinyGPT
+from frugal.zero import ZeroDataParallel
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 SCALERS = ("frugal", "torch", "none")   # fp16 loss scaler: ours, torch.amp.GradScaler, or none (to watch it fail)
@@ -45,6 +55,8 @@ class TrainConfig:
                                     # or 'zero1'/'zero2'/'zero3' (frugal.zero's ZeroDataParallel, lesson 04)
     bucket_cap_mb: float = 25.0     # gradient bucket size of 'bucket' and 'ddp', MiB
     compile: str = "none"           # lesson 07: torch.compile 'blocks' (each block) or 'model'; 'none' = eager
+    accumulation_steps: int = 1     # micro-batches per optimizer step, their gradients summed (gradient
+                                    # accumulation); batch_size stays the whole step's batch
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
@@ -60,6 +72,13 @@ class TrainConfig:
         if self.batch_size % self.world_size:
             raise ValueError(f"world_size={self.world_size} does not divide batch {self.batch_size}: pick a batch "
                              f"that is a multiple of {self.world_size} (each rank gets batch_size / world_size)")
+        n, per_rank = self.accumulation_steps, self.batch_size // self.world_size
+        if not isinstance(n, int) or n < 1 or per_rank % n:
+            raise ValueError(f"TrainConfig.accumulation_steps={n!r}: pick a positive integer dividing the batch "
+                             f"per rank, batch_size / world_size = {per_rank} (1 = no accumulation)")
+        if n > 1 and self.data_parallel.startswith("zero"):
+            raise ValueError(f"accumulation_steps={n} with data_parallel={self.data_parallel!r}: ZeroDataParallel has "
+                             f"no no_sync(); use accumulation_steps=1, or 'bucket' to accumulate")
         if self.data_parallel not in DATA_PARALLEL:
             raise ValueError(f"TrainConfig.data_parallel={self.data_parallel!r}: pick one of {DATA_PARALLEL}")
         if self.data_parallel.startswith("zero") and self.precision == "fp16":
@@ -100,6 +119,8 @@ class TrainResult:
     model: TinyGPT
     config: TrainConfig
     history: list[StepRecord] = field(default_factory=list)
+    timeline: list = field(default_factory=list)  # world_size > 1, 'bucket': the last backward's all-reduces
+    backward_end_s: float | None = None          # ... and when that backward's autograd finished
 
     def column(self, name: str) -> list:
         """One field of every step: result.column('loss')."""
@@ -197,9 +218,23 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST[cfg.precision])
 
 
+def forward_backward(model: TinyGPT, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, scaler=None,
+                     divisor: float = 1.0) -> torch.Tensor:
+    """Forward in cfg.precision, backward of loss / (cfg.loss_divisor * divisor), scaled if a scaler is given:
+    the gradient half of train_step (measure_recompute times it alone). Returns the loss, detached."""
+    with matmul_precision(cfg):
+        with autocast(cfg, x.device):
+            _, loss = model(x, y)
+        d = cfg.loss_divisor * divisor
+        objective = loss / d if d != 1.0 else loss
+        (scaler.scale(objective) if scaler is not None else objective).backward()
+    return loss.detach()
+
+
 def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                cfg: TrainConfig, scaler=None) -> torch.Tensor:
-    """Forward, backward, clip, step: one optimizer step. Returns the loss (a tensor, not synced).
+    """Forward and backward of each of cfg.accumulation_steps micro-batches, then unscale, clip, step: one
+    optimizer step. Returns the loss of the whole batch (a tensor, not synced).
 
     fp16 needs `scaler=make_scaler(cfg, device)` unless cfg.scaler == 'none'. Under ZeRO the wrapper is
     both model and optimizer: train_step(zero, zero, x, y, cfg).
@@ -207,11 +242,17 @@ def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor
     if scaler is None and cfg.precision == "fp16" and cfg.scaler != "none":
         raise ValueError("fp16 training needs a loss scaler: pass scaler=make_scaler(cfg, device), "
                          "or set TrainConfig.scaler='none' to train unscaled")
+    n = cfg.accumulation_steps
     with matmul_precision(cfg):
-        with autocast(cfg, x.device):
-            _, loss = model(x, y)
-        objective = loss / cfg.loss_divisor if cfg.loss_divisor != 1.0 else loss
-        (scaler.scale(objective) if scaler is not None else objective).backward()
+        if n == 1:
+            loss = forward_backward(model, x, y, cfg, scaler)
+        else:                                   # the last backward all-reduces the sum; no_sync() skips the rest
+            losses = []
+            for i, (xm, ym) in enumerate(zip(x.chunk(n), y.chunk(n))):          # (B / n, T) each
+                quiet = model.no_sync() if i < n - 1 and hasattr(model, "no_sync") else nullcontext()
+                with quiet:
+                    losses.append(forward_backward(model, xm, ym, cfg, scaler, n))
+            loss = torch.stack(losses).mean()
         if cfg.grad_clip is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)      # clip the true gradients, not the scaled ones
@@ -225,21 +266,24 @@ def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor
         else:
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return loss
 
 
-def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> TrainResult:
-    """Train for cfg.steps steps, recording loss, time and memory of each step."""
-    cfg = cfg or TrainConfig()
-    if cfg.world_size > 1:                       # lesson 03: cfg.world_size ranks, each on its shard
-        from frugal.data_parallel import train_data_parallel
-        return train_data_parallel(model_cfg, cfg)
-    model, optimizer, next_batch, device = build(model_cfg, cfg)
-    scaler = make_scaler(cfg, device)
-    model.train()
-    result = TrainResult(model, cfg)
+def time_steps(model, optimizer, next_batch: Callable[[], tuple], cfg: TrainConfig, scaler=None,
+               warmup: int = 3, repeats: int = 10, inner: int = 1) -> Timing:
+    """Median time of train_step on next_batch()'s (x, y) (`lambda: (x, y)`: one fixed batch), by
+    measure.measure_time: warm-up, synchronized, median of repeats. The steps do train the model."""
+    device = next(model.parameters()).device
+    step = lambda: train_step(model, optimizer, *next_batch(), cfg, scaler)
+    return measure_time(step, device, warmup, repeats, inner)
+
+
+def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainConfig, scaler=None,
+                 show: bool = True) -> list[StepRecord]:
+    """The training loop: cfg.steps train_steps, each synchronized and recorded (loss, time, peak memory)."""
+    history = []
     tokens = cfg.batch_size * cfg.seq_len
-    bar = tqdm(range(cfg.steps), desc=f"train {cfg.precision}", disable=not cfg.progress)
+    bar = tqdm(range(cfg.steps), desc=f"train {cfg.precision}", disable=not show)
     for step in bar:
         x, y = next_batch()
         if device.type == "cuda":
@@ -252,6 +296,104 @@ def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> Tra
         dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         skipped = scaler is not None and scaler.get_scale() < scale   # the scale backs off only on a skip
-        result.history.append(StepRecord(step, loss.item(), dt, tokens / dt, peak, scale, skipped))
-        bar.set_postfix(loss=f"{result.history[-1].loss:.3f}")
-    return result
+        history.append(StepRecord(step, loss.item(), dt, tokens / dt, peak, scale, skipped))
+        bar.set_postfix(loss=f"{history[-1].loss:.3f}")
+    return history
+
+
+def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> TrainResult:
+    """Train for cfg.steps steps, recording loss, time and memory of each step."""
+    cfg = cfg or TrainConfig()
+    if cfg.world_size > 1:                       # lesson 03: cfg.world_size ranks, each on its shard
+        return train_data_parallel(model_cfg, cfg)
+    model, optimizer, next_batch, device = build(model_cfg, cfg)
+    model.train()
+    history = _timed_steps(model, optimizer, next_batch, device, cfg, make_scaler(cfg, device), cfg.progress)
+    return TrainResult(model, cfg, history)
+
+
+# ----------------------------------------------------------------------------- lessons 03-04: on ranks
+
+def train_rank(rank: int, world_size: int, model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig) -> dict:
+    """One rank of train(model_cfg, cfg) with cfg.world_size ranks: its shard of each global batch, the
+    gradients averaged by cfg.data_parallel. Rank 0 returns the history, the weights and the bucket timeline."""
+    share_cpu_threads(world_size)
+    model, optimizer, next_batch, device = build(model_cfg, cfg, rank)
+    model.train()
+    scaler = None
+    if cfg.data_parallel.startswith("zero"):             # lesson 04: the wrapper is model and optimizer at once
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        dp = optimizer = ZeroDataParallel(model, int(cfg.data_parallel[-1]), param_dtype=dtype, lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    else:
+        dp, scaler = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb), make_scaler(cfg, device)
+    local = _timed_steps(dp, optimizer, next_batch, device, cfg, scaler, show=False)
+    slowest, _ = max_and_mean([r.time_s for r in local], device)       # a step lasts as long as its slowest rank
+    _, mean_loss = max_and_mean([r.loss for r in local], device)       # equal shards: the global loss is the mean
+    top, _ = max_and_mean([float(r.peak_memory_bytes or 0) for r in local], device)   # the fullest rank's peak
+    tokens = cfg.batch_size * cfg.seq_len
+    history = [replace(r, loss=mean_loss[i], time_s=slowest[i], tokens_per_s=tokens / slowest[i],
+                       peak_memory_bytes=int(top[i]) if device.type == "cuda" else None) for i, r in enumerate(local)]
+    weights = dp.full_parameters() if hasattr(dp, "full_parameters") else model.state_dict()  # ZeRO: all gather
+    if rank != 0:
+        return {}
+    return {"history": history, "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
+            "timeline": getattr(dp, "timeline", []), "backward_end_s": getattr(dp, "backward_end_s", None),
+            "buckets": len(getattr(dp, "buckets", [])), "device": str(device)}
+
+
+def train_data_parallel(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, timeout: float = 120.0) -> TrainResult:
+    """train() on cfg.world_size ranks launched from here (gloo on CPU, NCCL with a GPU per rank).
+    Returns a TrainResult with rank 0's model (a TinyGPT passed in gets those weights) and the global loss."""
+    backend = "gloo" if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu") else "auto"
+    sent = model_cfg.cpu() if isinstance(model_cfg, TinyGPT) else model_cfg
+    out = launch(train_rank, cfg.world_size, sent, cfg, backend=backend, timeout=timeout)[0]
+    model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
+    model.load_state_dict(out["state_dict"])
+    return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"])
+
+
+# ----------------------------------------------------------------------------- lessons 01-02: measured by training
+
+def measure_precision(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig) -> dict:
+    """Train TinyGPT in cfg.precision and report what the lesson plots: loss per step, median step time,
+    memory (peak CUDA memory on a GPU, bytes saved for backward on CPU) beside estimate.py's prediction."""
+    result = train(model_cfg, cfg)
+    model = result.model
+    device = next(model.parameters()).device
+    times = result.column("time_s")
+    times = times[2:] if len(times) > 4 else times               # leave out warm-up steps
+    act_bytes = 2 if cfg.precision in ("fp16", "bf16") else 4
+    act_est = sum(estimate.estimate_activation_bytes(model.cfg, cfg.batch_size, cfg.seq_len, act_bytes).values())
+    if device.type == "cuda":
+        memory, kind = max(result.column("peak_memory_bytes")), "peak CUDA memory"
+        estimated = 16 * model.num_params() + act_est            # fp32 weights, grads, Adam m and v + activations
+    else:
+        x, y = batch_fn(cfg, model.cfg.vocab_size, device)()
+        with autocast(cfg, device):
+            memory = measure_activation_bytes(model, x, y)
+        kind, estimated = "saved activations", act_est
+    return {"loss": result.column("loss"), "step_ms": statistics.median(times) * 1e3, "memory_bytes": memory,
+            "memory_estimate_bytes": estimated, "memory_kind": kind, "scale": result.column("loss_scale"),
+            "skipped": [r.step for r in result.history if r.skipped]}
+
+
+def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recompute,
+                      warmup: int = 1, repeats: int = 3) -> dict:
+    """Saved bytes, forward+backward time and (CUDA) peak memory of model(x, y) with model.recompute set.
+    The step is forward_backward in fp32, gradients then dropped: no optimizer, so the weights stay as they are."""
+    before = getattr(model, "recompute", None)
+    model.recompute = recompute
+    cfg = TrainConfig(progress=False)
+
+    def step():
+        forward_backward(model, x, y, cfg)
+        model.zero_grad(set_to_none=True)
+
+    try:
+        saved = measure_activation_bytes(model, x, y)
+        timing = measure_time(step, x.device, warmup=warmup, repeats=repeats)
+        peak = measure_peak_memory(step, x.device)
+    finally:
+        model.recompute = before
+    return {"saved_bytes": saved, "step_s": timing.median_s, "peak_memory_bytes": peak}

@@ -3,6 +3,7 @@ torch DDP, on 2 and 3 gloo ranks; the bucket order and overlap; TrainConfig's da
 import pytest
 import torch
 
+import data_parallel_workers as w
 from frugal import data_parallel as D
 from frugal.dist import launch
 from frugal.model import preset
@@ -14,7 +15,7 @@ STEPS = 3
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}ranks")
 def checked(request):
     n = request.param
-    return n, launch(D.check_against_reference, n, STEPS, 0.02, backend="gloo", timeout=90)
+    return n, launch(w.check_against_reference, n, STEPS, 0.02, backend="gloo", timeout=90)
 
 
 def test_every_flavour_matches_single_process_on_the_whole_batch(checked):
@@ -133,9 +134,9 @@ def _ops_in_backward(model, dp, x, y) -> dict[str, int]:
 
 
 def test_bucket_step_is_one_copy_and_one_all_reduce_per_bucket_into_reused_buffers(one_gloo_rank):
-    """The GPU-speed guard (issue: ~20 ms/step of host overhead on an H200 even on one rank): the wrapper
-    keeps nn.Module's internals intact; per step it adds O(buckets) ops, not O(parameters); it all-reduces
-    exactly its preallocated buffers, once each; and every .grad is left a view into them (no copy back)."""
+    """The GPU-speed guard (an earlier wrapper cost ~20 ms/step of host overhead on an H200, even on one rank):
+    the wrapper keeps nn.Module's internals intact; per step it adds O(buckets) ops, not O(parameters); it
+    all-reduces exactly its preallocated buffers, once each; and every .grad is left a view into them (no copy back)."""
     from frugal.model import TinyGPT
     torch.manual_seed(0)
     cfg = preset("tiny", n_embd=32, n_layer=2)

@@ -129,7 +129,7 @@ def test_cuda_timing_and_peak_memory():
 
 @pytest.mark.gpu
 def test_gpt2_small_activation_estimate_on_cuda():
-    """The issue's bound at GPT-2 size on a GPU is 15%: CUDA's fused attention may pad its log-sum-exp
+    """At GPT-2 size on a GPU the bound is 15%: CUDA's fused attention may pad its log-sum-exp
     and keep RNG state, which the estimate does not model term by term."""
     cfg = preset("gpt2-small")
     model = TinyGPT(cfg).cuda()

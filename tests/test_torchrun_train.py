@@ -133,3 +133,17 @@ def test_single_process_run_saves_and_resumes_without_torchrun(tmp_path):
     assert summary["resumed_from"] == 6
     a, b = (serialization.read_verified(tmp_path / f)["model"] for f in ("a.pt", "b.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recompute_takes_trainconfigs_policies_and_changes_no_number(tmp_path):
+    """--recompute is frugal.recompute (TrainConfig.recompute's names): recomputed blocks give the same weights."""
+    for spec in ("none", "full", "every:2", "first:1", "selective", "sqrt"):
+        assert torchrun_train.parser().parse_args(["--recompute", spec]).recompute == spec
+    with pytest.raises(SystemExit):
+        torchrun_train.parser().parse_args(["--recompute", "all"])
+    common = ["--model", "tiny", "--n-layer", "2", "--batch-size", "2", "--seq-len", "8", "--steps", "3",
+              "--log-every", "3", "--peak-tflops", "0.1", "--device", "cpu"]
+    for spec in ("none", "full"):
+        torchrun_train.main(common + ["--recompute", spec, "--save", str(tmp_path / f"{spec}.pt")])
+    a, b = (torch.load(tmp_path / f"{spec}.pt", weights_only=False)["model"] for spec in ("none", "full"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,8 +1,13 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from frugal.model import TinyGPT, preset
-from frugal.train import TrainConfig, build, train, train_step
+from frugal.recompute import Recompute
+from frugal.train import (TrainConfig, build, measure_precision, measure_recompute, time_steps, train,
+                          train_step)
 
 
 def _cfg(**kw):
@@ -65,6 +70,76 @@ def test_train_step_is_one_adamw_step():
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)       # same ops in the same order: exact
         assert p.grad is None                                   # zeroed for the next step
+
+
+def test_accumulation_is_one_step_on_the_summed_micro_batch_gradients():
+    """accumulation_steps=2: backward of loss/2 on each half of the batch, then one clipped AdamW step, exactly as
+    written out by hand; against one backward on the whole batch only fp32 rounding of the sum differs."""
+    torch.manual_seed(0)
+    model = TinyGPT(preset("tiny"))
+    hand, whole = TinyGPT(preset("tiny")), TinyGPT(preset("tiny"))
+    hand.load_state_dict(model.state_dict())
+    whole.load_state_dict(model.state_dict())
+    cfg = _cfg(accumulation_steps=2)
+    model, opt, next_batch, _ = build(model, cfg)
+    x, y = next_batch()
+    loss = train_step(model, opt, x, y, cfg)
+    hand_opt = torch.optim.AdamW(hand.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for xm, ym in ((x[:4], y[:4]), (x[4:], y[4:])):             # (B / 2, T) each
+        _, micro = hand(xm, ym)
+        (micro / 2).backward()
+        losses.append(micro.detach())
+    torch.nn.utils.clip_grad_norm_(hand.parameters(), cfg.grad_clip)
+    hand_opt.step()
+    assert loss.item() == torch.stack(losses).mean().item()
+    for p, q in zip(model.parameters(), hand.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    train_step(whole, torch.optim.AdamW(whole.parameters(), lr=cfg.lr, weight_decay=0.0), x, y, _cfg())
+    for p, q in zip(model.parameters(), whole.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+def test_accumulation_that_does_not_split_the_batch_is_refused():
+    with pytest.raises(ValueError, match="accumulation_steps=3"):
+        TrainConfig(batch_size=8, accumulation_steps=3)
+    with pytest.raises(ValueError, match="batch_size / world_size = 2"):
+        TrainConfig(batch_size=4, world_size=2, accumulation_steps=4)
+    with pytest.raises(ValueError, match="no_sync"):
+        TrainConfig(batch_size=4, world_size=2, data_parallel="zero2", accumulation_steps=2)
+
+
+def test_time_steps_times_train_steps_after_warm_up():
+    model, opt, next_batch, device = build(preset("tiny"), _cfg(data="synthetic"))
+    drawn = []
+    timing = time_steps(model, opt, lambda: drawn.append(1) or next_batch(), _cfg(), warmup=2, repeats=3)
+    assert len(drawn) == 5 and len(timing.times_s) == 3 and timing.median_s > 0 and timing.device == "cpu"
+
+
+def test_measure_recompute_saves_less_and_leaves_the_model_as_it_was():
+    model = TinyGPT(preset("tiny", n_layer=2))
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(256, (2, 32))
+    plain = measure_recompute(model, x, x, None, warmup=0, repeats=1)
+    full = measure_recompute(model, x, x, Recompute("full"), warmup=0, repeats=1)
+    assert full["saved_bytes"] < plain["saved_bytes"] and full["step_s"] > 0
+    assert full["peak_memory_bytes"] is None                    # CPU
+    assert model.recompute is None and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))   # no optimizer step
+
+
+def test_measure_precision_reports_what_lesson_01_plots():
+    out = measure_precision(preset("tiny"), _cfg(steps=3, batch_size=2, precision="bf16"))
+    assert len(out["loss"]) == 3 and out["step_ms"] > 0 and out["skipped"] == []
+    assert out["memory_kind"] == "saved activations" and out["memory_bytes"] > 0 and out["memory_estimate_bytes"] > 0
+
+
+@pytest.mark.parametrize("module", ["frugal.data_parallel", "frugal.measure", "frugal.numerics", "frugal.dist",
+                                    "frugal.zero"])
+def test_modules_below_the_trainer_do_not_import_it(module):
+    """The trainer sits above the mechanisms it drives; a module below importing it would be a cycle."""
+    code = f"import sys, {module}; assert 'frugal.train' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_sequence_longer_than_the_model_allows_is_refused_with_the_fix():

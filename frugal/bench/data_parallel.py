@@ -10,7 +10,8 @@ from frugal import device as dev
 from frugal.bench.report import Column, Table
 from frugal.bench.runner import BenchContext, section
 from frugal.data import synthetic_batch
-from frugal.data_parallel import _cpu_threads, _max_and_mean, wrap
+from frugal.data_parallel import wrap
+from frugal.dist import max_and_mean, share_cpu_threads
 from frugal.dist import launch
 from frugal.model import preset
 
@@ -45,7 +46,7 @@ def benchmark_rank(rank: int, world_size: int, preset_name: str, flavours: list[
                    seq_len: int, steps: int, warmup: int, bucket_cap_mb: float = 25.0, bf16: bool = False) -> list[dict]:
     """Median global tokens/s of each flavour ('none' = no wrapper) on synthetic tokens, bf16 autocast on a GPU;
     a step lasts as long as its slowest rank. Each flavour gets a fresh model from the same seed."""
-    _cpu_threads(world_size)
+    share_cpu_threads(world_size)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     cfg = preset(preset_name)
     tcfg = train.TrainConfig(batch_size=batch_per_rank, seq_len=seq_len, precision="bf16" if bf16 else "fp32",
@@ -57,7 +58,7 @@ def benchmark_rank(rank: int, world_size: int, preset_name: str, flavours: list[
         dp = model if flavour == "none" else wrap(model, flavour, bucket_cap_mb)
         timing = measure.measure_time(lambda: train.train_step(dp, opt, x, y, tcfg), device, warmup=warmup,
                                       repeats=steps)
-        slowest, _ = _max_and_mean(timing.times_s, device)
+        slowest, _ = max_and_mean(timing.times_s, device)
         med = float(torch.tensor(slowest).median())
         rows.append({"flavour": flavour, "world_size": world_size, "model": preset_name,
                      "batch_per_rank": batch_per_rank, "seq": seq_len, "bf16": bf16, "step_ms": med * 1e3,
