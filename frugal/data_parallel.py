@@ -23,10 +23,12 @@ from frugal.dist import grad_hooks
 
 FLAVOURS = ("naive", "bucket", "ddp")   # ours, ours, and torch's DistributedDataParallel as the reference
 
+
 def _require_group() -> None:
     if not dist.is_initialized():
         raise ValueError("no process group: build the data-parallel model inside a rank started by "
                          "frugal.dist.launch (or after torch.distributed.init_process_group)")
+
 
 class _DataParallelBase(nn.Module):
     def __init__(self, module: nn.Module):
@@ -68,6 +70,7 @@ class _DataParallelBase(nn.Module):
     def finish_gradient_synchronization(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+
 class DataParallelNaive(_DataParallelBase):
     """After backward, all-reduce and average each gradient one by one: correct, but no overlap and one
     message per parameter."""
@@ -88,6 +91,7 @@ class DataParallelNaive(_DataParallelBase):
         for g in grads:
             dist.all_reduce(g)
 
+
 def assign_buckets(params: list[torch.Tensor], bucket_cap_mb: float) -> list[list[int]]:
     """Indices of params grouped into buckets of at most bucket_cap_mb MiB (one bigger param gets its own),
     in reverse order of registration, which approximates the order backward produces gradients."""
@@ -105,6 +109,7 @@ def assign_buckets(params: list[torch.Tensor], bucket_cap_mb: float) -> list[lis
     if current:
         buckets.append(current)
     return buckets
+
 
 class DataParallelBucket(_DataParallelBase):
     """Gradients in buckets of bucket_cap_mb; each bucket's all-reduce starts (async) as soon as its last
@@ -214,6 +219,7 @@ class DataParallelBucket(_DataParallelBase):
         self.timeline = timeline
         self._reset()
 
+
 def wrap(model: nn.Module, flavour: str, bucket_cap_mb: float = 25.0) -> nn.Module:
     """The model wrapped for data parallel training: 'naive', 'bucket' (ours) or 'ddp' (torch's)."""
     if flavour == "naive":
@@ -225,4 +231,3 @@ def wrap(model: nn.Module, flavour: str, bucket_cap_mb: float = 25.0) -> nn.Modu
         ids = [model_device.index] if (model_device := next(model.parameters()).device).type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb)
     raise ValueError(f"data_parallel={flavour!r}: pick one of {FLAVOURS}")
-
