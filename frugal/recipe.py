@@ -1,53 +1,48 @@
 """The largest model a memory budget can train: naive fp32 Adam against the full frugal recipe.
 
-For each TinyGPT size of a growing family, the estimator (frugal.estimate) adds up weights, gradients,
-Adam states (ZeRO paper, Rajbhandari et al. 2020, sec. 3.1), saved activations (Korthikanti et al. 2022,
-sec. 4) and the logits' working memory; the largest size under the budget is the frontier. A real
-training step can check the answer: under torch.cuda.set_per_process_memory_fraction on a GPU, by
-counting the bytes of states and saved tensors on CPU.
+A plan is a frugal.train.TrainConfig, the switches of every lesson. For each TinyGPT size of a growing
+family, the estimator (frugal.estimate) adds up weights, gradients, Adam states (ZeRO paper, Rajbhandari et
+al. 2020, sec. 3.1), saved activations (Korthikanti et al. 2022, sec. 4) and the logits' working memory; the
+largest size under the budget is the frontier. A real training step (frugal.train) can check the answer: under
+torch.cuda.set_per_process_memory_fraction on a GPU, by counting the bytes of states and saved tensors on CPU.
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-from frugal.estimate import estimate_activation_bytes, estimate_state_memory
-from frugal.measure import count_saved_tensors
+from frugal import train
+from frugal.device import catalog_name, pick_device
+from frugal.estimate import (dollars_per_token, estimate_activation_bytes, estimate_recompute_activation_bytes,
+                             estimate_state_memory, get_gpu, sqrt_segmentation)
+from frugal.measure import (count_saved_tensors, flops_per_token, measure_activation_bytes, measure_cpu_peak_flops,
+                            mfu)
 from frugal.model import GPTConfig, TinyGPT
+from frugal.recompute import from_spec
+from frugal.train import TrainConfig
 
 
-@dataclass(frozen=True)
-class MemoryPlan:
-    """How a run spends memory. `batch` is per GPU: each of world_size ranks holds that many sequences."""
-    name: str
-    precision: str = "fp32"      # 'fp32', or 'mixed' (16-bit matmuls, fp32 master weights and Adam)
-    recompute: str = "none"      # 'none', or 'full': keep each block's input, rerun its forward in backward
-    zero_stage: int = 0          # 0-3: ZeRO shards optimizer (1), + gradients (2), + weights (3)
-    world_size: int = 1          # ranks the states are sharded over
-
-    def __post_init__(self):
-        if self.precision not in ("fp32", "mixed"):
-            raise ValueError(f"precision={self.precision!r}: pick 'fp32' or 'mixed'")
-        if self.recompute not in ("none", "full"):
-            raise ValueError(f"recompute={self.recompute!r}: pick 'none' or 'full'")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage={self.zero_stage}: pick 0, 1, 2 or 3")
-        if self.world_size < 1:
-            raise ValueError(f"world_size={self.world_size}: must be at least 1")
-
-
-def naive_plan() -> MemoryPlan:
+def naive_plan() -> TrainConfig:
     """fp32 weights, gradients and Adam, every activation stored, one GPU: what a first script does."""
-    return MemoryPlan("naive fp32 Adam")
+    return TrainConfig(precision="fp32", recompute="none", world_size=1)
 
 
-def recipe_plan(world_size: int = 1) -> MemoryPlan:
-    """Mixed precision, full recompute and ZeRO-3 over world_size GPUs (stage 3 is a no-op on one GPU)."""
-    name = "full recipe" if world_size == 1 else f"full recipe, ZeRO-3 over {world_size}"
-    return MemoryPlan(name, precision="mixed", recompute="full", zero_stage=3, world_size=world_size)
+def recipe_plan(world_size: int = 1) -> TrainConfig:
+    """bf16 autocast, full recompute and ZeRO-3 over world_size GPUs (stage 3 is a no-op on one GPU).
+
+    batch_size is 8 sequences per GPU, the search's default; the search sets its own batch per GPU and seq.
+    """
+    return TrainConfig(precision="bf16", recompute="full", data_parallel="zero3", world_size=world_size,
+                       batch_size=8 * world_size)
+
+
+def named_plans(world_size: int = 8) -> dict[str, TrainConfig]:
+    """The lesson's three plans by name: naive, the recipe on one GPU, the recipe sharded over world_size."""
+    return {"naive fp32 Adam": naive_plan(), "full recipe": recipe_plan(1),
+            f"full recipe, ZeRO-3 over {world_size}": recipe_plan(world_size)}
 
 
 # (n_layer, n_embd, n_head): from a CPU toy to GPT-2 medium, then wider and deeper (head size 64 from 768 on).
@@ -69,16 +64,32 @@ def count_params(cfg: GPTConfig) -> int:
     return L * per_block + (cfg.vocab_size + cfg.block_size) * d + (2 * d if cfg.bias else d)
 
 
-def estimate_training_bytes(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int) -> dict[str, float]:
+def _sixteen_bit(plan: TrainConfig) -> bool:
+    """fp16/bf16 autocast: 16-bit activations, and the estimator's mixed-precision states."""
+    return plan.precision in ("bf16", "fp16")
+
+
+def _zero_stage(plan: TrainConfig) -> int:
+    """The ZeRO stage that shards anything: 1-3 for data_parallel='zero1'..'zero3' over ranks, else 0."""
+    return int(plan.data_parallel[-1]) if plan.data_parallel.startswith("zero") and plan.world_size > 1 else 0
+
+
+def estimate_training_bytes(cfg: GPTConfig, plan: TrainConfig, batch: int, seq: int) -> dict[str, float]:
     """Bytes per GPU of one training step at its peak, by kind: states, saved activations, working memory.
 
-    Activations: estimate_activation_bytes at 4 bytes (fp32) or 2 (mixed). With full recompute only each
-    block's input stays (fp32: autocast keeps the residual stream in fp32) plus one block rebuilt in backward.
-    Working: the fp32 logits' gradient and its input's (2·b·s·V·4), and under ZeRO-3 two gathered blocks.
+    `batch` is per GPU (plan.batch_size is not read). Activations: estimate_activation_bytes at 4 bytes (fp32,
+    tf32) or 2 (bf16, fp16). With full recompute only each block's input stays (fp32: autocast keeps the
+    residual stream in fp32) plus one block rebuilt in backward. Working: the fp32 logits' gradient and its
+    input's (2·b·s·V·4; none with the fused head), and under ZeRO-3 two gathered blocks.
     """
-    n = count_params(cfg)
-    states = estimate_state_memory(n, plan.precision, "adam", plan.zero_stage, plan.world_size)
-    acts = estimate_activation_bytes(cfg, batch, seq, act_bytes=4 if plan.precision == "fp32" else 2)
+    if plan.recompute not in ("none", "full"):
+        raise ValueError(f"recompute={plan.recompute!r}: the search prices 'none' or 'full'; "
+                         f"estimate_recipe prices every policy")
+    n, sixteen, zero = count_params(cfg), _sixteen_bit(plan), _zero_stage(plan)
+    states = estimate_state_memory(n, "mixed" if sixteen else "fp32", "adam", zero, plan.world_size)
+    acts = estimate_activation_bytes(cfg, batch, seq, act_bytes=2 if sixteen else 4)
+    if plan.fused_cross_entropy:
+        acts["logits"] = 0.0                               # chunked head: the (B·T, V) logits never exist
     block_kinds = ("layernorm inputs", "attention", "mlp")
     if plan.recompute == "full":
         one_block = sum(acts[k] for k in block_kinds) / cfg.n_layer
@@ -86,11 +97,10 @@ def estimate_training_bytes(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: i
             + acts["embedding + head"] + acts["logits"]
     else:
         activations = sum(acts.values())
-    working = 2 * batch * seq * cfg.vocab_size * 4
-    if plan.zero_stage == 3 and plan.world_size > 1:
+    working = 0.0 if plan.fused_cross_entropy else 2 * batch * seq * cfg.vocab_size * 4
+    if zero == 3:
         block_params = (n - (cfg.vocab_size + cfg.block_size) * cfg.n_embd) / cfg.n_layer
-        working += 2 * block_params * (2 if plan.precision == "mixed" else 4) \
-            + cfg.vocab_size * cfg.n_embd * (2 if plan.precision == "mixed" else 4)
+        working += 2 * block_params * (2 if sixteen else 4) + cfg.vocab_size * cfg.n_embd * (2 if sixteen else 4)
     out = states.as_dict()
     out.update(activations=activations, working=working)
     return out
@@ -110,9 +120,10 @@ class SizeRow:
 
 @dataclass
 class SearchResult:
-    plan: MemoryPlan
+    """Every size of a family under one plan, estimated and (where tried) verified."""
+    plan: TrainConfig
     budget_bytes: float
-    batch: int
+    batch: int                            # sequences per GPU
     seq: int
     rows: list[SizeRow] = field(default_factory=list)
 
@@ -129,14 +140,16 @@ class SearchResult:
         return self._largest(lambda r: r.verified is True)
 
 
-def largest_that_fits(budget_bytes: float, plan: MemoryPlan, batch: int = 8, seq: int | None = None,
+def largest_that_fits(budget_bytes: float, plan: TrainConfig, batch: int = 8, seq: int | None = None,
                       family: list[GPTConfig] | None = None,
                       verify: Callable[[GPTConfig], tuple[bool, int | None]] | None = None,
                       max_tries: int = 6) -> SearchResult:
     """Estimate every size of the family under the plan; then, given `verify`, check the frontier by training.
 
-    verify(cfg) -> (fits, bytes): it starts at the estimator's pick and walks up while sizes fit, down while
-    they do not, at most max_tries sizes, so `largest_verified` is the largest size that really trained.
+    `batch` is per GPU: each of plan.world_size ranks holds that many sequences of `seq` tokens (None: each
+    size's block_size). verify(cfg) -> (fits, bytes): it starts at the estimator's pick and walks up while
+    sizes fit, down while they do not, at most max_tries sizes, so `largest_verified` is the largest size
+    that really trained.
     """
     if budget_bytes <= 0:
         raise ValueError(f"budget_bytes={budget_bytes}: must be positive (16e9 is a T4)")
@@ -170,45 +183,21 @@ def largest_that_fits(budget_bytes: float, plan: MemoryPlan, batch: int = 8, seq
 
 # ----------------------------------------------------------------------------- verification by training
 
-def apply_full_recompute(model: TinyGPT) -> None:
-    """Full recompute with torch.utils.checkpoint: each block keeps its input and reruns forward in backward."""
-    for block in model.blocks:
-        block.forward = (lambda f: lambda x: torch_checkpoint(f, x, use_reentrant=False))(block.forward)
-
-
-def _mixed_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
-        return torch.float16                             # a T4: fp16 (a loss scaler would not change memory)
-    return torch.bfloat16
-
-
-def _build(cfg: GPTConfig, plan: MemoryPlan, device: torch.device):
+def _one_device(plan: TrainConfig, batch: int, seq: int, device: torch.device) -> TrainConfig:
+    """The plan as the TrainConfig of a real step on one device: batch sequences of seq random tokens."""
     if plan.world_size != 1:
-        raise ValueError(f"a real step runs on one device, so it cannot check {plan.name!r} "
-                         f"(world_size={plan.world_size}): verify with recipe_plan(world_size=1)")
-    torch.manual_seed(0)
-    model = TinyGPT(cfg).to(device)
-    if plan.recompute == "full":
-        apply_full_recompute(model)
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": False}   # no foreach temporaries
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+        raise ValueError(f"a real step runs on one device, so it cannot check a plan sharded over "
+                         f"world_size={plan.world_size}: verify with recipe_plan(world_size=1)")
+    return replace(plan, batch_size=batch, seq_len=seq, device=str(device), data="synthetic", progress=False)
 
 
-def _step(model, opt, x, y, plan: MemoryPlan, device: torch.device) -> None:
-    with torch.autocast(device.type, dtype=_mixed_dtype(device), enabled=plan.precision == "mixed"):
-        _, loss = model(x, y)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def train_step_fits_gpu(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int, budget_bytes: float,
+def train_step_fits_gpu(cfg: GPTConfig, plan: TrainConfig, batch: int, seq: int, budget_bytes: float,
                         device: torch.device | str = "cuda") -> tuple[bool, int | None]:
-    """Two real training steps with the caching allocator capped at budget_bytes; (fits, peak bytes).
-
-    Two steps because Adam's states appear in the first step's update: the second shows the steady peak.
-    """
+    """Two real training steps (train.train_step) with the caching allocator capped at budget_bytes;
+    (fits, peak bytes). Two steps because Adam's states appear in the first step's update: the second shows
+    the steady peak."""
     device = torch.device(device)
+    step_cfg = _one_device(plan, batch, seq, device)
     total = torch.cuda.get_device_properties(device).total_memory
     if budget_bytes > total:
         raise ValueError(f"budget {budget_bytes / 1e9:.1f} GB is more than this GPU's {total / 1e9:.1f} GB: "
@@ -217,45 +206,44 @@ def train_step_fits_gpu(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int, 
     index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.set_per_process_memory_fraction(budget_bytes / total, index)
     torch.cuda.reset_peak_memory_stats(device)
-    model = opt = None
+    model = opt = x = y = None
     try:
-        model, opt = _build(cfg, plan, device)
-        gen = torch.Generator().manual_seed(0)
-        x, y = torch.randint(cfg.vocab_size, (2, batch, seq), generator=gen).to(device)
+        model, opt, next_batch, device = train.build(cfg, step_cfg)
+        scaler = train.make_scaler(step_cfg, device)
+        x, y = next_batch()
         for _ in range(2):
-            _step(model, opt, x, y, plan, device)
+            train.train_step(model, opt, x, y, step_cfg, scaler)
         torch.cuda.synchronize(device)
         return True, torch.cuda.max_memory_allocated(device)
     except torch.OutOfMemoryError:
         return False, None
     finally:
-        del model, opt
+        del model, opt, x, y
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
-def counted_training_bytes(cfg: GPTConfig, plan: MemoryPlan, batch: int, seq: int) -> int:
+def counted_training_bytes(cfg: GPTConfig, plan: TrainConfig, batch: int, seq: int) -> int:
     """Bytes of one CPU training step, counted: parameters, gradients, Adam states and saved tensors.
 
     Transient buffers (the logits' gradient, a recomputed block) are not counted: a CPU has no allocator cap.
     """
-    device = torch.device("cpu")
-    model, opt = _build(cfg, plan, device)
-    x, y = torch.randint(cfg.vocab_size, (2, batch, seq), generator=torch.Generator().manual_seed(0))
-    _step(model, opt, x, y, plan, device)                  # creates Adam's states
+    step_cfg = _one_device(plan, batch, seq, torch.device("cpu"))
+    model, opt, next_batch, device = train.build(cfg, step_cfg)
+    x, y = next_batch()
+    train.train_step(model, opt, x, y, step_cfg, train.make_scaler(step_cfg, device))   # creates Adam's states
     params = list(model.parameters())
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.precision == "mixed"):
-        with count_saved_tensors(exclude=params) as saved:
-            _, loss = model(x, y)
-    loss.backward()
+    with train.autocast(step_cfg, device), count_saved_tensors(exclude=params) as saved:
+        _, loss = model(x, y)
+    loss.backward()                                        # the gradients, counted below
     nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)
     state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
     return nbytes(params) + nbytes(p.grad for p in params) + nbytes(state) + saved.nbytes
 
 
-def verifier(plan: MemoryPlan, batch: int, seq: int, budget_bytes: float,
+def verifier(plan: TrainConfig, batch: int, seq: int, budget_bytes: float,
              device: torch.device | str = "cpu") -> Callable[[GPTConfig], tuple[bool, int | None]]:
-    """The `verify` for largest_that_fits: a capped real step on a GPU, counted bytes on CPU."""
+    """The `verify` for largest_that_fits (batch per GPU): a capped real step on a GPU, counted bytes on CPU."""
     device = torch.device(device)
     if device.type == "cuda":
         return lambda cfg: train_step_fits_gpu(cfg, plan, batch, seq, budget_bytes, device)
@@ -277,8 +265,6 @@ def _peak_dtype(gpu, precision: str) -> str:
 
 def _recomputed(model_cfg: GPTConfig, spec: str) -> tuple[int, bool, int | None]:
     """(checkpointed blocks, selective?, sqrt segments) of a TrainConfig.recompute spec."""
-    from frugal.estimate import sqrt_segmentation
-    from frugal.recompute import from_spec
     rc = from_spec(spec)
     if rc is None:
         return 0, False, None
@@ -286,17 +272,13 @@ def _recomputed(model_cfg: GPTConfig, spec: str) -> tuple[int, bool, int | None]
     return len(rc.checkpointed(model_cfg.n_layer)), rc.policy == "selective", segments
 
 
-def estimate_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", mfu: float = 0.4) -> dict:
+def estimate_recipe(model_cfg: GPTConfig, cfg: TrainConfig, gpu: str = "T4", mfu: float = 0.4) -> dict:
     """What estimate.py predicts for a TrainConfig on cfg.world_size catalog GPUs: bytes per rank by kind,
     tokens/s at `mfu` and US$ per billion tokens. Recomputed blocks (not selective) add their forward's
     2·12·d² FLOPs per layer and token to the 6N + 12·L·d·T the MFU counts (PaLM, appendix B)."""
-    from frugal.estimate import (dollars_per_token, estimate_recompute_activation_bytes, estimate_state_memory,
-                                 get_gpu)
-    from frugal.measure import flops_per_token
     card = get_gpu(gpu)
     n, b, s = count_params(model_cfg), cfg.batch_size // cfg.world_size, cfg.seq_len
-    zero = int(cfg.data_parallel[-1]) if cfg.data_parallel.startswith("zero") and cfg.world_size > 1 else 0
-    sixteen = cfg.precision in ("bf16", "fp16")
+    zero, sixteen = _zero_stage(cfg), _sixteen_bit(cfg)
     # autocast keeps fp32 weights, gradients and Adam (16 B/param); ZeRO in bf16 keeps 16-bit weights and gradients
     states = estimate_state_memory(n, "mixed" if zero and sixteen else "fp32", "adam", zero, cfg.world_size)
     k, selective, segments = _recomputed(model_cfg, cfg.recompute)
@@ -321,23 +303,16 @@ def estimate_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", mfu: float = 0.4
             "total_bytes": sum(bytes_by_kind.values())}
 
 
-def measure_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", cpu_peak_flops: float | None = None) -> dict:
+def measure_recipe(model_cfg: GPTConfig, cfg: TrainConfig, gpu: str = "T4", cpu_peak_flops: float | None = None) -> dict:
     """Train cfg for real (frugal.train.train) and report tokens/s, memory, MFU and US$ per billion tokens.
 
     Memory: the fullest rank's CUDA peak on a GPU; on CPU the bytes one forward saves for backward, counted.
     MFU: against the GPU's catalog peak on a GPU, this CPU's measured matmul peak on CPU. Price: on a GPU
     the measured speed at `gpu`'s catalog price; on CPU the measured MFU carried to `gpu` (a CPU has no price).
     """
-    import statistics
-    from frugal import device as dev
-    from frugal.estimate import dollars_per_token, get_gpu
-    from frugal.measure import flops_per_token, measure_activation_bytes, measure_cpu_peak_flops, mfu
-    from frugal.recompute import from_spec
-    from frugal.train import autocast, batch_fn, train
-
     card = get_gpu(gpu)
-    result = train(model_cfg, cfg)
-    device = dev.pick_device(cfg.device)
+    result = train.train(model_cfg, cfg)
+    device = pick_device(cfg.device)
     times = result.column("time_s")
     warm = 3 if len(times) > 6 else 1 if len(times) > 2 else 0   # compile and allocator warm-up
     step_s = statistics.median(times[warm:])
@@ -346,7 +321,7 @@ def measure_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", cpu_peak_flops: f
     d, L = mcfg.n_embd, mcfg.n_layer
     fpt = flops_per_token(count_params(mcfg) - mcfg.block_size * d, L, d, cfg.seq_len)
     on_gpu = device.type == "cuda"
-    here = dev.catalog_name() if on_gpu else None
+    here = catalog_name() if on_gpu else None
     if here:
         peak = get_gpu(here).peak_flops(_peak_dtype(get_gpu(here), cfg.precision)) * cfg.world_size
         peak_source = f"{cfg.world_size} x {here} data sheet"
@@ -361,9 +336,9 @@ def measure_recipe(model_cfg: GPTConfig, cfg, gpu: str = "T4", cpu_peak_flops: f
         counter = TinyGPT(mcfg)
         counter.load_state_dict(result.model.state_dict())
         counter.recompute, counter.fused_cross_entropy = from_spec(cfg.recompute), cfg.fused_cross_entropy
-        x, y = batch_fn(replace(cfg, world_size=1, batch_size=cfg.batch_size // cfg.world_size),
-                        mcfg.vocab_size, torch.device("cpu"))()
-        with autocast(cfg, torch.device("cpu")):
+        x, y = train.batch_fn(replace(cfg, world_size=1, batch_size=cfg.batch_size // cfg.world_size),
+                              mcfg.vocab_size, torch.device("cpu"))()
+        with train.autocast(cfg, torch.device("cpu")):
             memory = measure_activation_bytes(counter, x, y)
         kind = "saved activations (counted)"
         priced = util * card.peak_flops(_peak_dtype(card, cfg.precision)) * cfg.world_size / fpt

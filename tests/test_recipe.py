@@ -1,11 +1,16 @@
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-from frugal import plots, recipe
+from frugal import plots, recipe, train
+from frugal.measure import count_saved_tensors
 from frugal.model import TinyGPT, preset
-from frugal.recipe import MemoryPlan, naive_plan, recipe_plan
+from frugal.recipe import naive_plan, recipe_plan
+from frugal.recompute import Recompute
+from frugal.train import TrainConfig
 
 T4 = 16e9
 SMALL = recipe.size_family(vocab_size=256, block_size=64)[:5]
@@ -108,11 +113,53 @@ def test_a_real_step_cannot_check_a_sharded_plan():
         recipe.counted_training_bytes(SMALL[0], recipe_plan(4), 2, 16)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"precision": "fp8"}, "mixed"), ({"recompute": "some"}, "full"),
-                                          ({"zero_stage": 4}, "0, 1, 2 or 3"), ({"world_size": 0}, "at least 1")])
+def test_plans_are_train_configs_with_a_per_gpu_batch():
+    assert naive_plan() == TrainConfig(precision="fp32", recompute="none", world_size=1)
+    for w in (1, 3, 8):
+        plan = recipe_plan(w)
+        assert (plan.precision, plan.recompute, plan.data_parallel, plan.world_size) == ("bf16", "full", "zero3", w)
+        assert plan.batch_size // plan.world_size == 8              # the search's default batch per GPU
+    assert list(recipe.named_plans(8)) == ["naive fp32 Adam", "full recipe", "full recipe, ZeRO-3 over 8"]
+
+
+@pytest.mark.parametrize("kwargs,match", [({"precision": "fp8"}, "bf16"), ({"recompute": "some"}, "full"),
+                                          ({"data_parallel": "zero4"}, "zero3"), ({"world_size": 0}, "positive"),
+                                          ({"precision": "fp16"}, "loss scaler")])
 def test_bad_plans_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        MemoryPlan("x", **kwargs)
+        replace(recipe_plan(), **kwargs)
+
+
+def test_the_search_refuses_a_recompute_it_does_not_price():
+    with pytest.raises(ValueError, match="estimate_recipe"):
+        recipe.estimate_training_bytes(SMALL[0], replace(recipe_plan(), recompute="selective"), 4, 64)
+
+
+def test_fused_cross_entropy_drops_the_logits_from_the_estimate():
+    cfg = SMALL[2]
+    plain = recipe.estimate_training_bytes(cfg, recipe_plan(), 4, 64)
+    fused = recipe.estimate_training_bytes(cfg, replace(recipe_plan(), fused_cross_entropy=True), 4, 64)
+    assert plain["activations"] - fused["activations"] == 4 * 64 * cfg.vocab_size * 4     # the fp32 logits
+    assert fused["working"] == 0 and plain["working"] == 2 * 4 * 64 * cfg.vocab_size * 4
+
+
+def test_the_recipe_recomputes_with_frugal_and_saves_what_torch_checkpoint_saves():
+    """The real step is train.build's: frugal.recompute's 'full', which keeps what torch.utils.checkpoint keeps."""
+    cfg = SMALL[3]
+    step = recipe._one_device(recipe_plan(), 4, 64, torch.device("cpu"))
+    model, _, next_batch, device = train.build(cfg, step)
+    assert isinstance(model.recompute, Recompute) and model.recompute.policy == "full"
+    x, y = next_batch()
+
+    def saved_bytes():
+        with train.autocast(step, device), count_saved_tensors(exclude=list(model.parameters())) as saved:
+            model(x, y)
+        return saved.nbytes
+    ours = saved_bytes()
+    model.recompute = None                                            # the reference: torch's checkpoint per block
+    for block in model.blocks:
+        block.forward = partial(torch_checkpoint, block.forward, use_reentrant=False)
+    assert ours == saved_bytes()
 
 
 def test_bad_budget_is_refused():
@@ -121,8 +168,9 @@ def test_bad_budget_is_refused():
 
 
 def test_frontier_plot():
-    curves = {r.plan.name: [asdict(row) for row in r.rows]
-              for r in (recipe.largest_that_fits(T4, p, 8, 1024) for p in (naive_plan(), recipe_plan()))}
+    plans = {"naive fp32 Adam": naive_plan(), "full recipe": recipe_plan()}
+    curves = {name: [asdict(row) for row in recipe.largest_that_fits(T4, p, 8, 1024).rows]
+              for name, p in plans.items()}
     curves["naive fp32 Adam"][5]["verified"] = True
     fig = plots.model_size_frontiers(curves, T4)
     assert len(fig.axes[0].lines) == 2 + 2 + 1 + 1      # two curves, two stars, one verified square, the budget
@@ -138,9 +186,6 @@ def test_gpu_step_under_a_memory_cap():
 
 
 # ----------------------------------------------------------------------------- the learner's plan (lesson 07)
-
-from frugal.train import TrainConfig  # noqa: E402
-
 
 def _cfg(**kw):
     return TrainConfig(**{**dict(steps=4, batch_size=4, seq_len=32, progress=False, data="synthetic"), **kw})
