@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from frugal.zero import CommCounter, ZeroDataParallel
+from frugal.zero import CommCounter, ZeroDataParallel, ZeroStage1
 
 MODES = ("ddp", "bucket", "zero1", "zero2", "zero3", "fsdp")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -176,7 +176,7 @@ def _plain_params(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _state_bytes(net, model: nn.Module, opt) -> dict[str, int] | None:
     """Counted bytes of weights, gradients and optimizer states on this rank (FSDP: its local shards)."""
-    if isinstance(net, ZeroDataParallel):
+    if isinstance(net, ZeroStage1):
         return net.memory_bytes()
     local = lambda t: t.to_local() if hasattr(t, "to_local") else t
     ps = list(dict.fromkeys(model.parameters()))

@@ -81,7 +81,7 @@ def freeing(rank, world_size):
     after_forward = {"live": len(zero._live), "weight": model.blocks[0].attn.c_attn.weight, "wte": model.wte.weight}
     loss.backward()
     return {"live_in_forward": live, "after_forward": after_forward, "regathered_after_backward": len(zero._regathered),
-            "grads": [s.grad is not None for s in zero.shard]}
+            "grads": [s.grad is not None for s in zero.weights]}
 
 
 def bad_inputs(rank, world_size):
