@@ -390,7 +390,7 @@ STAGE_CLASSES = {1: ZeroStage1, 2: ZeroStage2, 3: ZeroStage3}
 
 
 def ZeroDataParallel(model: nn.Module, stage: int, **kwargs) -> ZeroStage1:  # noqa: N802 - named like what it returns
-    """ZeroStage1, ZeroStage2 or ZeroStage3(model, **kwargs), picked by stage number (TrainConfig's 'zero1'..'zero3')."""
+    """ZeroStage1, ZeroStage2 or ZeroStage3(model, **kwargs), picked by number (TrainConfig's 'zero1'..'zero3')."""
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: ZeRO has stages 1 (optimizer states), 2 (+ gradients) and "
                          f"3 (+ weights); plain data parallel (stage 0) is torch DDP or frugal.data_parallel")
