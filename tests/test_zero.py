@@ -35,7 +35,8 @@ def _units_numel():
 
 
 def _max_diff(a: dict, b: dict) -> float:
-    return max((v - b[k.replace(".block.", ".")]).abs().max().item() for k, v in a.items())
+    assert a.keys() == b.keys()
+    return max((v - b[k]).abs().max().item() for k, v in a.items())
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -68,7 +69,14 @@ def test_dropped_wrappers_are_collected_and_leave_no_hooks(two):
 def test_stage3_with_recompute_is_stage3(two):
     eq = two[0]["equivalence"]
     a, b = eq["zero3+recompute"]["params"], eq["zero3"]["params"]
-    assert all(torch.equal(v, b[k.replace(".block.", ".")]) for k, v in a.items())
+    assert a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())   # frugal.recompute
+
+
+def test_torch_fsdp_in_the_same_harness_reaches_ddp_and_frugal_recompute_runs_under_it(two):
+    eq = two[0]["equivalence"]
+    assert _max_diff(eq["fsdp"]["params"], eq["ddp"]["params"]) < ATOL_VS_DDP
+    a, b = eq["fsdp+recompute"]["params"], eq["fsdp"]["params"]
+    assert a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
 
 
 def test_stage3_gathers_one_unit_at_a_time_and_frees_it(two):

@@ -3,24 +3,41 @@ import pytest
 
 from frugal import estimate
 from frugal.model import preset
-from frugal.zero_experiment import MODES, ZeroRun, _unit_numels, peak_by_kind, predict_peak_bytes
+from frugal.train import TrainConfig
+from frugal.zero_experiment import COMPARED, ZeroRun, _unit_numels, peak_by_kind, predict_peak_bytes, run_rank
 
 CFG = preset("gpt2-small")
 B, S = 8, 1024
 
 
-def test_run_spec_rejects_unknown_mode_and_dtype():
-    with pytest.raises(ValueError, match="mode"):
-        ZeroRun(mode="zero4")
-    with pytest.raises(ValueError, match="dtype"):
-        ZeroRun(dtype="fp8")
+def test_run_spec_rejects_unknown_data_parallel_and_precision():
+    with pytest.raises(ValueError, match="data_parallel"):
+        ZeroRun(data_parallel="zero4")
+    with pytest.raises(ValueError, match="precision"):
+        ZeroRun(precision="fp8")
 
 
-def test_prediction_refuses_unknown_mode_and_dtype():
+def test_run_spec_is_a_train_config_that_also_knows_fsdp():
+    run = ZeroRun(data_parallel="fsdp", world_size=2, batch_size=8, recompute="full", precision="bf16")
+    assert isinstance(run, TrainConfig) and run.data_parallel == "fsdp"
+    with pytest.raises(ValueError, match="multiple of 3"):              # batch_size is the global batch
+        ZeroRun(world_size=3, batch_size=4)
+    with pytest.raises(ValueError, match="bf16"):                      # checked as stage 3: no loss scaler
+        ZeroRun(data_parallel="fsdp", world_size=2, batch_size=4, precision="fp16")
+    with pytest.raises(ValueError, match="'full'"):                    # frugal.recompute's names
+        ZeroRun(recompute="yes")
+
+
+def test_run_rank_refuses_a_world_size_other_than_the_launch():
+    with pytest.raises(ValueError, match="world_size=2"):
+        run_rank(0, 2, ZeroRun(data_parallel="zero1", batch_size=4))
+
+
+def test_prediction_refuses_unknown_data_parallel_and_precision():
     with pytest.raises(ValueError, match="pick one of"):
         predict_peak_bytes("zero4", CFG, B, S, 2)
     with pytest.raises(ValueError, match="pick one of"):
-        predict_peak_bytes("zero2", CFG, B, S, 2, dtype="fp8")
+        predict_peak_bytes("zero2", CFG, B, S, 2, precision="fp8")
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -40,7 +57,7 @@ def test_state_parts_are_the_zero_papers_bytes_per_parameter(world):
 
 
 def test_what_every_plan_shares_and_how_the_plans_order():
-    totals = {m: sum(predict_peak_bytes(m, CFG, B, S, 2).values()) for m in MODES}
+    totals = {m: sum(predict_peak_bytes(m, CFG, B, S, 2).values()) for m in COMPARED}
     loss = predict_peak_bytes("zero3", CFG, B, S, 2)["loss: fp32 log-probs, their grad, logits' grad"]
     assert loss == 3 * 4 * B * S * CFG.vocab_size                       # the peak sits in the loss's backward
     assert totals["ddp"] == totals["bucket"]                            # same state, same activations
@@ -49,8 +66,8 @@ def test_what_every_plan_shares_and_how_the_plans_order():
 
 
 def test_peak_by_kind_keeps_every_byte():
-    for mode in MODES:
-        parts = predict_peak_bytes(mode, CFG, B, S, 2)
+    for plan in COMPARED:
+        parts = predict_peak_bytes(plan, CFG, B, S, 2)
         kinds = peak_by_kind(parts)
         assert set(kinds) <= {"weights", "gradients", "optimizer", "activations"}
         assert sum(kinds.values()) == pytest.approx(sum(parts.values()))

@@ -16,16 +16,24 @@ def _strip(out: dict, keep_params: bool) -> dict:
     return out
 
 
+def run(world_size, data_parallel, **kw) -> ZeroRun:
+    """The tests' run: 3 steps of 4 synthetic sequences of 32 tokens per rank (batch_size is the global batch)."""
+    return ZeroRun(data_parallel=data_parallel, world_size=world_size, batch_size=4 * world_size, seq_len=32,
+                   steps=3, data="synthetic", progress=False, **kw)
+
+
 def equivalence(rank, world_size, extra: bool):
     """Plain DP (torch DDP) and our stages 1-3 from the same weights on the same batches; with extra, also
-    stage 3 with recompute and stages 2-3 with bf16 compute copies."""
-    runs = {m: ZeroRun(mode=m, steps=3, return_params=True) for m in ("ddp", "zero1", "zero2", "zero3")}
+    stage 3 with recompute, stages 2-3 with bf16 compute copies, and torch FSDP with and without recompute."""
+    runs = {m: run(world_size, m, return_params=True) for m in ("ddp", "zero1", "zero2", "zero3")}
     if extra:
-        runs["bucket"] = ZeroRun(mode="bucket", steps=3, return_params=True)
-        runs["zero3+recompute"] = ZeroRun(mode="zero3", steps=3, recompute=True, return_params=True)
-        runs["zero2 bf16"] = ZeroRun(mode="zero2", steps=3, dtype="bf16")
-        runs["zero3 bf16"] = ZeroRun(mode="zero3", steps=3, dtype="bf16")
-    return {name: _strip(run_rank(rank, world_size, run), keep_params=rank == 0) for name, run in runs.items()}
+        runs["bucket"] = run(world_size, "bucket", return_params=True)
+        runs["zero3+recompute"] = run(world_size, "zero3", recompute="full", return_params=True)
+        runs["zero2 bf16"] = run(world_size, "zero2", precision="bf16")
+        runs["zero3 bf16"] = run(world_size, "zero3", precision="bf16")
+        runs["fsdp"] = run(world_size, "fsdp", return_params=True)                  # torch's stage 3
+        runs["fsdp+recompute"] = run(world_size, "fsdp", recompute="full", return_params=True)
+    return {name: _strip(run_rank(rank, world_size, r), keep_params=rank == 0) for name, r in runs.items()}
 
 
 def _steps(zero, batches):
@@ -81,7 +89,7 @@ def freeing(rank, world_size):
     after_forward = {"live": len(zero._live), "weight": model.blocks[0].attn.c_attn.weight, "wte": model.wte.weight}
     loss.backward()
     return {"live_in_forward": live, "after_forward": after_forward, "regathered_after_backward": len(zero._regathered),
-            "grads": [s.grad is not None for s in zero.shard]}
+            "grads": [s.grad is not None for s in zero.weights]}
 
 
 def bad_inputs(rank, world_size):
