@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         start = 0
         save_path = Path(args.save)
+        serialization.check_writable(save_path)     # a bad path fails now, not after every step has run
         if args.resume and save_path.exists():
             blob = serialization.load(save_path, model, optimizer, sampler)
             saved_model = blob["extra"].get("model")

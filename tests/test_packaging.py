@@ -94,7 +94,7 @@ def test_corpus_ships_inside_the_package():
 # What a Colab GPU runtime already ships of the packages frugal and its lessons import (Colab's image: torch
 # with triton, numpy, matplotlib, ipywidgets 7.7, tqdm, IPython). frugal is installed with --no-deps over them.
 COLAB_SHIPS = {"torch", "triton", "numpy", "matplotlib", "matplotlib_inline", "ipywidgets", "IPython", "tqdm",
-               "psutil", "pandas", "scipy"}
+               "psutil", "pandas", "scipy", "cloudpickle"}
 KEEP_COLABS_OWN = {"torch", "matplotlib", "ipywidgets"}
 
 

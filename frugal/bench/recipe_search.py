@@ -44,15 +44,14 @@ def bench_recipe_search(ctx: BenchContext) -> dict:
     else:                                                  # toy sizes: a budget of a few MB, counted
         family = recipe.size_family(256, 64)[:4 if ctx.quick else 6]
         budget, batch, seq = 40e6 if ctx.quick else 200e6, 4, 64
-    plans = [recipe.naive_plan(), recipe.recipe_plan(1), recipe.recipe_plan(8)]
     rows, curves = [], {}
-    for plan in plans:
+    for name, plan in recipe.named_plans(world_size=8).items():
         verify = recipe.verifier(plan, batch, seq, budget, ctx.device) if plan.world_size == 1 else None
         result = recipe.largest_that_fits(budget, plan, batch, seq, family=family, verify=verify)
-        curves[plan.name] = [asdict(r) for r in result.rows]
+        curves[name] = [asdict(r) for r in result.rows]
         est, ver = result.largest_estimated, result.largest_verified
         rows.append({
-            "plan": plan.name, "budget_GB": budget / 1e9, "batch": batch, "seq": seq,
+            "plan": name, "budget_GB": budget / 1e9, "batch": batch, "seq": seq,
             "largest_estimated_params": est.params if est else 0,
             "estimated_shape": f"L={est.n_layer} d={est.n_embd}" if est else "-",
             "estimated_GB": est.estimated_bytes / 1e9 if est else None,

@@ -67,8 +67,9 @@ def bench_zero(ctx: BenchContext) -> dict:
     steps, warmup = (15, 5) if big else (3, 1)
     backend = "nccl" if multi else "gloo"
     modes = ("ddp", "bucket", "zero1", "zero2", "zero3", "fsdp")
-    base = dict(model=model, dtype=dtype, batch_size=batch, seq_len=seq, steps=steps, warmup=warmup)
-    results = launch(run_many, world, {m: ZeroRun(mode=m, **base) for m in modes}, backend=backend,
+    base = dict(model=model, precision=dtype, batch_size=batch * world, seq_len=seq, steps=steps, warmup=warmup,
+                world_size=world, data="synthetic", progress=False)
+    results = launch(run_many, world, {m: ZeroRun(data_parallel=m, **base) for m in modes}, backend=backend,
                      timeout=600)
     cfg = preset(model)
     n_params = meta_model(cfg).num_params()
@@ -136,8 +137,8 @@ def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
     rows = []
     for name, mode, n in (("gpt2-small", "ddp", small_params), ("gpt2-medium", "ddp", n_big),
                           ("gpt2-medium", "zero3", n_big)):
-        run = ZeroRun(mode=mode, model=name, dtype=dtype, batch_size=batch, seq_len=seq, steps=3,
-                      memory_fraction=fraction)
+        run = ZeroRun(data_parallel=mode, model=name, precision=dtype, batch_size=batch * world, seq_len=seq,
+                      steps=3, memory_fraction=fraction, world_size=world, data="synthetic", progress=False)
         try:
             out = launch(run_rank, world, run, backend="nccl", timeout=120)
             fits = True

@@ -9,7 +9,7 @@ from IPython.display import display
 
 from frugal import numerics, plots
 from frugal.model import preset
-from frugal.train import PRECISIONS, SCALERS, TrainConfig
+from frugal.train import PRECISIONS, SCALERS, TrainConfig, measure_precision
 from frugal.widgets._common import _dashboard
 
 
@@ -56,7 +56,7 @@ def precision_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8
         name = precision
         if precision == "fp16":
             name = f"fp16/{scaler}" + (f" 2^{math.log2(init_scale):.0f}" if scaler != "none" else "")
-        runs[name] = numerics.measure_precision(preset(model), cfg)
+        runs[name] = measure_precision(preset(model), cfg)
         r = runs[name]
         print(f"{name}: final loss {r['loss'][-1]:.3f}, median step {r['step_ms']:.1f} ms, "
               f"{r['memory_kind']} {plots.human_bytes(r['memory_bytes'])} "
