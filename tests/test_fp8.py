@@ -265,7 +265,7 @@ def test_converted_tinygpt_still_learns_on_the_corpus(recipe, fp32_losses):
 # ----------------------------------------------------------------------------- benchmark
 
 def test_bench_fp8_runs_on_cpu():
-    from frugal.fp8_bench import bench_fp8
+    from frugal.bench.fp8 import bench_fp8
 
     out = bench_fp8("cpu", quick=True)
     assert out["figures"] == {}

@@ -145,5 +145,5 @@ def test_recompute_takes_trainconfigs_policies_and_changes_no_number(tmp_path):
               "--log-every", "3", "--peak-tflops", "0.1", "--device", "cpu"]
     for spec in ("none", "full"):
         torchrun_train.main(common + ["--recompute", spec, "--save", str(tmp_path / f"{spec}.pt")])
-    a, b = (torch.load(tmp_path / f"{spec}.pt", weights_only=False)["model"] for spec in ("none", "full"))
+    a, b = (serialization.read_verified(tmp_path / f"{spec}.pt")["model"] for spec in ("none", "full"))
     assert all(torch.equal(a[k], b[k]) for k in a)

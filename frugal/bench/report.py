@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from frugal.bench.runner import REPORTS, SECTIONS
+from frugal.serialization import write_atomic
 
 README_START = "<!-- results:start (written by `python -m frugal report`) -->"
 README_END = "<!-- results:end -->"
@@ -144,15 +145,21 @@ def markdown_report(results_dir: str | Path = "results") -> str:
 
 
 def headline_report(results_dir: str | Path = "results", link: str = "results/README.md") -> str:
-    """The headline lines of every section as one short markdown table, linking to the full tables."""
-    found = [(name, sec, _device_label(data.get("device", {}))) for _, data in _results(results_dir)
-             for name, sec in data.get("sections", {}).items()]
+    """The headline lines of every section as one short markdown table, linking to the full tables. A section
+    measured on several devices gives the headlines of its newest measurement; every run stays in the full tables."""
+    newest: dict[str, tuple[dict, str]] = {}
+    for _, data in _results(results_dir):
+        for name, sec in data.get("sections", {}).items():
+            if name not in newest or sec.get("when", "") > newest[name][0].get("when", ""):
+                newest[name] = (sec, _device_label(data.get("device", {})))
     order = {name: i for i, name in enumerate(SECTIONS)}
     lines = ["| what | measured | where |", "|---|---|---|"]
-    for name, sec, where in sorted(found, key=lambda f: order.get(f[0], len(order))):   # the lessons' order
+    for name in sorted(newest, key=lambda n: order.get(n, len(order))):   # the lessons' order
+        sec, where = newest[name]
         spec = REPORTS.get(name)
+        day = sec.get("when", "")[:10]
         for what, measured in (spec.headlines(sec.get("rows", [])) if spec and spec.headlines else []):
-            lines.append(f"| {what} | {measured} | {where}, [`{name}`]({link}) |")
+            lines.append(f"| {what} | {measured} | {where}, {day}, [`{name}`]({link}) |")
     return "\n".join(lines) + f"\n\nEvery table, per device, with its figures: [{link}]({link}).\n"
 
 
@@ -165,10 +172,10 @@ def update_readme(readme: str | Path = "README.md", results_dir: str | Path = "r
         raise ValueError(f"{readme} has no results block: add the lines {README_START!r} and {README_END!r}")
     full = results_dir / "README.md"
     old_full = full.read_text() if full.exists() else None
-    full.write_text(markdown_report(results_dir))
+    write_atomic(full, markdown_report(results_dir))
     link = Path(os.path.relpath(full, readme.parent)).as_posix()
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     new = f"{head}{README_START}\n{headline_report(results_dir, link)}{README_END}{tail}"
-    readme.write_text(new)
+    write_atomic(readme, new)
     return new != text or full.read_text() != old_full

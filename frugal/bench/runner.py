@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from frugal import device as dev
+from frugal.serialization import write_atomic
 from frugal.model import GPTConfig, TinyGPT
 
 SECTIONS: dict[str, Callable[["BenchContext"], dict]] = {}   # name -> section, in the order of the run
@@ -105,6 +106,6 @@ def run(sections: list[str] | None = None, out_dir: str | Path = "results", quic
         out["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         results["sections"][name] = out
         print_table(name, out.get("rows", []))
-        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_atomic(path, json.dumps(results, indent=2, default=str) + "\n")   # a killed run leaves the old file whole
     print(f"\nwrote {path}")
     return results

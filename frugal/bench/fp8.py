@@ -1,7 +1,7 @@
 """What fp8 buys: matmul throughput (bf16, our Float8Linear, torch._scaled_mm alone) and one training step of a
 matmul-bound model (bf16 autocast, ours in fp8, torchao's float8 training where it is installed). All eager.
 
-bench_fp8(device, quick) returns rows (dicts) and figures, the shape of a `python -m frugal bench` section.
+`python -m frugal bench --section fp8`; bench_fp8(device, quick) returns its rows (dicts) and figures.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frugal import fp8
+from frugal.bench.report import Column, Table
+from frugal.bench.runner import BenchContext, section
 from frugal.measure import measure_time
 from frugal.train import TrainConfig, make_optimizer, train_step
 
@@ -138,3 +140,17 @@ def bench_fp8(device: torch.device | str, quick: bool = False) -> dict:
         _free(device)
     rows += _train_rows(device, quick)
     return {"rows": rows, "figures": {}}
+
+
+TABLES = [
+    Table("fp8 against bf16: square matmuls and a training step (eager)", [
+        Column("op", "what"), Column("size", "M = K = N"), Column("d", "width d"), Column("backend", "fp8 path"),
+        Column("ms", "time (ms)"), Column("tflops", "TFLOP/s"), Column("speedup_vs_bf16", "vs bf16", "x"),
+        Column("error", "note")]),
+]
+
+
+@section("fp8", TABLES)
+def bench_section_fp8(ctx: BenchContext) -> dict:
+    """Where fp8 pays: matmul throughput by size and one step of a matmul-bound model."""
+    return bench_fp8(ctx.device, ctx.quick)
