@@ -235,14 +235,15 @@ def test_selective_scopes_give_identical_gradients(keep):
 
 def test_scoped_selective_sends_only_the_kept_modules_through_python(monkeypatch):
     import frugal.recompute as R
+    from frugal.recompute_frame import _KeepOutputs
     dispatched = []
-    original = R._KeepOutputs.__torch_dispatch__
+    original = _KeepOutputs.__torch_dispatch__
 
     def counting(self, func, types, args=(), kwargs=None):
         dispatched.append(func)
         return original(self, func, types, args, kwargs)
 
-    monkeypatch.setattr(R._KeepOutputs, "__torch_dispatch__", counting)
+    monkeypatch.setattr(_KeepOutputs, "__torch_dispatch__", counting)
     model = _model(n_layer=2)
     counts = {}
     for keep in (None, R.SELECTIVE_KEEP):
