@@ -19,6 +19,7 @@ import weakref
 from datetime import timedelta
 from typing import Any, Callable
 
+import cloudpickle
 import torch
 import torch.distributed as dist
 
@@ -57,14 +58,15 @@ def pick_backend(world_size: int, backend: str = "auto") -> str:
     return backend
 
 
-def _check_picklable(fn: Callable) -> None:
-    module = getattr(fn, "__module__", None)
-    if module in (None, "__main__") or getattr(fn, "__qualname__", "").count("<locals>") or \
-            getattr(fn, "__name__", "") == "<lambda>":
-        raise ValueError(
-            f"{getattr(fn, '__qualname__', fn)!r} cannot be sent to a spawned process: functions defined in a "
-            f"notebook cell, lambdas and nested functions are not importable there. Put the worker function in a "
-            f"module (frugal/ has them, e.g. frugal.collectives) or in a .py file next to the notebook and import it.")
+def _pack(fn: Callable, args: tuple) -> bytes:
+    """fn and its args as bytes a spawned rank can load. cloudpickle sends a function defined in a notebook cell
+    (or a lambda, or a nested function) by value, with the globals it uses; an importable one goes by name."""
+    try:
+        return cloudpickle.dumps((fn, args))
+    except Exception as e:  # noqa: BLE001 - say which part cannot travel and what to do
+        raise ValueError(f"{getattr(fn, '__qualname__', fn)!r} or its arguments cannot be sent to the ranks "
+                         f"({type(e).__name__}: {e}): pass plain values (numbers, tensors, configs) and open "
+                         f"files, sockets or locks inside the function instead") from e
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -76,7 +78,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
-               parent_pid: int, fn: Callable, args: tuple, results: mp.Queue) -> None:
+               parent_pid: int, packed: bytes, results: mp.Queue) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
         store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False,
@@ -86,13 +88,14 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: f
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
         try:
+            fn, args = cloudpickle.loads(packed)
             out = fn(rank, world_size, *args)
         except BaseException:  # noqa: BLE001 - report before the group closes, so this cause arrives first
             results.put((rank, "error", traceback.format_exc()))
             time.sleep(0.5)    # let the message leave before peers see the connections drop
             raise SystemExit(1) from None
         dist.destroy_process_group()
-        results.put((rank, "ok", pickle.dumps(out)))
+        results.put((rank, "ok", cloudpickle.dumps(out)))
     except SystemExit:
         pass
     except BaseException:  # noqa: BLE001 - every failure goes back to the parent
@@ -145,13 +148,13 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and v < float("inf")):
             raise ValueError(f"{name}={v!r}: must be a positive number of seconds, e.g. 60")
-    _check_picklable(fn)
+    packed = _pack(fn, args)
     backend = pick_backend(world_size, backend)
     ctx = mp.get_context("spawn")
     store = loopback_store(world_size + 1, timeout)     # the parent owns the store
     results: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_rank_main, daemon=True, name=f"frugal-rank{r}",
-                         args=(r, world_size, store.port, backend, timeout, os.getpid(), fn, args, results))
+                         args=(r, world_size, store.port, backend, timeout, os.getpid(), packed, results))
              for r in range(world_size)]
     out: dict[int, Any] = {}
     t_end = None if deadline is None else time.monotonic() + deadline

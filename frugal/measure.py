@@ -1,7 +1,7 @@
 """What happened: step time, peak memory, the bytes saved for backward, FLOPs and MFU.
 
 `measure_*` observes; its twin in estimate.py (`estimate_*`) predicts. Lessons show both side by side.
-Measurements that take training steps (measure_precision, measure_recompute) live in frugal.train, above this.
+Measurements that take training steps (measure_precision, measure_recompute) live in frugal.measure_training, above this.
 """
 from __future__ import annotations
 

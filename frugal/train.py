@@ -7,7 +7,6 @@ frugal trains or times a step (lessons' measurements, the benchmark, torchrun_tr
 """
 from __future__ import annotations
 
-import statistics
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict, replace
@@ -16,12 +15,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from frugal import data, estimate, recompute
+from frugal import data, recompute
 from frugal.data_parallel import wrap
 from frugal.device import pick_device
 from frugal.dist import launch, max_and_mean, share_cpu_threads
 from frugal.loss_scaler import LossScaler
-from frugal.measure import Timing, measure_activation_bytes, measure_peak_memory, measure_time, synchronize
+from frugal.measure import Timing, measure_time, synchronize
 from frugal.model import GPTConfig, TinyGPT
 from frugal.zero import ZeroDataParallel
 
@@ -60,10 +59,21 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be positive")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr={self.lr}: must be positive")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"TrainConfig.{name}={v!r}: must be a positive integer, e.g. {name}=8")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"TrainConfig.seed={self.seed!r}: must be an integer, e.g. seed=0")
+        if not _finite_positive(self.lr):
+            raise ValueError(f"TrainConfig.lr={self.lr!r}: must be a positive finite number, e.g. lr=3e-3")
+        if self.grad_clip is not None and not _finite_positive(self.grad_clip):
+            raise ValueError(f"TrainConfig.grad_clip={self.grad_clip!r}: must be a positive finite norm, e.g. 1.0, "
+                             f"or None for no clipping")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ValueError(f"TrainConfig.device={self.device!r}: pass a string such as 'cpu' or 'cuda', or None")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device={self.device!r}: use 'cpu', 'cuda' or 'cuda:N' (PyTorch calls a "
+                             f"GPU 'cuda'), or None to pick one")
         if self.data not in ("corpus", "synthetic"):
             raise ValueError(f"TrainConfig.data={self.data!r}: pick 'corpus' or 'synthetic'")
         recompute.from_spec(self.recompute)   # raises ValueError naming the valid policies
@@ -101,6 +111,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.loss_divisor={self.loss_divisor}: must be positive (1.0 = plain loss)")
         if self.scaler not in SCALERS:
             raise ValueError(f"TrainConfig.scaler={self.scaler!r}: pick one of {SCALERS}")
+
+
+def _finite_positive(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < float("inf")
 
 
 @dataclass
@@ -166,6 +180,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, rank: int = 0):
     """(model, optimizer, next_batch, device) ready to train; a TinyGPT passed in is trained in place.
     rank picks the batch shard when cfg.world_size > 1."""
+    if not isinstance(model_cfg, (GPTConfig, TinyGPT)):
+        raise TypeError(f"train/build got {type(model_cfg).__name__} {model_cfg!r} for the model: pass a GPTConfig "
+                        f"or a TinyGPT, e.g. frugal.model.preset('tiny') for a named size")
     device = pick_device(cfg.device)
     if isinstance(model_cfg, TinyGPT):
         model = model_cfg.to(device)
@@ -351,49 +368,3 @@ def train_data_parallel(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, timeou
     model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
     model.load_state_dict(out["state_dict"])
     return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"])
-
-
-# ----------------------------------------------------------------------------- lessons 01-02: measured by training
-
-def measure_precision(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig) -> dict:
-    """Train TinyGPT in cfg.precision and report what the lesson plots: loss per step, median step time,
-    memory (peak CUDA memory on a GPU, bytes saved for backward on CPU) beside estimate.py's prediction."""
-    result = train(model_cfg, cfg)
-    model = result.model
-    device = next(model.parameters()).device
-    times = result.column("time_s")
-    times = times[2:] if len(times) > 4 else times               # leave out warm-up steps
-    act_bytes = 2 if cfg.precision in ("fp16", "bf16") else 4
-    act_est = sum(estimate.estimate_activation_bytes(model.cfg, cfg.batch_size, cfg.seq_len, act_bytes).values())
-    if device.type == "cuda":
-        memory, kind = max(result.column("peak_memory_bytes")), "peak CUDA memory"
-        estimated = 16 * model.num_params() + act_est            # fp32 weights, grads, Adam m and v + activations
-    else:
-        x, y = batch_fn(cfg, model.cfg.vocab_size, device)()
-        with autocast(cfg, device):
-            memory = measure_activation_bytes(model, x, y)
-        kind, estimated = "saved activations", act_est
-    return {"loss": result.column("loss"), "step_ms": statistics.median(times) * 1e3, "memory_bytes": memory,
-            "memory_estimate_bytes": estimated, "memory_kind": kind, "scale": result.column("loss_scale"),
-            "skipped": [r.step for r in result.history if r.skipped]}
-
-
-def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recompute,
-                      warmup: int = 1, repeats: int = 3) -> dict:
-    """Saved bytes, forward+backward time and (CUDA) peak memory of model(x, y) with model.recompute set.
-    The step is forward_backward in fp32, gradients then dropped: no optimizer, so the weights stay as they are."""
-    before = getattr(model, "recompute", None)
-    model.recompute = recompute
-    cfg = TrainConfig(progress=False)
-
-    def step():
-        forward_backward(model, x, y, cfg)
-        model.zero_grad(set_to_none=True)
-
-    try:
-        saved = measure_activation_bytes(model, x, y)
-        timing = measure_time(step, x.device, warmup=warmup, repeats=repeats)
-        peak = measure_peak_memory(step, x.device)
-    finally:
-        model.recompute = before
-    return {"saved_bytes": saved, "step_s": timing.median_s, "peak_memory_bytes": peak}

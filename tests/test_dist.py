@@ -134,9 +134,38 @@ def test_killed_parent_leaves_no_orphans(tmp_path):
     assert not any(_alive(p) for p in pids)
 
 
-def test_notebook_functions_are_refused_with_the_fix():
-    with pytest.raises(ValueError, match="module"):
-        launch(lambda rank, world: rank, 2)
+def test_lambdas_and_nested_functions_run_on_the_ranks():
+    offset = 10                                    # a closure variable travels with the function
+
+    def nested(rank, world, x):
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([float(rank + x + offset)])
+        dist.all_reduce(t)
+        return t.item()
+    assert launch(nested, 2, 1.0) == [23.0, 23.0]    # (0+1+10) + (1+1+10)
+    assert launch(lambda rank, world: rank * world, 3) == [0, 3, 6]
+
+
+def test_a_function_defined_in_main_runs_on_the_ranks(tmp_path):
+    """What a notebook cell defines lives in __main__, which a spawned rank cannot import: it goes by value."""
+    script = tmp_path / "cell.py"
+    script.write_text(
+        "from frugal.dist import launch\n"
+        "SCALE = 3\n"
+        "def worker(rank, world):\n"
+        "    return rank * SCALE\n"
+        "if __name__ == '__main__':\n"
+        "    print(launch(worker, 2))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[0, 3]"
+
+
+def test_arguments_that_cannot_travel_name_the_fix():
+    import threading
+    with pytest.raises(ValueError, match="open files, sockets or locks inside the function"):
+        launch(lambda rank, world, lock: rank, 2, threading.Lock())
 
 
 def test_nccl_without_enough_gpus_names_the_fix():

@@ -6,8 +6,8 @@ import torch
 
 from frugal.model import TinyGPT, preset
 from frugal.recompute import Recompute
-from frugal.train import (TrainConfig, build, measure_precision, measure_recompute, time_steps, train,
-                          train_step)
+from frugal.measure_training import measure_precision, measure_recompute
+from frugal.train import TrainConfig, build, time_steps, train, train_step
 
 
 def _cfg(**kw):
@@ -95,9 +95,13 @@ def test_accumulation_is_one_step_on_the_summed_micro_batch_gradients():
     assert loss.item() == torch.stack(losses).mean().item()
     for p, q in zip(model.parameters(), hand.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    train_step(whole, torch.optim.AdamW(whole.parameters(), lr=cfg.lr, weight_decay=0.0), x, y, _cfg())
-    for p, q in zip(model.parameters(), whole.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    # Against one backward on the whole batch: compare the gradients, not the weights after AdamW, whose first
+    # step is about lr * sign(g) and so turns a rounding difference in a near-zero gradient into a step of lr.
+    _, full = whole(x, y)
+    full.backward()
+    torch.nn.utils.clip_grad_norm_(whole.parameters(), cfg.grad_clip)
+    for p, q in zip(hand.parameters(), whole.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)   # fp32 sums in another order
 
 
 def test_accumulation_that_does_not_split_the_batch_is_refused():

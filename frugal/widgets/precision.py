@@ -9,7 +9,8 @@ from IPython.display import display
 
 from frugal import numerics, plots
 from frugal.model import preset
-from frugal.train import PRECISIONS, SCALERS, TrainConfig, measure_precision
+from frugal.measure_training import measure_precision
+from frugal.train import PRECISIONS, SCALERS, TrainConfig
 from frugal.widgets._common import _dashboard
 
 
