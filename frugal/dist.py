@@ -4,6 +4,7 @@
 in one torch.distributed process group: gloo on CPU (2 to 4 ranks run on a laptop), NCCL with one GPU per
 rank where there are enough GPUs. The parent owns the rendezvous store on a free port, every collective
 has a timeout, a failing rank's traceback is raised in the caller, and no child outlives the call.
+A rank can `report(message)` while it works; launch(on_report=...) hears it, so a progress bar can follow.
 """
 from __future__ import annotations
 
@@ -77,9 +78,20 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(0.5)
 
 
+_REPORTS: list = []   # in a rank only: the queue to the parent (set by _rank_main; empty in the parent)
+
+
+def report(message: Any) -> None:
+    """From inside a rank: send `message` (picklable) to launch's on_report, as it happens. Outside launch: nothing."""
+    if _REPORTS:
+        rank, results = _REPORTS[0]
+        results.put((rank, "report", message))
+
+
 def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
                parent_pid: int, packed: bytes, results: mp.Queue) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _REPORTS[:] = [(rank, results)]
     try:
         store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False,
                               timeout=timedelta(seconds=timeout_s))
@@ -87,6 +99,7 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: f
             torch.cuda.set_device(rank)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
+        report("joined")
         try:
             fn, args = cloudpickle.loads(packed)
             out = fn(rank, world_size, *args)
@@ -135,12 +148,15 @@ def _reap(procs: list) -> None:
 
 
 def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", timeout: float = 60.0,
-           deadline: float | None = None) -> list:
+           deadline: float | None = None, on_report: Callable[[int, Any], None] | None = None) -> list:
     """Run fn(rank, world_size, *args) on world_size ranks; return the list of their results, by rank.
 
     timeout: seconds any collective (and the rendezvous) may wait. deadline: seconds the whole run may
-    take (default: none beyond the collectives' timeout, plus time for results to arrive).
+    take (default: none beyond the collectives' timeout, plus time for results to arrive). on_report(rank,
+    message), called here as it happens: 'joined' once a rank is in the group, whatever it report()s, 'done'.
     """
+    if on_report is not None and not callable(on_report):
+        raise TypeError(f"on_report={on_report!r}: pass a function (rank, message) -> None, or None")
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size={world_size!r}: must be a positive integer")
     for name, v in (("timeout", timeout), ("deadline", deadline)):
@@ -188,7 +204,13 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                     hint = (f"\n(a collective waited longer than timeout={timeout}s: another rank is stuck or never "
                             f"called it; raise timeout if the work is just slow)")
                 raise RankError(f"rank {rank} of {world_size} failed:\n{payload}{hint}")
+            if status == "report":
+                if on_report is not None:
+                    on_report(rank, payload)
+                continue
             out[rank] = pickle.loads(payload)
+            if on_report is not None:
+                on_report(rank, "done")
         for p in procs:
             p.join(timeout=10)
         return [out[r] for r in range(world_size)]

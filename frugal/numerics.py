@@ -106,8 +106,8 @@ class FormatStats:
     underflow: float       # x != 0 rounds to 0
     subnormal: float       # lands in (0, smallest_normal): kept, with fewer significant bits
     normal: float          # lands in the normal range (zeros and non-finite inputs are in none of the four)
-    max_rel_error: float   # max |rt(x) - x| / |x| over elements landing in the normal range (<= eps/2)
-    mean_rel_error: float  # mean of the same
+    max_rel_error: float | None   # max |rt(x) - x| / |x| over elements landing in the normal range (<= eps/2);
+    mean_rel_error: float | None  # mean of the same; both None when no element lands there (nothing to measure)
 
 
 def format_stats(x: torch.Tensor, fmt: Format | str) -> FormatStats:
@@ -124,8 +124,8 @@ def format_stats(x: torch.Tensor, fmt: Format | str) -> FormatStats:
     normal = finite & ~over & (rt.abs() >= fmt.smallest_normal)
     err = ((rt - x).abs() / x.abs())[normal]
     return FormatStats(fmt.name, over.sum().item() / n, under.sum().item() / n, sub.sum().item() / n,
-                       normal.sum().item() / n, err.max().item() if err.numel() else 0.0,
-                       err.mean().item() if err.numel() else 0.0)
+                       normal.sum().item() / n, err.max().item() if err.numel() else None,
+                       err.mean().item() if err.numel() else None)
 
 
 def stats_table(x: torch.Tensor, formats: list[str] | None = None) -> list[dict]:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frugal.collectives import chunk_bounds
+from frugal.dist import report
 from frugal.model import GPTConfig, TinyGPT
 
 
@@ -339,6 +340,7 @@ def pipeline_rank(rank: int, world_size: int, cfg: GPTConfig, batch: int, seq: i
         if return_grads:
             res["grads"] = {n: p.grad.detach().cpu() for n, p in stage.named_full_parameters()}
         out.append(res)
+        report((schedule, m))                              # a progress bar in the caller moves one run on
     return out
 
 

@@ -17,6 +17,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from frugal import estimate
 from frugal.data_parallel import wrap
+from frugal.dist import report
 from frugal.measure import measure_time
 from frugal.model import TinyGPT, preset
 from frugal.train import PRECISIONS, TrainConfig, build, make_optimizer, make_scaler, train_step
@@ -265,4 +266,5 @@ def run_many(rank: int, world_size: int, runs: dict[str, ZeroRun]) -> dict[str, 
             out[name] = run_rank(rank, world_size, run)
         except Exception as e:  # noqa: BLE001 - every rank raises alike: report it, keep the others
             out[name] = {"error": f"{type(e).__name__}: {e}"}
+        report(name)                                       # a progress bar in the caller moves one run on
     return out

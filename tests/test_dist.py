@@ -202,3 +202,23 @@ def test_the_launch_store_listens_on_loopback_only():
     port = store.port
     del store
     assert _listening(port) == [], "the store closes its socket when it goes"
+
+
+def test_ranks_report_progress_to_the_caller_as_it_happens():
+    def work(rank, world, n):
+        from frugal.dist import report
+        for i in range(n):
+            report(("step", i))
+        return rank
+
+    heard = []
+    assert launch(work, 2, 3, on_report=lambda rank, msg: heard.append((rank, msg))) == [0, 1]
+    for rank in (0, 1):
+        mine = [m for r, m in heard if r == rank]
+        assert mine == ["joined", ("step", 0), ("step", 1), ("step", 2), "done"]   # in order, then done
+
+
+def test_report_outside_launch_does_nothing_and_on_report_must_be_callable():
+    dist_mod.report("nobody listens")                  # the parent has no queue: no error, no output
+    with pytest.raises(TypeError, match="on_report"):
+        launch(w.rank_info, 1, "x", on_report="print")

@@ -1,7 +1,10 @@
-"""What every figure shares: a figure that pyplot does not show twice, byte units, the colours of memory kinds."""
+"""What every figure shares: a figure that pyplot does not show twice, human units, the colours of memory kinds."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
+
+from frugal.units import human_bytes, human_count, human_dollars, human_time  # noqa: F401 - the one formatter
 
 
 GIB = 2 ** 30
@@ -15,10 +18,6 @@ def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1):
     return fig, axes
 
 
-def human_bytes(n: float) -> str:
-    """Bytes in binary units: 3 * 2**20 -> '3 MiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} TiB"
+def unit_axis(axis, format_value) -> None:
+    """Label an axis' ticks with a formatter of frugal.units (a log axis then reads '$1 M', not '10^6')."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: format_value(v)))

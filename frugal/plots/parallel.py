@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from frugal.plots._common import COLORS, human_bytes, new_figure
+from frugal.plots._common import COLORS, human_bytes, human_count, new_figure
 
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
@@ -156,15 +156,19 @@ def comm_volume_bars(predicted: dict[str, float], counted: dict[str, float] | No
     return fig
 
 
-def max_model_bars(max_params: dict[str, float], memory_gb: float, world_size: int) -> Figure:
-    """The largest model (parameters) whose training state fits memory_gb per rank, for each plan."""
+def max_model_bars(max_params: dict[str, float], memory_gb: float, world_size: int,
+                   highlight: str | None = None) -> Figure:
+    """The largest model (parameters) whose training state fits memory_gb per rank, for each plan;
+    highlight: the chosen plan drawn in red."""
     fig, ax = new_figure(6.4, 3.6)
     names = list(max_params)
     values = [max_params[n] / 1e9 for n in names]
-    ax.bar(names, values, color="#4C72B0")
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.3g} B", ha="center", va="bottom", fontsize=8)
+    ax.bar(names, values, color=["#C44E52" if n == highlight else "#4C72B0" for n in names])
+    for i, n in enumerate(names):
+        ax.text(i, values[i], human_count(max_params[n]), ha="center", va="bottom", fontsize=8,
+                fontweight="bold" if n == highlight else None)
     ax.set_ylabel("parameters (billions)")
+    ax.margins(y=0.12)
     ax.set_title(f"Largest model that fits {memory_gb:g} GB per rank, {world_size} ranks")
     return fig
 
@@ -175,24 +179,27 @@ def max_model_bars(max_params: dict[str, float], memory_gb: float, world_size: i
 PIPE_COLORS = {"F": "#4C72B0", "B": "#DD8452"}
 
 
-def pipeline_gantt(timelines: dict[str, list[list[dict]]], unit: str = "ms", scale: float = 1e3) -> Figure:
+def pipeline_gantt(timelines: dict[str, list[list[dict]]], unit: str = "ms", scale: float = 1e3,
+                   units: dict[str, tuple[str, float]] | None = None) -> Figure:
     """One panel per named timeline: a row per stage, a bar per forward (F) or backward (B) event, labelled by
-    micro-batch; white space is the bubble. Times are shifted so the step starts at 0."""
+    micro-batch; white space is the bubble. Times are shifted so the step starts at 0. Each panel's axis is in
+    `unit` (seconds times `scale`), or in units[name] = (unit, scale) for a timeline in other units (a simulation)."""
     n = len(timelines)
     rows = max(len(tl) for tl in timelines.values())
-    fig, axes = plt.subplots(n, 1, figsize=(7.5, 0.6 + (0.45 * rows + 0.6) * n), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(7.5, 0.6 + (0.45 * rows + 0.7) * n), layout="constrained", squeeze=False)
     plt.close(fig)
     for ax, (name, tl) in zip(axes[:, 0], timelines.items()):
+        label, k = (units or {}).get(name, (unit, scale))
         t0 = min(e["start"] for stage in tl for e in stage)
         for s, stage in enumerate(tl):
             for e in stage:
-                x, w = (e["start"] - t0) * scale, (e["end"] - e["start"]) * scale
+                x, w = (e["start"] - t0) * k, (e["end"] - e["start"]) * k
                 ax.barh(s, w, left=x, color=PIPE_COLORS[e["kind"]], edgecolor="white", height=0.8)
                 ax.text(x + w / 2, s, f"{e['kind']}{e['mb']}", ha="center", va="center", fontsize=7, color="white")
         ax.set_yticks(range(len(tl)), [f"stage {s}" for s in range(len(tl))])
         ax.invert_yaxis()
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel(unit)
+        ax.set_xlabel(label)
     return fig
 
 

@@ -41,9 +41,12 @@ def format_ranges(table: dict, value: float | None = None, highlight: str | None
 def gradient_histogram(magnitudes, table: dict, formats: tuple = ("fp16", "bf16", "fp8_e5m2"),
                        title: str = "Gradient magnitudes of one TinyGPT step vs each format's range") -> Figure:
     """Histogram of log2 |g| (nonzero values) with each format's underflow edge (half its smallest subnormal,
-    solid) and smallest normal (dashed); the fraction of gradients below each edge is in the legend."""
-    g = np.asarray(magnitudes, dtype=np.float64).ravel()
-    g = g[(g > 0) & np.isfinite(g)]
+    solid) and smallest normal (dashed). The legend's fractions are of all values, zeros included, as
+    numerics.stats_table counts them; the exact zeros (no log) are not drawn, and the title says how many."""
+    g_all = np.asarray(magnitudes, dtype=np.float64).ravel()
+    g_all = g_all[np.isfinite(g_all)]
+    g = g_all[g_all > 0]
+    total = max(g_all.size, 1)
     fig, ax = new_figure(7.0, 4.0)
     ax.hist(np.log2(g), bins=80, color="#999999")
     for name in formats:
@@ -51,12 +54,14 @@ def gradient_histogram(magnitudes, table: dict, formats: tuple = ("fp16", "bf16"
             continue
         fmt, color = table[name], FORMAT_COLORS.get(name, "black")
         edge = _fmt_get(fmt, "smallest_subnormal") / 2
-        frac = float((g <= edge).mean()) if g.size else 0.0
+        frac = float((g <= edge).sum()) / total
         ax.axvline(np.log2(edge), color=color, lw=2, label=f"{name}: {frac:.1%} round to 0")
         ax.axvline(np.log2(_fmt_get(fmt, "smallest_normal")), color=color, lw=1, ls="--")
+    zeros = g_all.size - g.size
     ax.set_xlabel("log2 |gradient|")
     ax.set_ylabel("count")
-    ax.set_title(title)
+    ax.set_title(f"{title}\n{g_all.size:,} values, {zeros / total:.1%} exactly 0 (not drawn); "
+                 f"fractions are of all values", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     return fig
 

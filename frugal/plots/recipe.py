@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from frugal.plots._common import new_figure
+from frugal.plots._common import human_count, new_figure
 
 
 def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
@@ -22,7 +22,7 @@ def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
         if fitting:
             best = max(fitting, key=lambda r: r["params"])
             ax.plot(best["params"], best["estimated_bytes"] / 1e9, "*", ms=14, color=color)
-            ax.annotate(f"{best['params'] / 1e6:,.0f}M", (best["params"], best["estimated_bytes"] / 1e9),
+            ax.annotate(human_count(best["params"]), (best["params"], best["estimated_bytes"] / 1e9),
                         textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
         for r in rows:
             if r.get("verified") is not None:
