@@ -1,5 +1,6 @@
 """Measurements that take training steps, built on frugal.train: a precision's loss, speed and memory
-(lesson 01), and a recompute policy's saved bytes, time and peak memory (lesson 02)."""
+(lesson 01), a recompute policy's saved bytes, time and peak memory (lesson 02), and a run on ranks whose
+progress a dashboard can follow (lessons 03 and 07)."""
 from __future__ import annotations
 
 import statistics
@@ -9,7 +10,8 @@ import torch
 from frugal import estimate
 from frugal.measure import measure_activation_bytes, measure_peak_memory, measure_time
 from frugal.model import GPTConfig, TinyGPT
-from frugal.train import TrainConfig, autocast, batch_fn, forward_backward, train
+from frugal.dist import launch
+from frugal.train import TrainConfig, TrainResult, autocast, batch_fn, forward_backward, train, train_rank
 
 
 def measure_precision(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig) -> dict:
@@ -54,3 +56,18 @@ def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     finally:
         model.recompute = before
     return {"saved_bytes": saved, "step_s": timing.median_s, "peak_memory_bytes": peak}
+
+
+def train_with_reports(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, on_report=None,
+                       timeout: float = 120.0) -> TrainResult:
+    """train(model_cfg, cfg), with cfg.world_size > 1 launched here so that on_report(rank, message) hears each
+    rank join and finish (dist.launch's reports); one process trains through train() itself."""
+    if cfg.world_size == 1 or on_report is None:
+        return train(model_cfg, cfg)
+    cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    sent = model_cfg.cpu() if isinstance(model_cfg, TinyGPT) else model_cfg
+    out = launch(train_rank, cfg.world_size, sent, cfg, backend="auto" if cuda else "gloo", timeout=timeout,
+                 on_report=on_report)[0]
+    model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
+    model.load_state_dict(out["state_dict"])
+    return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"])

@@ -20,6 +20,7 @@ from frugal.estimate import (dollars_per_token, estimate_activation_bytes, estim
                              estimate_state_memory, get_gpu, sqrt_segmentation)
 from frugal.measure import (count_saved_tensors, flops_per_token, measure_activation_bytes, measure_cpu_peak_flops,
                             mfu)
+from frugal.measure_training import train_with_reports
 from frugal.model import GPTConfig, TinyGPT
 from frugal.recompute import from_spec
 from frugal.train import TrainConfig
@@ -303,15 +304,17 @@ def estimate_recipe(model_cfg: GPTConfig, cfg: TrainConfig, gpu: str = "T4", mfu
             "total_bytes": sum(bytes_by_kind.values())}
 
 
-def measure_recipe(model_cfg: GPTConfig, cfg: TrainConfig, gpu: str = "T4", cpu_peak_flops: float | None = None) -> dict:
+def measure_recipe(model_cfg: GPTConfig, cfg: TrainConfig, gpu: str = "T4", cpu_peak_flops: float | None = None,
+                   on_report=None) -> dict:
     """Train cfg for real (frugal.train.train) and report tokens/s, memory, MFU and US$ per billion tokens.
 
     Memory: the fullest rank's CUDA peak on a GPU; on CPU the bytes one forward saves for backward, counted.
     MFU: against the GPU's catalog peak on a GPU, this CPU's measured matmul peak on CPU. Price: on a GPU
     the measured speed at `gpu`'s catalog price; on CPU the measured MFU carried to `gpu` (a CPU has no price).
+    on_report(rank, message): hears the ranks of a cfg.world_size > 1 run join and finish (a progress bar).
     """
     card = get_gpu(gpu)
-    result = train.train(model_cfg, cfg)
+    result = train_with_reports(model_cfg, cfg, on_report)
     device = pick_device(cfg.device)
     times = result.column("time_s")
     warm = 3 if len(times) > 6 else 1 if len(times) > 2 else 0   # compile and allocator warm-up

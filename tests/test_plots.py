@@ -11,10 +11,17 @@ def _bar_heights(ax):
     return [p.get_height() for p in ax.patches]
 
 
-def test_human_bytes():
-    assert plots.human_bytes(512) == "512 B"
-    assert plots.human_bytes(3 * 2 ** 20) == "3 MiB"
-    assert plots.human_bytes(2 ** 50) == "1.02e+03 TiB"
+def _texts(fig) -> list[str]:
+    """Every piece of text a learner reads on the figure: titles, labels, ticks, annotations, legends."""
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+
+
+def _drawn(fig) -> bool:
+    """Render the figure with Agg, as the inline backend does (tick labels exist only after a draw)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return True
 
 
 # ----------------------------------------------------------------------------- lesson 00
@@ -22,22 +29,23 @@ def test_human_bytes():
 def test_memory_bars_stack_each_kind_and_draw_one_line_per_gpu_size():
     plans = {"a": {"weights": 2e9, "gradients": 2e9, "optimizer": 12e9, "activations": 4e9},
              "b": {"weights": 1e9}}
-    fig = plots.memory_bars(plans, {"A100-80GB": 80, "H100": 80, "T4": 16})
+    fig = plots.memory_bars(plans, {"A100-80GB": 80, "H100": 80, "T4": 16}, log=False)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     heights = _bar_heights(ax)                       # 4 kinds × 2 plans, in GB
     assert len(heights) == 8 and sum(heights) == pytest.approx(21.0)
     tops = {round(p.get_y() + p.get_height(), 6) for p in ax.patches}
     assert 20.0 in tops and 1.0 in tops              # stacked: plan a tops out at its total
+    assert {"20 GB", "1 GB"} <= set(_texts(fig))     # and says it
     assert sorted(line.get_ydata()[0] for line in ax.lines) == [16, 80]   # 80 GB drawn once
-    assert any("A100-80GB / H100" in t.get_text() for t in ax.texts)
+    assert "A100-80GB / H100 80 GB" in _texts(fig)
 
 
 def test_cost_bars_are_sorted_cheapest_first():
     fig = plots.cost_bars({"H100": 300.0, "T4": 100.0, "L4": 200.0})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["T4", "L4", "H100"]
-    assert [p.get_width() for p in ax.patches] == [100.0, 200.0, 300.0]
+    assert [p.get_x() + p.get_width() for p in ax.patches] == [100.0, 200.0, 300.0]   # each bar ends at its cost
 
 
 def test_loss_curve_draws_each_run():
@@ -91,3 +99,94 @@ def test_step_time_bars_put_both_clocks_beside_each_setting():
     assert _bar_heights(ax) == [160.0, 30.0, 161.0, 33.0]      # steady state first, then synced each step
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fp32", "bf16"]
     assert ax.patches[0].get_facecolor()[:3] == ax.patches[2].get_facecolor()[:3]   # one colour per format
+
+
+# ----------------------------------------------------------------------------- what a learner reads
+
+def test_cost_bars_label_the_log_axis_start_every_bar_at_a_stated_baseline_and_keep_ticks_apart():
+    costs = {"T4": 41_000.0, "L4": 25_000.0, "A100-80GB": 9_500.0, "H100": 5_200.0, "H200": 4_900.0}
+    fig = plots.cost_bars(costs, title="dollars", highlight="T4")
+    ax = fig.axes[0]
+    assert _drawn(fig) and ax.get_xscale() == "log"
+    assert "log scale" in ax.get_xlabel() and "$1,000" in ax.get_xlabel()   # each bar starts at $1,000
+    assert {p.get_x() for p in ax.patches} == {1000.0} and ax.get_xlim()[0] == 1000.0   # no bar is cut
+    ticks = [t for t in ax.get_xticklabels() if t.get_text()]
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.x0)
+    assert len(boxes) >= 2 and all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))   # no two ticks overlap
+    assert all(t.get_text().startswith("$") for t in ticks)                            # in dollars, not 10^4
+    colors = {lab.get_text(): p.get_facecolor()[:3] for lab, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert colors["T4"] != colors["H100"]                                               # the chosen GPU stands out
+    assert "$41,000" in " ".join(_texts(fig))
+
+
+def test_memory_bars_go_log_when_small_plans_sit_beside_80_gb_and_show_79_against_80():
+    plans = {"dp": {"weights": 40e9, "optimizer": 39e9}, "zero3": {"weights": 1.5e9, "optimizer": 0.4e9}}
+    fig = plots.memory_bars(plans, {"H100": 80}, highlight="H100")
+    ax = fig.axes[0]
+    assert _drawn(fig) and ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    assert "79 GB" in _texts(fig) and "1.9 GB" in _texts(fig)
+    line = next(l for l in ax.lines if l.get_ydata()[0] == 80)
+    assert line.get_linewidth() == 2                                                    # the chosen GPU, bold
+
+
+def test_memory_bars_wrap_long_plan_names_so_labels_do_not_overlap():
+    plans = {name: {"weights": 1e9} for name in ("1 GPU", "tp=8", "tp=8 pp=8", "tp=8 pp=16", "dp=8 tp=8 pp=16 ZeRO-1")}
+    fig = plots.memory_bars(plans)
+    assert _drawn(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+def test_max_model_bars_say_billion_not_b_and_mark_the_chosen_stage():
+    fig = plots.max_model_bars({"DP": 5e9, "stage 1": 19e9, "stage 3": 320e9}, 80, 64, highlight="stage 3")
+    texts = _texts(fig)
+    assert "320 billion" in texts and not any(t.endswith(" B") for t in texts)
+    ax = fig.axes[0]
+    assert ax.patches[2].get_facecolor()[:3] != ax.patches[0].get_facecolor()[:3]
+
+
+def test_pipeline_gantt_puts_each_panel_in_its_own_units():
+    measured = [[{"kind": "F", "mb": 0, "start": 1.000, "end": 1.004}], [{"kind": "F", "mb": 0, "start": 1.004, "end": 1.010}]]
+    ideal = [[{"kind": "F", "mb": 0, "start": 0, "end": 1}], [{"kind": "F", "mb": 0, "start": 1, "end": 2}]]
+    fig = plots.pipeline_gantt({"measured": measured, "ideal": ideal}, units={"ideal": ("time units", 1.0)})
+    (ax_m, ax_i) = fig.axes
+    assert ax_m.get_xlabel() == "ms" and ax_i.get_xlabel() == "time units"
+    assert [p.get_width() for p in ax_m.patches] == pytest.approx([4.0, 6.0])     # seconds shown in ms
+    assert [p.get_width() for p in ax_i.patches] == pytest.approx([1.0, 1.0])     # simulation units kept
+
+
+def test_bandwidth_plot_is_log_so_a_slow_line_is_not_flat_at_zero():
+    sizes = [2 ** 8, 2 ** 10, 2 ** 12, 2 ** 14]
+    fig = plots.bandwidth_vs_size({"ours": (sizes, [0.001, 0.003, 0.01, 0.02]),
+                                   "torch.add": (sizes, [2.0, 5.0, 9.0, 10.0])})
+    ax = fig.axes[0]
+    assert _drawn(fig) and ax.get_yscale() == "log"
+    lo, hi = ax.get_ylim()
+    assert lo < 0.001 and hi > 10                                                    # both lines inside the axes
+    assert "20 MB/s" in _texts(fig) and "10 GB/s" in _texts(fig)                    # ends labelled, in units
+    assert len(ax.lines[0].get_xdata()) == 4
+
+
+def test_frontier_stars_are_labelled_with_the_real_parameter_count():
+    rows = [dict(params=p, estimated_bytes=b) for p, b in ((200_000, 5e6), (437_760, 9e6), (834_304, 30e6))]
+    fig = plots.model_size_frontiers({"plan": rows}, 20e6)
+    assert "438 K" in _texts(fig) and "0M" not in _texts(fig)
+
+
+def test_gradient_histogram_counts_like_the_table_one_denominator():
+    import torch
+    from frugal import numerics
+
+    g = torch.cat([torch.zeros(100), torch.full((300,), 1e-9), torch.full((600,), 1e-3)])   # 10% exact zeros
+    fig = plots.gradient_histogram(g, numerics.format_table(), formats=("fp16",))
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    table = numerics.format_stats(g, "fp16").underflow
+    assert table == pytest.approx(0.3) and legend == [f"fp16: {table:.1%} round to 0"]
+    assert "10.0% exactly 0" in fig.axes[0].get_title()
+
+
+def test_predicted_vs_measured_labels_bytes_with_units():
+    fig = plots.predicted_vs_measured({"mlp": 3 * 2 ** 20}, 3 * 2 ** 20)
+    assert _texts(fig).count("3 MiB") == 2

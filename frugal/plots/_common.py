@@ -18,6 +18,6 @@ def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1):
     return fig, axes
 
 
-def unit_axis(axis, format_value) -> None:
+def _unit_axis(axis, format_value) -> None:
     """Label an axis' ticks with a formatter of frugal.units (a log axis then reads '$1 M', not '10^6')."""
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: format_value(v)))

@@ -5,35 +5,36 @@ import math
 import textwrap
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, NullFormatter
+from matplotlib.ticker import FixedFormatter, FixedLocator, LogLocator, NullFormatter, NullLocator
 
-from frugal.plots._common import COLORS, human_bytes, human_count, human_dollars, new_figure, unit_axis
+from frugal.plots._common import COLORS, human_bytes, human_count, human_dollars, new_figure, _unit_axis
 
 
 def memory_bars(breakdowns: dict[str, dict[str, float]], gpu_memory_gb: dict[str, float] | None = None,
                 title: str = "Training memory per GPU", highlight: str | None = None,
                 log: bool | None = None) -> Figure:
     """Stacked bars of bytes by kind (weights, gradients, optimizer, activations) for each named plan, its total
-    written on top, with a dashed line at each GPU's memory. highlight: a plan or GPU drawn bold, the rest faded.
-    log: a log axis (default: when the totals span more than 20x, so 79 GB beside 80 GB stays readable)."""
+    written on top, with a dashed line at each GPU's memory (named on the right axis). highlight: a plan or a
+    GPU drawn bold. log: a log axis (default: when the values span more than 20x, so 79 GB beside 80 GB and
+    1.9 GB beside 120 GB both stay readable); every bar then starts at a power of ten and ends at its total."""
     fig, ax = new_figure()
     names = list(breakdowns)
     totals = [sum(breakdowns[n].get(k, 0.0) for k in COLORS) / 1e9 for n in names]
-    lines = {gb: gpu for gpu, gb in (gpu_memory_gb or {}).items()}
-    span = [t for t in totals + list(lines) if t > 0]
+    span = [t for t in totals + list((gpu_memory_gb or {}).values()) if t > 0]
     log = (max(span) / min(span) > 20) if log is None and span else bool(log)
-    floor = 10 ** math.floor(math.log10(min(span) / 2)) if log and span else 0.0   # where every bar starts
-    xs = range(len(names))
-    bottoms = [floor] * len(names)
+    floor = 10 ** math.floor(math.log10(min(span) / 2)) if log and span else 0.0
+    xs = list(range(len(names)))
+    tops = [0.0] * len(names)
     for kind, color in COLORS.items():
-        values = [breakdowns[n].get(kind, 0.0) / 1e9 for n in names]
-        alphas = [1.0 if highlight in (None, n) else 0.35 for n in names]
-        for x, v, b, a in zip(xs, values, bottoms, alphas):
-            ax.bar(x, v, bottom=b, color=color, alpha=a, label=kind if x == 0 else None,
-                   edgecolor="black" if highlight == names[x] else None)
-        bottoms = [b + v for b, v in zip(bottoms, values)]
+        for x, n in enumerate(names):
+            lo, hi = tops[x], tops[x] + breakdowns[n].get(kind, 0.0) / 1e9
+            tops[x] = hi
+            lo, hi = max(lo, floor), max(hi, floor)              # on a log axis: clipped at the floor, never shifted
+            ax.bar(x, hi - lo, bottom=lo, color=color, label=kind if x == 0 else None,
+                   alpha=1.0 if highlight not in names or highlight == n else 0.35,
+                   edgecolor="black" if highlight == n else None)
     for x, total in zip(xs, totals):
-        ax.text(x, floor + total, f"{total:,.3g} GB", ha="center", va="bottom", fontsize=8,
+        ax.text(x, max(total, floor), human_bytes(total * 1e9, binary=False), ha="center", va="bottom", fontsize=8,
                 fontweight="bold" if highlight == names[x] else None)
     by_size: dict[float, list[str]] = {}
     for gpu, gb in (gpu_memory_gb or {}).items():         # one line per size: A100-80GB and H100 share 80 GB
@@ -41,16 +42,26 @@ def memory_bars(breakdowns: dict[str, dict[str, float]], gpu_memory_gb: dict[str
     for gb, gpus in by_size.items():
         chosen = highlight in gpus
         ax.axhline(gb, color="#C44E52" if chosen else "grey", ls="--", lw=2 if chosen else 1)
-        ax.text(len(names) - 0.5, gb, f" {' / '.join(gpus)} {gb:g} GB", va="bottom", ha="right",
-                fontsize=8, color="#C44E52" if chosen else "grey", fontweight="bold" if chosen else None)
-    ax.set_xticks(list(xs), [textwrap.fill(n, 14) for n in names], fontsize=8)
+    ax.set_xticks(xs, [textwrap.fill(n, 14) for n in names], fontsize=8)
     if log:
         ax.set_yscale("log")
-        ax.set_ylim(bottom=floor)
-        unit_axis(ax.yaxis, lambda v: f"{v:,.4g} GB")
+        ax.set_ylim(floor, max(span) * 2)
+        _unit_axis(ax.yaxis, lambda v: human_bytes(v * 1e9, binary=False))
+    else:
+        ax.set_ylim(0, max(span or [1]) * 1.12)
+    if by_size:                                           # the GPUs on a right-hand axis: no label sits on a bar
+        right = ax.secondary_yaxis("right")
+        right.yaxis.set_major_locator(FixedLocator(list(by_size)))
+        right.yaxis.set_major_formatter(FixedFormatter([f"{' / '.join(g)} {gb:g} GB" for gb, g in by_size.items()]))
+        right.yaxis.set_minor_locator(NullLocator())
+        right.tick_params(labelsize=7)
+        for label, gpus in zip(right.get_yticklabels(), by_size.values()):
+            if highlight in gpus:
+                label.set_color("#C44E52")
+                label.set_fontweight("bold")
     ax.set_ylabel("GB per GPU (1e9 bytes)" + (", log scale" if log else ""))
-    ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)   # outside: the bars may reach the top
+    ax.set_title(title, fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=8)
     return fig
 
 
@@ -68,10 +79,10 @@ def cost_bars(costs: dict[str, float], title: str = "Cost of the run", unit: str
     for i, (_, v) in enumerate(items):
         ax.text(v, i, f" {fmt(v)}", va="center", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlim(base, hi * 4)                                 # room for the last label
+    ax.set_xlim(base, hi * 2.5)                                 # room for the last label
     ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    unit_axis(ax.xaxis, fmt)
+    _unit_axis(ax.xaxis, fmt)
     ax.set_xlabel(f"{'US dollars' if unit == '$' else unit}, log scale (each bar starts at {fmt(base)})")
     ax.set_title(title)
     return fig

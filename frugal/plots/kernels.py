@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from frugal.plots._common import GIB, new_figure, unit_axis
+from frugal.plots._common import GIB, new_figure, _unit_axis
 from frugal.units import human_rate
 
 
@@ -31,20 +31,19 @@ def kernel_grid(n: int, block_size: int, programs: int | None = None, max_shown:
 def bandwidth_vs_size(series: dict[str, tuple[list[int], list[float]]], peak_gbps: float | None = None,
                       title: str = "Vector add bandwidth") -> Figure:
     """GB/s against elements, both axes log (an interpreter's 0.001 GB/s and a GPU's 3,000 GB/s on one plot),
-    one line per named implementation, each point labelled; a dashed line at a peak, if given."""
+    one line per named implementation, its last point labelled; a dashed line at a peak, if given."""
     fig, ax = new_figure()
     for name, (sizes, values) in series.items():
         line, = ax.plot(sizes, values, marker="o", label=name)
-        for x, y in zip(sizes, values):
-            ax.annotate(human_rate(y * 1e9), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=line.get_color())
+        ax.annotate(human_rate(values[-1] * 1e9), (sizes[-1], values[-1]), textcoords="offset points",
+                    xytext=(6, -3), fontsize=7, color=line.get_color())   # the largest size, where it levels off
     if peak_gbps:
         ax.axhline(peak_gbps, color="grey", ls="--", lw=1)
         ax.text(min(min(s) for s, _ in series.values()), peak_gbps, f" peak {human_rate(peak_gbps * 1e9)}",
                 va="bottom", fontsize=8, color="grey")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    unit_axis(ax.yaxis, lambda v: human_rate(v * 1e9))
+    _unit_axis(ax.yaxis, lambda v: human_rate(v * 1e9))
     ax.set_xlabel("elements (float32)")
     ax.set_ylabel("bandwidth (bytes read + written / time), log scale")
     ax.margins(x=0.15, y=0.2)

@@ -1,20 +1,67 @@
-"""What every dashboard shares: controls above an Output that redraws, and a log-scale slider.
+"""What every dashboard shares: controls above an Output that redraws, a log-scale slider, and a progress
+line that disables the controls while slow work runs.
 
 Built on interactive_output with the inline backend, so the dashboards work on ipywidgets 7.7 (Colab) and 8.
 """
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 
 import ipywidgets as W
 
+from frugal.units import human_time
 
-def _dashboard(controls: dict, draw, columns: int = 2) -> W.Widget:
-    """Controls above an Output that re-runs draw(**values) whenever one changes."""
+
+class Progress:
+    """A bar and a status line: while work runs the controls are disabled (a button says what it is doing)
+    and the bar advances with each step() the work reports; afterwards it says how long it took."""
+
+    def __init__(self, controls: list):
+        self.controls = list(controls)
+        self.bar = W.IntProgress(value=0, min=0, max=1, description="idle", style={"description_width": "initial"})
+        self.status = W.Label(value="")
+        self.widget = W.HBox([self.bar, self.status])
+
+    @contextmanager
+    def running(self, what: str, total: int):
+        """Disable the controls and count `total` steps of `what`; restore them even if the work raises."""
+        saved = [(c, c.disabled, c.description) for c in self.controls]
+        for c in self.controls:
+            c.disabled = True
+            if isinstance(c, W.Button):
+                c.description = f"{what}..."
+        self.bar.max, self.bar.value, self.bar.bar_style = max(int(total), 1), 0, "info"
+        self.bar.description, self.status.value = what, f"0 of {total}"
+        t0 = time.perf_counter()
+        try:
+            yield self
+            self.bar.value, self.bar.bar_style = self.bar.max, "success"
+            self.status.value = f"done in {human_time(time.perf_counter() - t0)}"
+        except BaseException:
+            self.bar.bar_style, self.status.value = "danger", "failed: see the message below"
+            raise
+        finally:
+            for c, disabled, description in saved:
+                c.disabled, c.description = disabled, description
+
+    def step(self, note: str = "") -> None:
+        """One unit of the work is done (a rank joined, a run finished): advance the bar."""
+        self.bar.value = min(self.bar.value + 1, self.bar.max)
+        self.status.value = f"{self.bar.value} of {self.bar.max}" + (f": {note}" if note else "")
+
+    def on_report(self, rank: int, message) -> None:
+        """dist.launch's on_report: every rank's 'joined', report() and 'done' moves the bar one step."""
+        self.step(f"rank {rank} {message if isinstance(message, str) else 'finished ' + str(message)}")
+
+
+def _dashboard(controls: dict, draw, columns: int = 2, progress: Progress | None = None) -> W.Widget:
+    """Controls above an Output that re-runs draw(**values) whenever one changes (and a progress line, if given)."""
     out = W.interactive_output(draw, controls)
     items = list(controls.values())
     rows = [W.HBox(items[i:i + columns]) for i in range(0, len(items), columns)]
-    return W.VBox([*rows, out])
+    return W.VBox([*rows, *([progress.widget] if progress else []), out])
 
 
 def _log_slider(description: str, value: float, lo: float, hi: float, fmt: str = ".3g") -> W.FloatLogSlider:

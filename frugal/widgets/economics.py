@@ -6,6 +6,7 @@ import torch
 from IPython.display import display
 
 from frugal import data, estimate, measure, plots
+from frugal.units import human_bytes, human_flops
 from frugal.widgets._common import _dashboard, _log_slider
 
 
@@ -37,8 +38,8 @@ def cost_calculator(n_params: float = 7e9, n_tokens: float = 2e12, gpu: str = "H
         spec = estimate.get_gpu(gpu)
         dtype = "fp32" if precision == "fp32" else ("bf16" if "bf16" in spec.peak_tflops else "fp16")
         cost = estimate.estimate_cost(estimate.Plan(n_params, n_tokens, gpu, n_gpus, mfu, dtype, price))
-        print(f"6·N·D = {cost.flops:.3g} FLOPs = {cost.gpu_hours:,.0f} GPU-hours at MFU {mfu:.0%} of "
-              f"{spec.peak_tflops[dtype]:g} TFLOPS ({dtype})")
+        print(f"6·N·D = {human_flops(cost.flops)} = {cost.gpu_hours:,.0f} GPU-hours at MFU {mfu:.0%} of "
+              f"{human_flops(spec.peak_flops(dtype), per_second=True)} ({dtype})")
         print(f"{n_gpus} × {gpu}: {cost.days:,.1f} days, about ${cost.dollars:,.0f} at ${price:g} per GPU-hour")
         plans = {}
         for stage, label in enumerate(["data parallel", "ZeRO-1", "ZeRO-2", "ZeRO-3"]):
@@ -48,13 +49,17 @@ def cost_calculator(n_params: float = 7e9, n_tokens: float = 2e12, gpu: str = "H
         verdict = [f"{k}: {'fits' if sum(v.values()) <= spec.memory_gb * estimate.GB else 'does not fit'}"
                    for k, v in plans.items()]
         print(f"on one {gpu} ({spec.memory_gb:g} GB): " + ", ".join(verdict))
-        display(plots.memory_bars(plans, {g: s.memory_gb for g, s in estimate.GPU_CATALOG.items()},
-                                  title=f"Memory per GPU, {n_gpus} GPUs, micro-batch {micro_batch} × {seq} tokens"))
+        display(plots.memory_bars(plans, {g: s.memory_gb for g, s in estimate.GPU_CATALOG.items()}, highlight=gpu,
+                                  title=f"Memory per GPU, {n_gpus} GPUs, micro-batch {micro_batch} × {seq} tokens; "
+                                        f"{gpu}'s {spec.memory_gb:g} GB in red"))
         dollars = {}
         for name, s in estimate.GPU_CATALOG.items():
             d = "fp32" if precision == "fp32" else ("bf16" if "bf16" in s.peak_tflops else "fp16")
-            dollars[name] = estimate.estimate_cost(estimate.Plan(n_params, n_tokens, name, n_gpus, mfu, d)).dollars
-        display(plots.cost_bars(dollars, title=f"The same run on each GPU (MFU {mfu:.0%}, catalog prices)"))
+            at = price if name == gpu else s.price_per_hour      # the chosen GPU at the price typed above
+            dollars[name] = estimate.estimate_cost(estimate.Plan(n_params, n_tokens, name, n_gpus, mfu, d, at)).dollars
+        display(plots.cost_bars(dollars, highlight=gpu,
+                                title=f"The same run on each GPU (MFU {mfu:.0%}; {gpu} in red at ${price:g}/h, "
+                                      f"the others at catalog prices)"))
 
     return _dashboard(controls, draw, columns=3)
 
@@ -75,7 +80,7 @@ def activation_meter(model, max_batch: int = 32) -> W.Widget:
         x, y = data.synthetic_batch(cfg.vocab_size, batch, seq, torch.Generator().manual_seed(0), device)
         predicted = estimate.estimate_activation_bytes(cfg, batch, seq)
         counted = measure.measure_activation_bytes(model, x, y)
-        print(f"predicted {sum(predicted.values()):,.0f} B, counted {counted:,} B "
+        print(f"predicted {human_bytes(sum(predicted.values()))}, counted {human_bytes(counted)} "
               f"({(sum(predicted.values()) - counted) / counted:+.2%})")
         display(plots.predicted_vs_measured(predicted, counted, title=f"Saved for backward, B={batch} T={seq}"))
 

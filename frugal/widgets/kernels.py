@@ -43,9 +43,10 @@ def vector_add_explorer(n: int = 3000, device: str | None = None) -> W.Widget:
     return _dashboard(controls, draw)
 
 
-def cross_entropy_memory_explorer(model, device: str | None = None) -> W.Widget:
+def cross_entropy_memory_explorer(model, device: str | None = None, live_tokens: int = 4096) -> W.Widget:
     """Vocabulary, tokens and width sliders on the head's estimated peak memory, chunked or not; and the
-    live TinyGPT's loss through both heads, with the bytes each saves for backward."""
+    live TinyGPT's loss through both heads on as many tokens as the slider says (up to live_tokens, so a
+    CPU answers in a second), with the bytes each saves for backward."""
     from frugal.kernels.fused_linear_cross_entropy import default_chunk_size, estimate_linear_cross_entropy_memory
     controls = {
         "vocab": W.SelectionSlider(options=[2 ** k for k in range(8, 19)], value=2 ** 16, description="vocab",
@@ -55,10 +56,13 @@ def cross_entropy_memory_explorer(model, device: str | None = None) -> W.Widget:
         "n_embd": W.Dropdown(options=[256, 768, 1024, 2048, 4096], value=768, description="n_embd"),
     }
     cfg = model.cfg
-    x = torch.randint(cfg.vocab_size, (2, 2, min(32, cfg.block_size)), generator=torch.Generator().manual_seed(0))
-    x = x.to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    seq = min(32, cfg.block_size)
 
     def draw(vocab, tokens, n_embd):
+        live = min(tokens, live_tokens)                  # the live model's batch follows the tokens slider
+        x = torch.randint(cfg.vocab_size, (2, max(1, live // seq), seq), generator=torch.Generator().manual_seed(0))
+        x = x.to(device)
         saved, losses = {}, {}
         for fused in (False, True):
             model.fused_cross_entropy = fused
@@ -66,9 +70,10 @@ def cross_entropy_memory_explorer(model, device: str | None = None) -> W.Widget:
                 losses[fused] = model(x[0], x[1])[1].item()
             saved[fused] = rec.nbytes
         model.fused_cross_entropy = False
-        print(f"live TinyGPT ({cfg.vocab_size} tokens vocab): loss {losses[False]:.5f} unfused, "
-              f"{losses[True]:.5f} chunked; saved for backward {plots.human_bytes(saved[False])} vs "
-              f"{plots.human_bytes(saved[True])}")
+        capped = f", capped at {live_tokens}" if tokens > live_tokens else ""
+        print(f"live TinyGPT (vocab {cfg.vocab_size}, fixed; {x[0].numel()} tokens{capped}): loss {losses[False]:.5f} "
+              f"unfused, {losses[True]:.5f} chunked; saved for backward {plots.human_bytes(saved[False])} "
+              f"unfused vs {plots.human_bytes(saved[True])} chunked")
         vocabs, token_counts = [2 ** k for k in range(8, 19)], [2 ** k for k in range(9, 21)]
         est = lambda t, v, chunk: estimate_linear_cross_entropy_memory(t, v, n_embd, chunk)
         by_vocab = {"unfused": (vocabs, [est(tokens, v, None) for v in vocabs]),
@@ -77,7 +82,7 @@ def cross_entropy_memory_explorer(model, device: str | None = None) -> W.Widget:
                      "chunked": (token_counts, [est(t, vocab, default_chunk_size(t, vocab, n_embd))
                                                 for t in token_counts])}
         u, c = est(tokens, vocab, None), est(tokens, vocab, default_chunk_size(tokens, vocab, n_embd))
-        print(f"estimate at vocab {vocab}, {tokens} tokens, n_embd {n_embd} (fp32): unfused "
+        print(f"estimate at vocab {vocab:,}, {tokens:,} tokens, n_embd {n_embd} (fp32): unfused "
               f"{plots.human_bytes(u)}, chunked {plots.human_bytes(c)} ({c / u:.2f}x)")
         display(plots.cross_entropy_memory(by_vocab, by_tokens))
 

@@ -6,15 +6,18 @@ from IPython.display import display
 
 from frugal import estimate, plots
 from frugal import pipeline_parallel as pipe
+from frugal.measure_training import train_with_reports
 from frugal.train import TrainConfig, train
-from frugal.widgets._common import _dashboard, _log_slider
+from frugal.units import human_bytes, human_count
+from frugal.widgets._common import Progress, _dashboard, _log_slider
 
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
 
 def data_parallel_trainer(model_cfg, steps: int = 15, batch_size: int = 8) -> W.Widget:
     """World size, flavour and bucket size in; ranks really launched (train()), loss against the
-    single-process run on the same global batch, and the last backward's bucket timeline out."""
+    single-process run on the same global batch, and the last backward's bucket timeline out. While the ranks
+    train the controls are disabled and the bar moves as each rank joins and finishes."""
     single_cache: dict = {}
 
     controls = {
@@ -22,13 +25,19 @@ def data_parallel_trainer(model_cfg, steps: int = 15, batch_size: int = 8) -> W.
         "flavour": W.Dropdown(options=["naive", "bucket", "ddp"], value="bucket", description="flavour"),
         "bucket_cap_mb": _log_slider("bucket MiB", 0.05, 0.005, 25),
     }
+    progress = Progress(controls.values())
 
     def draw(world_size, flavour, bucket_cap_mb):
         kw = dict(steps=steps, batch_size=batch_size, seq_len=32, progress=False)
-        if "loss" not in single_cache:
-            single_cache["loss"] = train(model_cfg, TrainConfig(**kw)).column("loss")
-        run = train(model_cfg, TrainConfig(**kw, world_size=world_size, data_parallel=flavour,
-                                           bucket_cap_mb=bucket_cap_mb))
+        total = ("loss" not in single_cache) + (2 * world_size if world_size > 1 else 1)
+        with progress.running(f"training {steps} steps on {world_size} rank(s)", total) as p:
+            if "loss" not in single_cache:
+                single_cache["loss"] = train(model_cfg, TrainConfig(**kw)).column("loss")
+                p.step("the single-process reference")
+            run = train_with_reports(model_cfg, TrainConfig(**kw, world_size=world_size, data_parallel=flavour,
+                                                            bucket_cap_mb=bucket_cap_mb), p.on_report)
+            if world_size == 1:
+                p.step("one process")
         gap = max(abs(a - b) for a, b in zip(run.column("loss"), single_cache["loss"]))
         print(f"{world_size} rank(s) x {batch_size // world_size} sequences, {flavour}: largest loss gap to "
               f"single-process = {gap:.2e}")
@@ -37,7 +46,7 @@ def data_parallel_trainer(model_cfg, steps: int = 15, batch_size: int = 8) -> W.
         if getattr(run, "timeline", None):
             display(plots.overlap_timeline(run.timeline, run.backward_end_s))
 
-    return _dashboard(controls, draw, columns=3)
+    return _dashboard(controls, draw, columns=3, progress=progress)
 
 
 # ----------------------------------------------------------------------------- lesson 04: sharding
@@ -65,32 +74,36 @@ def sharding_explorer(n_params: float = 7e9, world_size: int = 8, memory_gb: flo
         chosen = list(plans)[stage]
         need = sum(plans[chosen].values())
         comm = estimate.estimate_zero_comm_bytes(n_params, stage, world_size, 2)
-        print(f"{chosen}: {need / 1e9:,.1f} GB per rank for {n_params:.3g} parameters on {world_size} ranks "
-              f"({'fits' if need <= memory_gb * 1e9 else 'does NOT fit'} in {memory_gb:g} GB); "
-              f"sends {comm / 1e9:,.2f} GB per step (bf16)")
-        display(plots.memory_bars(plans, {f"{memory_gb:g} GB": memory_gb},
-                                  title=f"Training state per rank, {world_size} ranks ({precision} Adam)"))
+        print(f"{chosen}: {human_bytes(need, binary=False)} per rank for {human_count(n_params, 'parameters')} "
+              f"on {world_size} ranks ({'fits' if need <= memory_gb * 1e9 else 'does NOT fit'} in {memory_gb:g} GB); "
+              f"sends {human_bytes(comm, binary=False)} per step (bf16)")
+        display(plots.memory_bars(plans, {f"{memory_gb:g} GB": memory_gb}, highlight=chosen,
+                                  title=f"Training state per rank, {world_size} ranks ({precision} Adam): {chosen}"))
         display(plots.max_model_bars({k: estimate.estimate_max_params(memory_gb, s, world_size, precision)
-                                      for s, k in enumerate(plans)}, memory_gb, world_size))
+                                      for s, k in enumerate(plans)}, memory_gb, world_size, highlight=chosen))
 
     return _dashboard(controls, draw, columns=3)
 
 
 def sharding_live(run_plans, world_sizes=(2, 3), modes=("ddp", "zero1", "zero2", "zero3")) -> W.Widget:
-    """A live TinyGPT: pick ranks and stages, press run; run_plans(world_size, modes) trains them on gloo
-    ranks and returns a Figure (predicted beside counted bytes). A button, because each run takes seconds."""
+    """A live TinyGPT: pick ranks and stages, press run; run_plans(world_size, modes, on_report) trains them on
+    gloo ranks (passing on_report to dist.launch) and returns a Figure (predicted beside counted bytes).
+    A button, because each run takes seconds: disabled while it runs, the bar moving with each rank's report."""
     world = W.Dropdown(options=list(world_sizes), value=world_sizes[0], description="ranks")
     chosen = W.SelectMultiple(options=list(modes), value=tuple(modes), description="plans")
     button = W.Button(description="train and count", button_style="primary")
+    progress = Progress([world, chosen, button])
     out = W.Output()
 
     def on_click(_):
         out.clear_output()
-        with out:
-            display(run_plans(world.value, list(chosen.value)))
+        plans = list(chosen.value)
+        with out, progress.running(f"training {len(plans)} plans on {world.value} ranks",
+                                   world.value * (len(plans) + 2)) as p:   # each rank: joined, each plan, done
+            display(run_plans(world.value, plans, p.on_report))
 
     button.on_click(on_click)
-    return W.VBox([W.HBox([world, chosen, button]), out])
+    return W.VBox([W.HBox([world, chosen, button]), progress.widget, out])
 
 
 # ----------------------------------------------------------------------------- lesson 05: tensor and pipeline parallel
@@ -115,8 +128,9 @@ def pipeline_explorer(runs: list[dict]) -> W.Widget:
         print(f"{schedule}, p={p}, m={m}: measured bubble {measured:.2f}, formula (p-1)/(m+p-1) = "
               f"{estimate.pipeline_bubble_fraction(p, m):.2f}; micro-batches in flight per stage {run['in_flight']}")
         ideal = pipe.simulate(schedule, p, m, 1.0, 2.0)
-        display(plots.pipeline_gantt({f"measured ({schedule}, m={m})": tl,
-                                      "ideal (backward = 2 x forward, free communication)": ideal}))
+        name = "ideal (backward = 2 x forward, free communication)"
+        display(plots.pipeline_gantt({f"measured ({schedule}, m={m})": tl, name: ideal},
+                                     units={name: ("simulation time units (one forward = 1)", 1.0)}))
 
     return _dashboard(controls, draw)
 
@@ -141,7 +155,8 @@ def layout_explorer(n_layer: int = 96, hidden: int = 12288, heads: int = 96, voc
         mem = estimate.estimate_parallel_memory(n_layer, hidden, heads, vocab, seq, 1, layout, n_micro, schedule,
                                                 zero_stage=zero_stage)
         spec = estimate.get_gpu(gpu)
-        print(f"{layout.world_size} GPUs; first-stage rank needs {mem.total / 1e9:,.1f} GB of {spec.memory_gb} GB "
+        print(f"{layout.world_size} GPUs; first-stage rank needs {human_bytes(mem.total, binary=False)} of "
+              f"{spec.memory_gb:g} GB "
               f"({'fits' if mem.total <= spec.memory_gb * 1e9 else 'does not fit'}); pipeline bubble "
               f"{estimate.pipeline_bubble_fraction(pp, n_micro):.0%}")
         display(plots.rank_grid(dp, tp, pp))

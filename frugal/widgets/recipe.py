@@ -9,13 +9,14 @@ from frugal import estimate, plots, recipe
 from frugal.measure import measure_cpu_peak_flops
 from frugal.model import preset
 from frugal.train import DATA_PARALLEL, PRECISIONS, SCALERS, TrainConfig
-from frugal.widgets._common import _dashboard
+from frugal.widgets._common import Progress, _dashboard
 
 
 def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, seq_len: int = 32,
                      mfu: float = 0.4) -> W.Widget:
     """Every TrainConfig switch in; a live TinyGPT trained with them out: tokens/s, memory, MFU and US$ per
-    billion tokens at the chosen GPU's price, beside estimate.py's prediction for the same plan (at `mfu`)."""
+    billion tokens at the chosen GPU's price, beside estimate.py's prediction for the same plan (at `mfu`).
+    While it trains the controls are disabled and the bar moves as each rank joins and finishes."""
     runs: dict[str, dict] = {}
     cpu_peak: list[float] = []
     cuda = torch.cuda.is_available()
@@ -29,6 +30,7 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
         "world_size": W.Dropdown(options=[1, 2], value=1, description="ranks"),
         "gpu": W.Dropdown(options=list(estimate.GPU_CATALOG), value="T4", description="price of"),
     }
+    progress = Progress(controls.values())
 
     def draw(precision, scaler, recompute, fused_ce, parallel, world_size, gpu):
         try:
@@ -41,7 +43,12 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
         if not cuda and not cpu_peak:
             cpu_peak.append(measure_cpu_peak_flops(0.3))
         mcfg = preset(model, block_size=max(seq_len, preset(model).block_size))
-        got = recipe.measure_recipe(mcfg, cfg, gpu, cpu_peak_flops=cpu_peak[0] if cpu_peak else None)
+        what = f"training {steps} steps on {world_size} rank(s)"
+        with progress.running(what, 2 * world_size if world_size > 1 else 1) as p:   # ranks: joined, done
+            got = recipe.measure_recipe(mcfg, cfg, gpu, cpu_peak_flops=cpu_peak[0] if cpu_peak else None,
+                                        on_report=p.on_report)
+            if world_size == 1:
+                p.step("one process")
         pred = recipe.estimate_recipe(mcfg, cfg, gpu, mfu)
         got["predicted_memory_bytes"] = pred["total_bytes"] if cuda else pred["activation_bytes"]
         got["predicted_dollars_per_billion_tokens"] = pred["dollars_per_billion_tokens"]
@@ -58,4 +65,4 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
               f"MFU {mfu:.0%}: {pred['dollars_per_billion_tokens']:,.3g}")
         display(plots.recipe_runs(runs, title=f"TinyGPT '{model}', {steps} steps, batch {batch_size}x{seq_len}"))
 
-    return _dashboard(controls, draw, columns=4)
+    return _dashboard(controls, draw, columns=4, progress=progress)
