@@ -61,3 +61,125 @@ def test_recipe_dashboard_trains_and_refuses_a_bad_plan(capsys):
     controls["parallel"].value = "zero2"
     controls["precision"].value = "fp16"                       # fp16 under ZeRO: refused with the fix, no launch
     assert "not a valid plan" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- each control changes the figure
+
+def _figures(monkeypatch, module) -> list:
+    """The Figures a dashboard module displays, in order (display is replaced by a recorder)."""
+    shown = []
+    monkeypatch.setattr(module, "display", shown.append)
+    return shown
+
+
+def _red(patch) -> bool:
+    return patch.get_facecolor()[:3] == pytest.approx((0xC4 / 255, 0x4E / 255, 0x52 / 255))
+
+
+def test_cost_calculator_gpu_dropdown_redraws_both_figures(monkeypatch):
+    import frugal.widgets.economics as econ
+
+    shown = _figures(monkeypatch, econ)
+    c = _controls(widgets.cost_calculator(gpu="H100"))
+    mem, cost = shown[-2:]
+
+    def chosen_bar(fig):
+        ax = fig.axes[0]
+        return [lab.get_text() for lab, p in zip(ax.get_yticklabels(), ax.patches) if _red(p)]
+
+    def chosen_line(fig):
+        right = fig.axes[0].child_axes[0]          # the GPUs on the right-hand axis
+        return [t.get_text() for t in right.get_yticklabels() if t.get_fontweight() == "bold"]
+
+    assert chosen_bar(cost) == ["H100"] and chosen_line(mem) == ["A100-80GB / H100 80 GB"]
+    c["GPU"].value = "T4"
+    mem, cost = shown[-2:]
+    assert chosen_bar(cost) == ["T4"] and chosen_line(mem) == ["T4 16 GB"]
+    before = {lab.get_text(): p.get_width() for lab, p in zip(cost.axes[0].get_yticklabels(), cost.axes[0].patches)}
+    c["$ per GPU-hour"].value = 2 * c["$ per GPU-hour"].value   # the typed price moves the chosen GPU's bar
+    after = {lab.get_text(): p.get_width() for lab, p in zip(shown[-1].axes[0].get_yticklabels(),
+                                                             shown[-1].axes[0].patches)}
+    assert after["T4"] > before["T4"] and after["H100"] == before["H100"]
+
+
+def test_sharding_stage_picker_changes_both_plots(monkeypatch, capsys):
+    import frugal.widgets.parallel as par
+
+    shown = _figures(monkeypatch, par)
+    c = _controls(widgets.sharding_explorer(n_params=7e9, world_size=8))
+    c["stage"].value = 3
+    red = [i for i, p in enumerate(shown[-1].axes[0].patches) if _red(p)]
+    assert red == [3]                                      # stage 3's bar in the largest-model plot
+    assert "stage 3" in shown[-2].axes[0].get_title()
+    c["stage"].value = 0
+    assert [i for i, p in enumerate(shown[-1].axes[0].patches) if _red(p)] == [0]
+    assert "billion" in " ".join(t.get_text() for t in shown[-1].axes[0].texts)
+    assert "{'weights'" not in capsys.readouterr().out
+
+
+def test_pipeline_explorer_labels_the_ideal_run_in_simulation_units(monkeypatch):
+    import frugal.widgets.parallel as par
+
+    shown = _figures(monkeypatch, par)
+    ev = lambda k, mb, t0, t1: {"kind": k, "mb": mb, "start": t0, "end": t1}
+    tl = [[ev("F", 0, 0.0, 0.001), ev("B", 0, 0.003, 0.005)], [ev("F", 0, 0.001, 0.002), ev("B", 0, 0.002, 0.003)]]
+    runs = [{"schedule": s, "m": 1, "timelines": [tl], "in_flight": [1, 1]} for s in ("gpipe", "1f1b")]
+    c = _controls(widgets.pipeline_explorer(runs))
+    measured, ideal = shown[-1].axes
+    assert measured.get_xlabel() == "ms" and ideal.get_xlabel().startswith("simulation time units")
+    assert max(p.get_x() + p.get_width() for p in ideal.patches) == pytest.approx(6.0)   # (m+p-1)(1+2) units
+    c["schedule"].value = "gpipe"
+    assert "gpipe" in shown[-1].axes[0].get_title()
+
+
+def test_cross_entropy_live_count_follows_the_tokens_slider(capsys):
+    pytest.importorskip("triton")
+    model = TinyGPT(preset("tiny"))
+    c = _controls(widgets.cross_entropy_memory_explorer(model, live_tokens=512))
+    first = capsys.readouterr().out
+    c["tokens"].value = 2 ** 9
+    second = capsys.readouterr().out
+    live = lambda out: next(line for line in out.splitlines() if line.startswith("live"))
+    assert "512 tokens" in live(second) and live(first) != live(second)
+
+
+# ----------------------------------------------------------------------------- feedback on slow work
+
+def test_progress_disables_the_controls_while_work_runs_and_advances_per_report():
+    from frugal.widgets._common import Progress
+
+    button, slider = W.Button(description="train"), W.IntSlider()
+    progress = Progress([button, slider])
+    seen = []
+    with progress.running("training", 3) as p:
+        seen.append((button.disabled, slider.disabled, button.description, progress.bar.value))
+        p.on_report(0, "joined")
+        p.on_report(1, ("gpipe", 4))
+        seen.append((progress.bar.value, progress.status.value))
+    assert seen[0] == (True, True, "training...", 0)
+    assert seen[1] == (2, "2 of 3: rank 1 finished ('gpipe', 4)")
+    assert not button.disabled and not slider.disabled and button.description == "train"
+    assert progress.bar.value == 3 and progress.status.value.startswith("done in")
+    with pytest.raises(RuntimeError):
+        with progress.running("failing", 2):
+            raise RuntimeError("boom")
+    assert not button.disabled and progress.bar.bar_style == "danger"     # restored, and says it failed
+
+
+def test_sharding_live_button_is_busy_while_the_ranks_run():
+    seen = []
+
+    def run_plans(world_size, modes, on_report):
+        seen.append((button.disabled, button.description))
+        for rank in range(world_size):
+            on_report(rank, "joined")
+        seen.append(bar.value)
+        from matplotlib.figure import Figure
+        return Figure()
+
+    box = widgets.sharding_live(run_plans, world_sizes=(2,), modes=("ddp", "zero1"))
+    button = box.children[0].children[2]
+    bar = box.children[1].children[0]
+    button.click()
+    assert seen[0] == (True, "training 2 plans on 2 ranks...") and seen[1] == 2
+    assert bar.max == 2 * (2 + 2) and not button.disabled
