@@ -8,7 +8,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_NB := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
-.PHONY: lab test test-unit test-ui test-notebooks bench clean chromium
+.PHONY: lab nbstrip test test-unit test-ui test-notebooks bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,16 @@ chromium:
 	  ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium); \
 	else echo "no apt-get here: install Chromium at $(CHROMIUM) to run the browser tests (tests/ui skip without it)"; fi
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+# JupyterLab on 127.0.0.1 only, with Jupyter's token (it prints the address to open); --allow-root only as root
+# (Docker, cloud VMs). The nbstrip filter (.gitattributes) keeps outputs out of git: running a lesson leaves
+# `git status` clean.
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+lab: $(STAMP) nbstrip
+	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 $(ROOT_FLAG)
+
+nbstrip:
+	git config filter.nbstrip.clean '"$(abspath $(PY))" frugal/nbstrip.py'
+	git config filter.nbstrip.smudge cat
 
 # Unit tests, the notebooks in JupyterLab in a real browser (tests/ui), the notebooks under ipywidgets 7.7.1
 # (tests/test_ipywidgets7.py), and the notebooks under nbval.

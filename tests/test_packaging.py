@@ -126,24 +126,47 @@ def _run_colab_cell(source: str, on_colab: bool) -> list[list[str]]:
     return calls
 
 
-def test_every_notebook_starts_with_the_colab_install_cell():
-    """Only on Colab: pip-install frugal from [project.urls] Repository with --no-deps, and nothing that
-    would replace Colab's own torch, matplotlib or ipywidgets. Off Colab the cell runs nothing."""
+def test_every_notebook_has_the_colab_install_cell_right_below_its_title():
+    """Only on Colab: pip-install frugal-workbook from frugal/release.py's repository and ref with --no-deps, and
+    nothing that would replace Colab's own torch, matplotlib or ipywidgets. Off Colab the cell runs nothing."""
     import sys
 
-    repository = _pyproject()["project"]["urls"]["Repository"]
+    from frugal import release
+
     for path in _notebook_paths():
-        first = json.loads(path.read_text())["cells"][0]
-        hint = f"{path.name}: the first cell must be the Colab install cell (copy it from 00_gpu_economics.ipynb)"
-        assert first["cell_type"] == "code" and '"google.colab" in sys.modules' in _code(first), hint
-        assert _run_colab_cell(_code(first), on_colab=False) == [], f"{path.name}: the cell acts off Colab"
-        calls = _run_colab_cell(_code(first), on_colab=True)
+        title, cell = json.loads(path.read_text())["cells"][:2]
+        assert title["cell_type"] == "markdown" and _code(title).startswith("# "), f"{path.name}: title first"
+        hint = f"{path.name}: the second cell must be the install cell: run `python -m frugal.release`"
+        assert cell["cell_type"] == "code" and _code(cell) == release.install_cell(), hint
+        assert _code(cell).splitlines()[0].startswith("# Installs frugal on Colab"), hint   # one line says what
+        assert _run_colab_cell(_code(cell), on_colab=False) == [], f"{path.name}: the cell acts off Colab"
+        calls = _run_colab_cell(_code(cell), on_colab=True)
         assert calls and calls[0][:4] == [sys.executable, "-m", "pip", "install"], hint
-        assert "--no-deps" in calls[0] and f"git+{repository}" in calls[0], \
-            f"{path.name}: install git+{repository} with --no-deps (pyproject's [project.urls] Repository)"
+        assert "--no-deps" in calls[0] and \
+            f"frugal-workbook @ git+{release.REPOSITORY}@{release.REF}" in calls[0], hint
         for call in calls:
-            named = {re.split(r"[<>=!~\[; ]", arg)[0].lower() for arg in call[4:] if not arg.startswith("-")}
+            named = {re.split(r"[<>=!~\[; @]", arg)[0].lower() for arg in call[4:] if not arg.startswith("-")}
             assert not named & KEEP_COLABS_OWN, f"{path.name}: {call} would replace Colab's own {named & KEEP_COLABS_OWN}"
+
+
+def test_the_repository_the_ref_and_the_version_live_in_frugal_release():
+    """pyproject, the README's badges and every install cell say what frugal/release.py says."""
+    import frugal
+    from frugal import release
+
+    project = _pyproject()["project"]
+    assert project["name"] == release.DISTRIBUTION == "frugal-workbook"      # PyPI's 'frugal' is not ours
+    assert "version" in project["dynamic"] and "version" not in project
+    assert _pyproject()["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "frugal.release.VERSION"}
+    assert frugal.__version__ == release.VERSION
+    assert project["urls"]["Repository"] == release.REPOSITORY
+    readme = (ROOT / "README.md").read_text()
+    badges = re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", readme)
+    assert len(badges) == len(_notebook_paths())
+    for url in badges:
+        assert url == release.badge_url(url.rsplit("/", 1)[1]), url
+    assert "frugal/release.py" in readme and "python -m frugal.release" in readme   # how a fork or release sets it
+    assert release.write(ROOT) == []                                               # nothing left to rewrite
 
 
 def test_every_notebook_asks_colab_for_a_gpu_runtime():
@@ -175,7 +198,7 @@ def test_colab_has_every_package_frugal_and_the_lessons_import():
     for path in _notebook_paths():
         cells = json.loads(path.read_text())["cells"]
         sources += [_code(c) for c in cells if c["cell_type"] == "code"]
-        for call in _run_colab_cell(_code(cells[0]), on_colab=True)[1:]:
+        for call in _run_colab_cell(_code(cells[1]), on_colab=True)[1:]:
             installed_by_cell |= {re.split(r"[<>=!~\[; ]", a)[0].replace("-", "_") for a in call[4:] if a[0] != "-"}
     third_party = set().union(*map(_imports, sources)) - set(sys.stdlib_module_names) - {"frugal", "google"}
     missing = third_party - COLAB_SHIPS - installed_by_cell
