@@ -25,11 +25,12 @@ chromium:
 	else echo "no apt-get here: install Chromium at $(CHROMIUM) to run the browser tests (tests/ui skip without it)"; fi
 
 # JupyterLab on 127.0.0.1 only, with Jupyter's token (it prints the address to open); --allow-root only as root
-# (Docker, cloud VMs). The nbstrip filter (.gitattributes) keeps outputs out of git: running a lesson leaves
-# `git status` clean.
+# (Docker, cloud VMs). Saved lessons are stripped of outputs (frugal/nbstrip.py as Jupyter's pre-save hook, and
+# as git's clean filter for other editors): running a lesson leaves `git status` clean.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: $(STAMP) nbstrip
-	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 $(ROOT_FLAG)
+	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 \
+	  --ContentsManager.pre_save_hook=frugal.nbstrip.pre_save_hook $(ROOT_FLAG)
 
 nbstrip:
 	git config filter.nbstrip.clean '"$(abspath $(PY))" frugal/nbstrip.py'

@@ -1,8 +1,9 @@
 """A notebook as it is committed: no outputs, no execution counts, no per-run metadata.
 
-Git runs it as a clean filter (`make lab` configures it; .gitattributes names the notebooks), so running a
-lesson leaves `git status` clean. Standard library only, so git can run it as a plain script, fast:
-`python frugal/nbstrip.py < lesson.ipynb > stripped.ipynb`, or `python frugal/nbstrip.py FILE...` in place.
+`make lab` starts JupyterLab with pre_save_hook below, so a saved lesson stays as committed (its outputs live
+in the browser tab) and running it leaves `git status` clean; it also makes this git's clean filter
+(.gitattributes names the notebooks), so another editor's outputs never reach a commit. Standard library only,
+so git runs it as a plain script: `python frugal/nbstrip.py < in.ipynb > out.ipynb`, or `... FILE...` in place.
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ def strip(nb: dict) -> dict:
 def dumps(nb: dict) -> str:
     """The JSON Jupyter itself writes (one-space indent, sorted keys, UTF-8 as is), ending in a newline."""
     return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def pre_save_hook(model: dict, **_) -> None:
+    """Jupyter's ContentsManager.pre_save_hook: strip a notebook before it is written (git's filter alone
+    cannot: git status calls a file whose size changed modified without running the filter)."""
+    if model.get("type") == "notebook":
+        strip(model["content"])
 
 
 def main(argv: list[str]) -> int:
