@@ -19,9 +19,23 @@ ATOL, RTOL = 1e-6, 1e-4
 
 
 @pytest.fixture(scope="module")
-def runs():
-    out = launch(pp.pipeline_rank, P, CFG, BATCH, SEQ, RUNS, SEED, 1, True, 1, backend="gloo", timeout=60)
-    return {(r["schedule"], r["m"]): r for r in pp.gather_runs(out)}
+def launched():
+    heard = []                                          # what the ranks reported while they ran
+    out = launch(pp.pipeline_rank, P, CFG, BATCH, SEQ, RUNS, SEED, 1, True, 1, backend="gloo", timeout=60,
+                 on_report=lambda rank, msg: heard.append((rank, msg)))
+    return out, heard
+
+
+@pytest.fixture(scope="module")
+def runs(launched):
+    return {(r["schedule"], r["m"]): r for r in pp.gather_runs(launched[0])}
+
+
+def test_each_rank_reports_each_run_as_it_finishes(launched):
+    """A progress bar can tick once per (schedule, m): every rank reports them in order, then is done."""
+    _, heard = launched
+    for rank in range(P):
+        assert [m for r, m in heard if r == rank] == ["joined", *RUNS, "done"]
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,17 @@ def test_peak_by_kind_keeps_every_byte():
         kinds = peak_by_kind(parts)
         assert set(kinds) <= {"weights", "gradients", "optimizer", "activations"}
         assert sum(kinds.values()) == pytest.approx(sum(parts.values()))
+
+
+def test_run_many_reports_each_run_as_it_finishes():
+    """Lesson 04's bar ticks once per finished run: each rank reports every run's name, in order."""
+    from frugal.dist import launch
+    from frugal.zero_experiment import run_many
+
+    base = dict(model="tiny", steps=1, batch_size=4, seq_len=16, world_size=2, progress=False)
+    runs = {m: ZeroRun(data_parallel=m, **base) for m in ("ddp", "zero1")}
+    heard = []
+    out = launch(run_many, 2, runs, timeout=120, on_report=lambda rank, msg: heard.append((rank, msg)))
+    assert set(out[0]) == {"ddp", "zero1"} and not any("error" in r for r in out[0].values())
+    for rank in (0, 1):
+        assert [m for r, m in heard if r == rank] == ["joined", "ddp", "zero1", "done"]

@@ -71,7 +71,8 @@ def cost_bars(costs: dict[str, float], title: str = "Cost of the run", unit: str
     at a labelled power of ten below the cheapest; highlight: one GPU drawn in red, the others in blue."""
     fig, ax = new_figure(6.4, 0.9 + 0.45 * len(costs))
     items = sorted(costs.items(), key=lambda kv: kv[1])
-    fmt = human_dollars if unit == "$" else (lambda v: f"{human_count(v)} {unit}")
+    singular = unit[:-1] if unit.endswith("s") else unit                      # '1 day', '10 days'
+    fmt = human_dollars if unit == "$" else (lambda v: f"{human_count(v)} {singular if v == 1 else unit}")
     lo, hi = items[0][1], items[-1][1]
     base = 10 ** math.floor(math.log10(lo / 1.5))            # a visible stub for the cheapest bar
     ax.barh([k for k, _ in items], [v - base for _, v in items], left=base,
