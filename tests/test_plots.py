@@ -190,3 +190,20 @@ def test_gradient_histogram_counts_like_the_table_one_denominator():
 def test_predicted_vs_measured_labels_bytes_with_units():
     fig = plots.predicted_vs_measured({"mlp": 3 * 2 ** 20}, 3 * 2 ** 20)
     assert _texts(fig).count("3 MiB") == 2
+
+
+def test_frontier_axes_read_in_parameters_and_bytes():
+    rows = [dict(params=p, estimated_bytes=b) for p, b in ((130_000, 5e6), (437_760, 12e6), (3.2e6, 70e6))]
+    fig = plots.model_size_frontiers({"plan": rows}, 20e6)
+    assert _drawn(fig)
+    ax = fig.axes[0]
+    assert {"200 K", "500 K", "1 M"} <= {t.get_text() for t in ax.get_xticklabels()}
+    assert {"10 MB", "20 MB"} <= {t.get_text() for t in ax.get_yticklabels()}
+    assert "budget 20 MB " in _texts(fig)
+
+
+def test_recipe_runs_write_each_measured_value_in_its_unit():
+    run = dict(tokens_per_s=777.0, memory_bytes=1.71 * 2 ** 20, dollars_per_billion_tokens=0.64,
+               predicted_memory_bytes=1.33 * 2 ** 20, predicted_dollars_per_billion_tokens=0.01)
+    fig = plots.recipe_runs({"plain bf16": run})
+    assert {"777", "1.71 MiB", "$0.64"} <= set(_texts(fig))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from frugal.plots._common import human_count, new_figure
+from matplotlib.ticker import LogLocator, NullFormatter
+
+from frugal.plots._common import _unit_axis, human_bytes, human_count, human_dollars, new_figure
 
 
 def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
@@ -29,12 +31,16 @@ def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
                 y = (r.get("measured_bytes") or r["estimated_bytes"]) / 1e9
                 ax.plot(r["params"], y, "s" if r["verified"] else "x", ms=7, color=color, mfc="none")
     ax.axhline(budget_bytes / 1e9, color="grey", ls="--", lw=1)
-    ax.text(ax.get_xlim()[0], budget_bytes / 1e9, f" budget {budget_bytes / 1e9:g} GB", va="bottom",
-            fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("GB per GPU (1e9 bytes)")
+    for axis, fmt in ((ax.xaxis, human_count), (ax.yaxis, lambda v: human_bytes(v * 1e9, binary=False))):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        _unit_axis(axis, fmt)                       # '500 K' and '20 MB', not 5x10^5 and 2x10^-2
+        axis.set_minor_formatter(NullFormatter())
+    ax.text(1.0, budget_bytes / 1e9, f"budget {human_bytes(budget_bytes, binary=False)} ", va="bottom", ha="right",
+            fontsize=8, color="grey", transform=ax.get_yaxis_transform())
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("bytes per GPU, estimated (log scale)")
     ax.set_title(title + "\n(square: a real step trained, x: out of memory)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     return fig
@@ -47,11 +53,15 @@ def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGP
     fig, axes = new_figure(12.0, 3.8, ncols=3)
     names = list(runs)
     xs = range(len(names))
-    panels = [("tokens_per_s", "tokens/s (measured here)", 1.0, None),
-              ("memory_bytes", "memory (MiB)", 2 ** -20, "predicted_memory_bytes"),
-              ("dollars_per_billion_tokens", "US$ per billion tokens", 1.0, "predicted_dollars_per_billion_tokens")]
-    for ax, (key, label, scale, predicted) in zip(axes, panels):
+    panels = [("tokens_per_s", "tokens/s (measured here)", 1.0, None, human_count),
+              ("memory_bytes", "memory (MiB)", 2 ** -20, "predicted_memory_bytes", human_bytes),
+              ("dollars_per_billion_tokens", "US$ per billion tokens", 1.0, "predicted_dollars_per_billion_tokens",
+               human_dollars)]
+    for ax, (key, label, scale, predicted, fmt) in zip(axes, panels):
         ax.bar(xs, [runs[n][key] * scale for n in names], color=[f"C{i}" for i in xs])
+        for i, n in enumerate(names):                    # each bar's measured value, in its unit
+            ax.text(i, runs[n][key] * scale, fmt(runs[n][key]), ha="center", va="bottom", fontsize=7)
+        ax.margins(y=0.12)
         if predicted:
             ys = [(i, runs[n][predicted] * scale) for i, n in enumerate(names) if runs[n].get(predicted) is not None]
             if ys:
