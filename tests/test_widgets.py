@@ -183,3 +183,18 @@ def test_sharding_live_button_is_busy_while_the_ranks_run():
     button.click()
     assert seen[0] == (True, "training 2 plans on 2 ranks...") and seen[1] == 2
     assert bar.max == 2 * (2 + 2) and not button.disabled
+
+
+def test_data_parallel_trainer_moves_its_bar_as_each_rank_joins_and_finishes(monkeypatch, capsys):
+    from frugal.widgets._common import Progress
+
+    heard = []
+    original = Progress.on_report
+    monkeypatch.setattr(Progress, "on_report", lambda self, rank, msg: (heard.append((rank, msg)),
+                                                                         original(self, rank, msg)))
+    box = widgets.data_parallel_trainer(preset("tiny"), steps=2, batch_size=4)
+    bar, status = box.children[1].children                   # the progress line under the controls
+    assert sorted(heard) == [(0, "done"), (0, "joined"), (1, "done"), (1, "joined")]
+    assert bar.value == bar.max == 1 + 2 * 2 and status.value.startswith("done in")   # reference + 2 per rank
+    assert not any(c.disabled for c in _controls(box).values() if hasattr(c, "disabled") and c is not bar)
+    assert "largest loss gap" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from frugal.plots._common import COLORS, human_bytes, human_count, new_figure
+from frugal.units import human_rate
 
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
@@ -97,7 +98,7 @@ def bus_bandwidth(rows: list[dict], title: str = "All-reduce bus bandwidth") -> 
     values = [r["busbw_GBps"] for r in rows]
     ax.bar(names, values, color=["#4C72B0", "#C44E52", "#55A868"][: len(rows)])
     for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, v, human_rate(v * 1e9), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("bus bandwidth, GB/s  (S/t x 2(n-1)/n)")
     ax.set_title(title)
     return fig

@@ -6,6 +6,7 @@ from IPython.display import display
 
 from frugal import estimate, measure, plots
 from frugal.recompute import Recompute
+from frugal.units import human_bytes
 from frugal.widgets._common import _dashboard
 
 
@@ -52,7 +53,8 @@ def largest_batch_explorer(cfg, seq: int = 1024, gpu: str = "H100", n_params: fl
                  "selective": (L, True), "all blocks": (L, False)}
         batches = {name: estimate.largest_batch(cfg, seq, budget_gb * estimate.GB, k, sel, act_bytes, state)
                    for name, (k, sel) in plans.items()}
-        print(f"weights + grads + Adam: {state / 1e9:.2f} GB; the rest of {budget_gb:g} GB is for activations")
+        print(f"weights + grads + Adam: {human_bytes(state, binary=False)}; the rest of {budget_gb:g} GB is for "
+              f"activations")
         display(plots.largest_batch_bars(batches, title=f"Largest batch, T={seq}, {budget_gb:g} GB"))
 
     return _dashboard(controls, draw)
