@@ -15,6 +15,7 @@ OPS = {
     "00_gpu_economics.ipynb": [
         (0, Op("pick", "sequence", "8192")),         # cost calculator: a longer sequence, taller activation bars
         (0, Op("key", "GPUs", "ArrowRight")),        # 64 -> 65 GPUs: the ZeRO shards shrink
+        (0, Op("pick", "GPU", "T4")),                # another GPU: its bar and its memory line turn red
         (1, Op("drag", "batch", 60)),                # activation meter: drag the batch up on the live TinyGPT
     ],
     "01_mixed_precision.ipynb": [
@@ -30,6 +31,7 @@ OPS = {
     ],
     "04_sharding.ipynb": [
         (0, Op("pick", "precision", "fp32")),        # sharding explorer: fp32 Adam instead of mixed precision
+        (0, Op("pick", "stage", "DP")),              # stage 3 -> DP: the highlighted plan moves in both plots
         (1, Op("click", "train and count")),         # live sharding: train on gloo ranks, count the bytes
     ],
     "05_model_parallel.ipynb": [
