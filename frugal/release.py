@@ -42,7 +42,9 @@ def write(root: Path) -> list[str]:
     changed = []
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = json.loads(path.read_text())
-        cell = nb["cells"][1]
+        cell = next((c for c in nb["cells"] if c.get("id") == "colab-install"), None)
+        if cell is None:
+            raise ValueError(f"{path.name} has no cell with id 'colab-install': copy the one of 00_gpu_economics")
         lines = install_cell().splitlines(keepends=True)
         if cell["source"] != lines:
             cell["source"] = lines

@@ -137,7 +137,8 @@ def test_every_notebook_has_the_colab_install_cell_right_below_its_title():
         title, cell = json.loads(path.read_text())["cells"][:2]
         assert title["cell_type"] == "markdown" and _code(title).startswith("# "), f"{path.name}: title first"
         hint = f"{path.name}: the second cell must be the install cell: run `python -m frugal.release`"
-        assert cell["cell_type"] == "code" and _code(cell) == release.install_cell(), hint
+        assert cell["cell_type"] == "code" and cell.get("id") == "colab-install", hint
+        assert _code(cell) == release.install_cell(), hint
         assert _code(cell).splitlines()[0].startswith("# Installs frugal on Colab"), hint   # one line says what
         assert _run_colab_cell(_code(cell), on_colab=False) == [], f"{path.name}: the cell acts off Colab"
         calls = _run_colab_cell(_code(cell), on_colab=True)
@@ -146,7 +147,8 @@ def test_every_notebook_has_the_colab_install_cell_right_below_its_title():
             f"frugal-workbook @ git+{release.REPOSITORY}@{release.REF}" in calls[0], hint
         for call in calls:
             named = {re.split(r"[<>=!~\[; @]", arg)[0].lower() for arg in call[4:] if not arg.startswith("-")}
-            assert not named & KEEP_COLABS_OWN, f"{path.name}: {call} would replace Colab's own {named & KEEP_COLABS_OWN}"
+            kept = named & KEEP_COLABS_OWN
+            assert not kept, f"{path.name}: {call} would replace Colab's own {kept}"
 
 
 def test_the_repository_the_ref_and_the_version_live_in_frugal_release():

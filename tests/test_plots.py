@@ -148,7 +148,8 @@ def test_max_model_bars_say_billion_not_b_and_mark_the_chosen_stage():
 
 
 def test_pipeline_gantt_puts_each_panel_in_its_own_units():
-    measured = [[{"kind": "F", "mb": 0, "start": 1.000, "end": 1.004}], [{"kind": "F", "mb": 0, "start": 1.004, "end": 1.010}]]
+    measured = [[{"kind": "F", "mb": 0, "start": 1.000, "end": 1.004}],
+                [{"kind": "F", "mb": 0, "start": 1.004, "end": 1.010}]]
     ideal = [[{"kind": "F", "mb": 0, "start": 0, "end": 1}], [{"kind": "F", "mb": 0, "start": 1, "end": 2}]]
     fig = plots.pipeline_gantt({"measured": measured, "ideal": ideal}, units={"ideal": ("time units", 1.0)})
     (ax_m, ax_i) = fig.axes
