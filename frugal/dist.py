@@ -70,8 +70,8 @@ def _pack(fn: Callable, args: tuple) -> bytes:
                          f"files, sockets or locks inside the function instead") from e
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit this rank if its parent dies (so a killed kernel leaves no orphans)."""
+def watch_parent(parent_pid: int) -> None:
+    """Exit this rank if its parent dies (a killed kernel or torchrun agent leaves no orphans); run it in a thread."""
     while True:
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -80,7 +80,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
                parent_pid: int, packed: bytes, results: mp.Queue, stderr_path: str) -> None:
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()
     err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(err, 2)              # what the rank and the C++ under it print (gloo's abort) reaches the parent's error
     os.close(err)
