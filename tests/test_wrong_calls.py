@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from frugal import collectives, data, device, dist, estimate, numerics, pipeline_parallel as pp, tensor_parallel as tp
+from frugal import collectives, data, device, dist, estimate, numerics, pipeline_parallel as pp, serialization, \
+    tensor_parallel as tp
 from frugal.bench.report import update_readme
 from frugal.train import TrainConfig, train
 from frugal.loss_scaler import MIN_SCALE, LossScaler
@@ -71,6 +72,9 @@ WRONG = [
     (lambda: collectives.estimate_naive_root_bytes(-1, 2), ValueError, "nbytes=-1"),
     (lambda: numerics.stats_table(torch.randn(8), ["nope"]), ValueError, "pick from"),
     (lambda: update_readme("no/such/README.md"), ValueError, "pass --readme"),
+    (lambda: serialization.BatchSampler(IDS.flatten(), 4, 8, world_size=0), ValueError, "world_size=0"),
+    (lambda: serialization.BatchSampler(IDS.flatten(), 4, 8, rank=2, world_size=2), ValueError, "rank in 0..1"),
+    (lambda: serialization.BatchSampler(IDS.flatten(), 0, 8), ValueError, "batch_size=0"),
     (lambda: LossScaler().load_state_dict({"scale": 0.0, "growth_factor": 2.0, "backoff_factor": 0.5,
                                            "growth_interval": 2000, "_growth_tracker": 0}), ValueError, "damaged"),
 ]
