@@ -24,11 +24,18 @@ def main(argv: list[str] | None = None) -> int:
                        "headlines in README.md's results block; runs no benchmark")
     r.add_argument("--readme", default="README.md")
     r.add_argument("--results", default="results", help="folder of the <device>.json files; its README.md is written")
-    t = sub.add_parser("train-dist", help="the recipe on torch DDP/FSDP; for N ranks launch "
-                       "`torchrun --nproc-per-node N -m frugal.torchrun_train ...` (here: one process)",
-                       add_help=False)
+    t = sub.add_parser("train-dist", help="the recipe on torch DDP/FSDP; for N ranks launch `python -m "
+                       "frugal.torchrun_local --standalone --nproc-per-node N -m frugal.torchrun_train ...` "
+                       "(here: one process)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER, help="see `python -m frugal.torchrun_train --help`")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as e:                   # a wrong option: say what to pass, without a traceback
+        parser.error(str(e))
+
+
+def _run(args) -> int:
     if args.command == "bench":
         from frugal import bench
         bench.run(args.section, args.out, args.quick, args.device)

@@ -72,6 +72,25 @@ def _check(tensor: torch.Tensor, op: str) -> None:
         raise ValueError("no process group: call this inside a rank started by frugal.dist.launch")
 
 
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+           torch.int8, torch.uint8, torch.bool)
+
+
+def _check_peers(tensor: torch.Tensor) -> None:
+    """Every rank must pass the same dtype and size: mismatched buffers would be exchanged as raw bytes and
+    summed into a wrong result with no error. One small all-gather of (dtype, numel) finds it on every rank."""
+    code = _DTYPES.index(tensor.dtype) if tensor.dtype in _DTYPES else len(_DTYPES)
+    mine = torch.tensor([code, tensor.numel()], dtype=torch.int64, device=tensor.device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    seen = [(int(c), int(n)) for c, n in (t.tolist() for t in every)]
+    if len(set(seen)) > 1:
+        name = lambda c: str(_DTYPES[c]) if c < len(_DTYPES) else "another dtype"
+        ranks = ", ".join(f"rank {r}: {name(c)} x {n}" for r, (c, n) in enumerate(seen))
+        raise ValueError(f"the ranks passed different tensors ({ranks}): every rank must pass the same dtype and "
+                         f"number of elements, e.g. tensor.float() of the same shape on each")
+
+
 def _exchange(send: torch.Tensor | None, dst: int, recv: torch.Tensor | None, src: int) -> None:
     """Send to dst and receive from src at once (one batched group, so a ring cannot deadlock)."""
     ops = []
@@ -118,12 +137,16 @@ def ring_all_gather(tensor: torch.Tensor, traffic: Traffic | None = None) -> Non
             traffic.record(phase, step, left, rank, recv_c, (r1 - r0) * flat.element_size(), rank)
 
 
-def ring_all_reduce(tensor: torch.Tensor, op: str = "sum", traffic: Traffic | None = None) -> torch.Tensor:
+def ring_all_reduce(tensor: torch.Tensor, op: str = "sum", traffic: Traffic | None = None,
+                    check_peers: bool = True) -> torch.Tensor:
     """dist.all_reduce(tensor) from send/recv only: reduce-scatter then all-gather, in place; returns tensor.
 
-    Any size works: chunks differ by at most one element and empty chunks send nothing.
+    Any size works: chunks differ by at most one element and empty chunks send nothing. check_peers first
+    verifies every rank passed the same dtype and size (one small all-gather; the benchmark turns it off).
     """
     _check(tensor, op)
+    if check_peers:
+        _check_peers(tensor)
     if dist.get_world_size() > 1:
         ring_reduce_scatter(tensor, traffic)
         ring_all_gather(tensor, traffic)
@@ -132,12 +155,15 @@ def ring_all_reduce(tensor: torch.Tensor, op: str = "sum", traffic: Traffic | No
     return tensor
 
 
-def naive_all_reduce(tensor: torch.Tensor, op: str = "sum", traffic: Traffic | None = None) -> torch.Tensor:
+def naive_all_reduce(tensor: torch.Tensor, op: str = "sum", traffic: Traffic | None = None,
+                     check_peers: bool = True) -> torch.Tensor:
     """Every rank sends its tensor to rank 0, which sums and sends the result back to each: in place.
 
     Rank 0 receives and sends (n-1) * S bytes, so its link is the bottleneck as n grows.
     """
     _check(tensor, op)
+    if check_peers:
+        _check_peers(tensor)
     rank, n = dist.get_rank(), dist.get_world_size()
     flat, nbytes = tensor.view(-1), tensor.numel() * tensor.element_size()
     if n > 1 and flat.numel():
@@ -165,13 +191,22 @@ def naive_all_reduce(tensor: torch.Tensor, op: str = "sum", traffic: Traffic | N
     return tensor
 
 
+def _check_sizes(nbytes: float, world_size: int) -> None:
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size!r}: must be a positive integer (the number of ranks)")
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or not 0 <= nbytes < float("inf"):
+        raise ValueError(f"nbytes={nbytes!r}: must be a finite number of bytes >= 0")
+
+
 def estimate_ring_bytes(nbytes: float, world_size: int) -> float:
     """Bytes each rank sends in a ring all-reduce: 2(n-1)/n * S (Patarasuk & Yuan 2009, sec. 3)."""
+    _check_sizes(nbytes, world_size)
     return 2 * (world_size - 1) / world_size * nbytes
 
 
 def estimate_naive_root_bytes(nbytes: float, world_size: int) -> float:
     """Bytes rank 0 sends in reduce-then-broadcast: (n-1) * S (it receives as much again)."""
+    _check_sizes(nbytes, world_size)
     return (world_size - 1) * nbytes
 
 
@@ -259,8 +294,9 @@ def benchmark_all_reduce(rank: int, world_size: int, nbytes: int, repeats: int =
     numel = nbytes // torch.empty(0, dtype=dt).element_size()
     x = torch.randn(numel, generator=torch.Generator().manual_seed(rank)).to(device=device, dtype=dt)
     rows = []
-    for name, fn in (("ring (ours)", ring_all_reduce), ("naive (ours)", naive_all_reduce),
-                     ("dist.all_reduce", dist.all_reduce)):
+    ring = lambda t: ring_all_reduce(t, check_peers=False)      # the algorithm alone, as dist.all_reduce is timed
+    naive = lambda t: naive_all_reduce(t, check_peers=False)
+    for name, fn in (("ring (ours)", ring), ("naive (ours)", naive), ("dist.all_reduce", dist.all_reduce)):
         times = []
         for i in range(warmup + repeats):
             y = x.clone()

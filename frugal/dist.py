@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import pickle
 import queue as queue_mod
+import signal
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -70,8 +71,8 @@ def _pack(fn: Callable, args: tuple) -> bytes:
                          f"files, sockets or locks inside the function instead") from e
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit this rank if its parent dies (so a killed kernel leaves no orphans)."""
+def watch_parent(parent_pid: int) -> None:
+    """Exit this rank if its parent dies (a killed kernel or torchrun agent leaves no orphans); run it in a thread."""
     while True:
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -89,9 +90,12 @@ def report(message: Any) -> None:
 
 
 def _rank_main(rank: int, world_size: int, port: int, backend: str, timeout_s: float,
-               parent_pid: int, packed: bytes, results: mp.Queue) -> None:
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+               parent_pid: int, packed: bytes, results: mp.Queue, stderr_path: str) -> None:
+    threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()
     _REPORTS[:] = [(rank, results)]
+    err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(err, 2)              # what the rank and the C++ under it print (gloo's abort) reaches the parent's error
+    os.close(err)
     try:
         store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False,
                               timeout=timedelta(seconds=timeout_s))
@@ -135,6 +139,34 @@ def _first_cause(first: tuple, results, wait_s: float = 1.0) -> tuple:
     return first
 
 
+def _stderr_tail(path: str, lines: int = 15) -> str:
+    """The last lines a rank wrote to stderr, indented, or '' if it wrote none."""
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read().strip()
+    except OSError:
+        return ""
+    return "" if not text else "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _dead_rank_error(rank: int, procs: list, paths: list[str], after: str = "") -> RankError:
+    """A rank that died without reporting, named with its exit code and the end of its stderr."""
+    tail = _stderr_tail(paths[rank])
+    cause = "its stderr ended with:\n" + tail if tail else \
+        "it printed nothing to stderr (it called os._exit, was killed from outside or ran out of memory; or a " \
+        "script calls launch outside `if __name__ == '__main__':`)"
+    return RankError(f"rank {rank} {_exit_reason(procs[rank].exitcode)} without reporting; {cause}{after}")
+
+
 def _reap(procs: list) -> None:
     procs = [p for p in procs if p.pid is not None]   # never started: nothing to reap
     for p in procs:
@@ -147,13 +179,17 @@ def _reap(procs: list) -> None:
             p.join(timeout=3)
 
 
+DEFAULT_DEADLINE = 1800.0   # seconds: a rank stuck outside any collective ends the call after this, not never
+
+
 def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", timeout: float = 60.0,
-           deadline: float | None = None, on_report: Callable[[int, Any], None] | None = None) -> list:
+           deadline: float | None = DEFAULT_DEADLINE, on_report: Callable[[int, Any], None] | None = None) -> list:
     """Run fn(rank, world_size, *args) on world_size ranks; return the list of their results, by rank.
 
-    timeout: seconds any collective (and the rendezvous) may wait. deadline: seconds the whole run may
-    take (default: none beyond the collectives' timeout, plus time for results to arrive). on_report(rank,
-    message), called here as it happens: 'joined' once a rank is in the group, whatever it report()s, 'done'.
+    timeout: seconds any collective (and the rendezvous) may wait. deadline: seconds the whole run may take
+    (30 minutes unless given; None = no limit). Interrupting the cell (or Ctrl-C) stops every rank at once.
+    on_report(rank, message), called here as it happens: 'joined' once a rank is in the group, whatever it
+    report()s, then 'done'.
     """
     if on_report is not None and not callable(on_report):
         raise TypeError(f"on_report={on_report!r}: pass a function (rank, message) -> None, or None")
@@ -169,8 +205,10 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
     ctx = mp.get_context("spawn")
     store = loopback_store(world_size + 1, timeout)     # the parent owns the store
     results: mp.Queue = ctx.Queue()
+    logs = tempfile.TemporaryDirectory(prefix="frugal-ranks-")
+    paths = [os.path.join(logs.name, f"rank{r}.stderr") for r in range(world_size)]
     procs = [ctx.Process(target=_rank_main, daemon=True, name=f"frugal-rank{r}",
-                         args=(r, world_size, store.port, backend, timeout, os.getpid(), packed, results))
+                         args=(r, world_size, store.port, backend, timeout, os.getpid(), packed, results, paths[r]))
              for r in range(world_size)]
     out: dict[int, Any] = {}
     t_end = None if deadline is None else time.monotonic() + deadline
@@ -187,9 +225,7 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                     try:
                         rank, status, payload = results.get_nowait()
                     except queue_mod.Empty:
-                        raise RankError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without "
-                                        f"reporting (killed, out of memory, or a script calling launch "
-                                        f"outside `if __name__ == '__main__':`?)") from None
+                        raise _dead_rank_error(dead[0], procs, paths) from None
                 elif t_end is not None and time.monotonic() > t_end:
                     missing = [r for r in range(world_size) if r not in out]
                     raise RankTimeout(f"rank(s) {missing} did not finish within deadline={deadline}s: a rank is "
@@ -199,6 +235,13 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                     continue
             if status == "error":
                 rank, status, payload = _first_cause((rank, status, payload), results)
+                silent = [r for r, p in enumerate(procs) if r != rank and r not in out and not p.is_alive()
+                          and p.exitcode not in (0, None)]
+                if silent and any(c in payload.lower() for c in _COLLATERAL):   # the peer that died is the cause
+                    raise _dead_rank_error(silent[0], procs, paths, f"\nrank {rank} then failed:\n{payload}")
+                tail = _stderr_tail(paths[rank])
+                if tail and tail.strip() not in payload:
+                    payload += f"\nrank {rank}'s stderr ended with:\n{tail}"
                 hint = ""
                 if "timed out" in payload.lower() or "timeout" in payload.lower():
                     hint = (f"\n(a collective waited longer than timeout={timeout}s: another rank is stuck or never "
@@ -208,7 +251,7 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
                 if on_report is not None:
                     on_report(rank, payload)
                 continue
-            out[rank] = pickle.loads(payload)
+            out[rank] = cloudpickle.loads(payload)
             if on_report is not None:
                 on_report(rank, "done")
         for p in procs:
@@ -218,6 +261,7 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str = "auto", tim
         _reap(procs)
         results.close()
         results.join_thread()
+        logs.cleanup()
         del store
 
 

@@ -131,6 +131,9 @@ def format_stats(x: torch.Tensor, fmt: Format | str) -> FormatStats:
 def stats_table(x: torch.Tensor, formats: list[str] | None = None) -> list[dict]:
     """format_stats of x in each format (all by default), as rows for a table or a plot."""
     table = format_table()
+    unknown = [f for f in (formats or []) if f not in table]
+    if unknown:
+        raise ValueError(f"formats={unknown}: pick from {list(table)}")
     return [vars(format_stats(x, table[name])) for name in (formats or list(table))]
 
 

@@ -39,6 +39,11 @@ class BatchSampler:
 
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
+        for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"BatchSampler({name}={v!r}): must be a positive integer")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"BatchSampler(rank={rank!r}): pick a rank in 0..{world_size - 1} (world_size={world_size})")
         if batch_size % world_size:
             raise ValueError(f"world_size={world_size} does not divide batch_size={batch_size}: "
                              f"pick a batch that is a multiple of {world_size} "

@@ -1,6 +1,7 @@
 """The frugal recipe on PyTorch's own distributed stack: torch DDP or FSDP (fully_shard), launched by torchrun.
 
-    torchrun --nproc-per-node 8 -m frugal.torchrun_train --model gpt2-small --parallel fsdp --precision bf16
+    python -m frugal.torchrun_local --standalone --nproc-per-node 8 -m frugal.torchrun_train --model gpt2-small \
+        --parallel fsdp --precision bf16    # torchrun, its stores on 127.0.0.1 only
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id job1 \\
         -m frugal.torchrun_train ...        # the same command on every node
 
@@ -17,6 +18,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from frugal import data, measure, recompute, serialization, train
 from frugal.device import catalog_name
+from frugal.dist import watch_parent
 from frugal.estimate import get_gpu
 from frugal.model import TinyGPT, preset
 
@@ -86,6 +89,8 @@ def setup(device_choice: str) -> tuple[int, int, torch.device]:
         raise ValueError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
     if not dist.is_torchelastic_launched():
         return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    # torchrun's agent is this rank's parent: if it dies (SIGKILL gives it no time to stop us), stop too
+    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     local_rank = dist.get_node_local_rank(fallback_rank=0)
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
@@ -114,6 +119,26 @@ def check_args(args, world_size: int, block_size: int) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     if args.save_every < 0:
         raise ValueError(f"--save-every {args.save_every}: use 0 (save at the end only) or a positive step count")
+
+
+# Options that fix what a run computes: a resumed run must be given the values it was saved with. The others
+# (--steps, --save-every, --log-every, --recompute, --compile, --parallel, --device, --peak-tflops) may change.
+FIXED_ON_RESUME = ("model", "n_layer", "n_embd", "n_head", "batch_size", "seq_len", "lr", "weight_decay",
+                   "grad_clip", "seed", "data", "precision")
+
+
+def check_resume(args, saved_args: dict | None, saved_step: int, path: Path) -> None:
+    """Refuse a resume whose options contradict the saved run's, or that asks for fewer steps than it has run."""
+    if saved_args:
+        differ = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (saved: {saved_args[k]!r})"
+                  for k in FIXED_ON_RESUME if k in saved_args and saved_args[k] != getattr(args, k)]
+        if differ:
+            raise ValueError(f"--resume from {path}: {', '.join(differ)}. The saved run's optimizer state and "
+                             f"batches follow its own options: pass the saved values, or --save a new file to "
+                             f"start a new run")
+    if args.steps < saved_step:
+        raise ValueError(f"--resume from {path}: --steps {args.steps} but the run has already taken {saved_step} "
+                         f"steps; --steps is the run's total: pass --steps {saved_step + 1} or more to train on")
 
 
 def wrap(model: TinyGPT, parallel: str, precision: str, device: torch.device, distributed: bool):
@@ -188,12 +213,17 @@ def main(argv: list[str] | None = None) -> dict:
             if saved_model is not None and saved_model != asdict(cfg):
                 raise ValueError(f"{save_path} holds a different model ({saved_model}): "
                                  f"resume with the same --model/--n-layer/--n-embd/--n-head")
+            check_resume(args, blob["extra"].get("args"), blob["step"], save_path)
             if scaler is not None and blob["extra"].get("scaler"):
                 scaler.load_state_dict(blob["extra"]["scaler"])
             start = blob["step"]
-            log(f"resumed from {save_path} after step {start}")
+            last_loss = blob["extra"].get("last_loss", float("nan"))
+            log(f"resumed from {save_path} after step {start}" +
+                (f": the run is complete at --steps {args.steps}, nothing to train" if start == args.steps else ""))
         elif args.resume:
             log(f"--resume: nothing at {save_path} yet, starting at step 0")
+        if not args.resume or not save_path.exists():
+            last_loss = float("nan")
 
         peak, peak_src = peak_flops(args, device, rank)
         log(f"world_size={world} {args.parallel} {args.precision} recompute={args.recompute} "
@@ -203,11 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
         def save(step: int) -> None:
             serialization.save(save_path, model, optimizer, step, sampler,
                                extra={"model": asdict(cfg), "scaler": scaler.state_dict() if scaler else {},
-                                      "args": vars(args)})
+                                      "args": vars(args), "last_loss": last_loss})
             log(f"saved step {step} to {save_path}")
 
         model.train()
-        rates, last_loss, step = [], float("nan"), start
+        rates, step = [], start
         tokens_per_step = args.batch_size * args.seq_len          # global
         measure.synchronize(device)
         t0, t0_step = time.perf_counter(), start

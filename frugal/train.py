@@ -320,7 +320,10 @@ def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainC
 
 def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> TrainResult:
     """Train for cfg.steps steps, recording loss, time and memory of each step."""
-    cfg = cfg or TrainConfig()
+    cfg = TrainConfig() if cfg is None else cfg
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train(model, cfg): cfg must be a TrainConfig, got {type(cfg).__name__}; "
+                        f"e.g. train(preset('tiny'), TrainConfig(steps=20))")
     if cfg.world_size > 1:                       # lesson 03: cfg.world_size ranks, each on its shard
         return train_data_parallel(model_cfg, cfg)
     model, optimizer, next_batch, device = build(model_cfg, cfg)

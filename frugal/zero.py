@@ -161,6 +161,9 @@ class ZeroStage1(nn.Module):
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Scale gradients so their global L2 norm is at most max_norm: each rank sums squares of its
         shard, one all-reduce adds them (padding is zero and adds nothing). Returns the norm before clipping."""
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not 0 < max_norm < float("inf"):
+            raise ValueError(f"clip_grad_norm_(max_norm={max_norm!r}): must be a positive finite norm, e.g. 1.0 "
+                             f"(to train unclipped, do not call it)")
         grads = [g for g in self._shard_grads() if g is not None]
         sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
         dist.all_reduce(sq, group=self.group)

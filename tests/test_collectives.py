@@ -109,3 +109,19 @@ def test_lesson_plots_draw():
     assert len(fig.axes) == 1
     rows = [{"algorithm": a, "busbw_GBps": v} for a, v in (("ring", 1.0), ("nccl", 2.0))]
     assert len(plots.bus_bandwidth(rows).axes[0].patches) == 2
+
+
+def test_ranks_passing_different_dtypes_are_refused_on_every_rank():
+    """fp32 on rank 0 and int32 on rank 1 would be exchanged as raw bytes: 1.0000001 for 2, no error."""
+    def mismatched(rank, world):
+        import torch
+        from frugal import collectives
+        t = torch.ones(4) if rank == 0 else torch.ones(4, dtype=torch.int32)
+        try:
+            collectives.ring_all_reduce(t)
+        except ValueError as e:
+            return str(e)
+        return "no error"
+    messages = launch(mismatched, 2, backend="gloo", timeout=20)
+    for m in messages:
+        assert "rank 0: torch.float32 x 4, rank 1: torch.int32 x 4" in m and "same dtype" in m

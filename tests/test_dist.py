@@ -134,6 +134,24 @@ def test_killed_parent_leaves_no_orphans(tmp_path):
     assert not any(_alive(p) for p in pids)
 
 
+def test_a_rank_that_leaves_silently_is_named_with_its_exit_code():
+    """Rank 0's 'connection closed by peer' is an echo: the error names rank 1, which exited first."""
+    with pytest.raises(RankError, match=r"rank 1 exited with code 3 without reporting") as info:
+        launch(w.exit_on_rank_one, 2, backend="gloo", timeout=20)
+    assert "rank 0 then failed" in str(info.value) or "printed nothing" in str(info.value)
+
+
+def test_an_aborted_rank_brings_its_stderr_into_the_error():
+    with pytest.raises(RankError, match="SIGABRT") as info:
+        launch(w.abort_on_rank_one, 2, backend="gloo", timeout=20)
+    assert "the gradient bucket layout differs between ranks" in str(info.value)
+
+
+def test_launch_has_a_default_deadline():
+    import inspect
+    assert inspect.signature(launch).parameters["deadline"].default == dist_mod.DEFAULT_DEADLINE > 0
+
+
 def test_lambdas_and_nested_functions_run_on_the_ranks():
     offset = 10                                    # a closure variable travels with the function
 

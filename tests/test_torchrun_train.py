@@ -147,3 +147,98 @@ def test_recompute_takes_trainconfigs_policies_and_changes_no_number(tmp_path):
         torchrun_train.main(common + ["--recompute", spec, "--save", str(tmp_path / f"{spec}.pt")])
     a, b = (serialization.read_verified(tmp_path / f"{spec}.pt")["model"] for spec in ("none", "full"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+ALONE = ["--model", "tiny", "--n-layer", "1", "--batch-size", "2", "--seq-len", "8", "--log-every", "2",
+         "--peak-tflops", "0.1", "--device", "cpu"]
+
+
+def test_resume_refuses_options_that_contradict_the_saved_run(tmp_path):
+    path = str(tmp_path / "run.pt")
+    done = torchrun_train.main(ALONE + ["--steps", "4", "--save", path])
+    with pytest.raises(ValueError, match=r"--lr 0.01 \(saved: 0.0003\).*pass the saved values"):
+        torchrun_train.main(ALONE + ["--steps", "8", "--save", path, "--resume", "--lr", "1e-2"])
+    with pytest.raises(ValueError, match=r"already taken 4 steps.*--steps 5 or more"):
+        torchrun_train.main(ALONE + ["--steps", "2", "--save", path, "--resume"])
+    # asking for the steps already run trains nothing and reports the saved run's loss, not NaN
+    again = torchrun_train.main(ALONE + ["--steps", "4", "--save", path, "--resume"])
+    assert again["resumed_from"] == 4 and again["final_loss"] == done["final_loss"]
+    # options that change no number may differ, and the file records what ran
+    torchrun_train.main(ALONE + ["--steps", "6", "--save", path, "--resume", "--log-every", "3"])
+    saved = serialization.read_verified(path)["extra"]["args"]
+    assert saved["steps"] == 6 and saved["log_every"] == 3
+
+
+def _rank_pids(marker: str, agent: int) -> list[int]:
+    return [p for p in _pids_mentioning(marker) if p != agent]
+
+
+def test_ranks_stop_when_their_torchrun_agent_is_killed(workdir):
+    save = workdir / "long.pt"
+    proc = subprocess.Popen(_torchrun(["--save", str(save), "--steps", "100000", "--log-every", "5"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO,
+                            start_new_session=True)
+    for line in proc.stdout:                       # training has started on both ranks
+        if line.startswith("step"):
+            break
+    ranks = _rank_pids(str(workdir), proc.pid)
+    assert len(ranks) >= 2, ranks
+    os.kill(proc.pid, signal.SIGKILL)              # the agent gets no chance to stop its ranks
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in ranks), "ranks outlived their agent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening_addresses(pids: list[int]) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) of the TCP sockets these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            pass
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                found.add(fields[1].rsplit(":", 1)[0])
+    return found
+
+
+def test_torchrun_local_stores_listen_on_loopback_only(workdir):
+    cmd = [sys.executable, "-m", "frugal.torchrun_local", "--standalone", "--nproc-per-node", "2",
+           "-m", "frugal.torchrun_train", *TINY, "--steps", "100000", "--log-every", "5",
+           "--save", str(workdir / "loop.pt")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step"):
+                break
+        addresses = _listening_addresses(_pids_mentioning(str(workdir)))
+    finally:
+        _kill_all(str(workdir))
+        proc.wait(timeout=10)
+    assert addresses, "the agent's stores were not found"
+    assert addresses <= {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}, \
+        f"a store listens beyond 127.0.0.1: {addresses}"
+
+
+def test_torchrun_local_refuses_several_machines():
+    from frugal import torchrun_local
+    with pytest.raises(SystemExit, match="private network"):
+        torchrun_local.check_single_machine(["--nnodes", "2", "--rdzv-endpoint", "10.0.0.1:29500", "x.py"])
+    torchrun_local.check_single_machine(["--standalone", "--nproc-per-node", "2", "x.py"])

@@ -167,6 +167,10 @@ def update_readme(readme: str | Path = "README.md", results_dir: str | Path = "r
     """Write <results_dir>/README.md (every table) and README.md's results block (the headlines);
     True if either file changed."""
     readme, results_dir = Path(readme), Path(results_dir)
+    if not readme.is_file():
+        raise ValueError(f"{readme} is not a file: pass --readme PATH, the README.md holding the results block")
+    if not results_dir.is_dir():
+        raise ValueError(f"{results_dir} is not a folder: pass --results PATH, where `bench` wrote <device>.json")
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme} has no results block: add the lines {README_START!r} and {README_END!r}")
