@@ -39,7 +39,8 @@ def measure_precision(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig) -> dict:
 
 def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recompute,
                       warmup: int = 1, repeats: int = 3) -> dict:
-    """Saved bytes, forward+backward time and (CUDA) peak memory of model(x, y) with model.recompute set.
+    """Saved bytes, forward+backward time (median, and the min and max of the repeats) and (CUDA) peak memory
+    of model(x, y) with model.recompute set.
     The step is forward_backward in fp32, gradients then dropped: no optimizer, so the weights stay as they are."""
     before = getattr(model, "recompute", None)
     model.recompute = recompute
@@ -55,7 +56,8 @@ def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
         peak = measure_peak_memory(step, x.device)
     finally:
         model.recompute = before
-    return {"saved_bytes": saved, "step_s": timing.median_s, "peak_memory_bytes": peak}
+    return {"saved_bytes": saved, "step_s": timing.median_s, "step_min_s": timing.min_s,
+            "step_max_s": max(timing.times_s), "peak_memory_bytes": peak}
 
 
 def train_with_reports(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, on_report=None,

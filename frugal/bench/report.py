@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from frugal.bench.runner import REPORTS, SECTIONS
+from frugal.results import device_label
 from frugal.serialization import write_atomic
 
 README_START = "<!-- results:start (written by `python -m frugal report`) -->"
@@ -120,13 +121,6 @@ def _results(results_dir: str | Path) -> list[tuple[Path, dict]]:
     return [(p, json.loads(p.read_text())) for p in sorted(Path(results_dir).glob("*.json"))]
 
 
-def _device_label(device: dict) -> str:
-    """'H100' or '2× H200': the catalog name and how many GPUs, for the headline table."""
-    name = device.get("catalog") or device.get("name") or device.get("device", "?")
-    gpus = device.get("gpus") or 0
-    return f"{gpus}× {name}" if gpus > 1 else name
-
-
 def markdown_report(results_dir: str | Path = "results") -> str:
     """Every results/<device>.json as markdown: a heading per device, per section its tables and figures."""
     parts = ["# Measured results", "",
@@ -151,7 +145,7 @@ def headline_report(results_dir: str | Path = "results", link: str = "results/RE
     for _, data in _results(results_dir):
         for name, sec in data.get("sections", {}).items():
             if name not in newest or sec.get("when", "") > newest[name][0].get("when", ""):
-                newest[name] = (sec, _device_label(data.get("device", {})))
+                newest[name] = (sec, device_label(data.get("device", {})))
     order = {name: i for i, name in enumerate(SECTIONS)}
     lines = ["| what | measured | where |", "|---|---|---|"]
     for name in sorted(newest, key=lambda n: order.get(n, len(order))):   # the lessons' order
