@@ -81,11 +81,12 @@ def cost_bars(costs: dict[str, float], title: str = "Cost of the run", unit: str
         ax.text(v, i, f" {fmt(v)}", va="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(base, hi * 2.5)                                 # room for the last label
-    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+    decades = math.log10(hi * 2.5 / base)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,), numticks=12))
     ax.xaxis.set_minor_formatter(NullFormatter())
     _unit_axis(ax.xaxis, fmt)
     ax.set_xlabel(f"{'US dollars' if unit == '$' else unit}, log scale (each bar starts at {fmt(base)})")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)
     return fig
 
 
