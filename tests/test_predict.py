@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from frugal.widgets import predict
+from test_ipywidgets7 import env7  # noqa: F401 - the fixture: a Python that imports ipywidgets 7.7.1
 
 
 def test_a_number_guess_is_put_beside_the_measurement_with_the_factor():
@@ -51,6 +52,14 @@ def test_no_guess_says_so_and_still_shows_the_measurement():
     r = predict.ask("how many?", unit="bytes").reveal(4096)
     assert r.guess is None and r.factor is None
     assert r.message.startswith("no guess entered") and "measured 4096 bytes" in r.message
+
+
+def test_the_label_says_where_the_number_comes_from():
+    guess = predict.ask("7.5B parameters on 64 GPUs, ZeRO-3: GB per GPU?", unit="GB")
+    guess.value = 2
+    assert "your guess 2 GB, the estimator 1.88 GB: off by a factor 1.07" in guess.reveal(1.875, "the estimator").message
+    with pytest.raises(ValueError, match="label="):
+        guess.reveal(1.875, label="")
 
 
 def test_unreadable_text_is_reported_not_raised():
@@ -111,3 +120,15 @@ def test_a_reveal_shows_itself_once_as_html():
     guess.value = 10
     r = guess.reveal(5)
     assert "off by a factor 2 (too high)" in r._repr_html_() and repr(r) == r.message
+
+
+@pytest.mark.slow
+def test_these_tests_pass_under_ipywidgets_7(env7):
+    """Colab ships ipywidgets 7.7.1: Text, RadioButtons(index=None) and the VBox must work there too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                           __file__], cwd=Path(__file__).parents[1], env=env7, capture_output=True, text=True)
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]

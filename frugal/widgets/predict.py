@@ -128,19 +128,23 @@ class Guess:
             raise ValueError(f"{answer!r} is not one of the choices {list(self.choices)}")
         self.box.value = answer if self.choices is not None else str(answer)
 
-    def reveal(self, measured) -> Reveal:
-        """Put the guess beside measured; for a choice, measured is the right label (or a number, for dict choices)."""
+    def reveal(self, measured, label: str = "measured") -> Reveal:
+        """Put the guess beside measured; for a choice, measured is the right label (or a number, for dict choices).
+
+        label names where the number comes from ('counted', 'the estimator'): only a measurement is 'measured'."""
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"label={label!r}: say where the number comes from, e.g. 'measured' or 'the estimator'")
         if self.choices is None:
-            result = self._reveal_number(_check_number(measured, "measured"))
+            result = self._reveal_number(_check_number(measured, "measured"), label)
         else:
-            result = self._reveal_choice(measured)
+            result = self._reveal_choice(measured, label)
         if _in_notebook():
             result._ipython_display_()
         return result
 
-    def _reveal_number(self, measured: float) -> Reveal:
+    def _reveal_number(self, measured: float, label: str) -> Reveal:
         unit = f" {self.unit}" if self.unit else ""
-        seen = f"measured {_fmt(measured)}{unit}"
+        seen = f"{label} {_fmt(measured)}{unit}"
         try:
             guess = self.value
         except ValueError as e:
@@ -161,11 +165,11 @@ class Guess:
         return Reveal(self.question, guess, measured, head + f"off by a factor {factor:.3g} ({side}{decades})",
                       factor=factor)
 
-    def _reveal_choice(self, measured) -> Reveal:
+    def _reveal_choice(self, measured, label: str) -> Reveal:
         if isinstance(self.choices, dict):
             number = _check_number(measured, "measured")
             right = min(self.choices, key=lambda label: _distance(self.choices[label], number))
-            seen = f"measured {_fmt(number)} ({right})"
+            seen = f"{label} {_fmt(number)} ({right})"
         else:
             if measured not in self.choices:
                 raise ValueError(f"measured={measured!r}: pass the right answer, one of {self.choices}")
