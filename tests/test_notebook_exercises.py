@@ -114,10 +114,10 @@ def test_every_prediction_is_asked_in_one_cell_and_revealed_in_a_later_one():
 def _filled(path: Path) -> nbformat.NotebookNode:
     """The notebook's setup cells, then each exercise with frugal's solution pasted in, then its check."""
     nb = nbformat.read(path, as_version=4)
-    cells = [nbformat.from_dict(c) for c in _setup_cells(_cells(path))]
+    cells = [nbformat.v4.new_code_cell(_src(c)) for c in _setup_cells(_cells(path))]
     for name, _, check in _exercise_cells(_cells(path)):
         cells.append(nbformat.v4.new_code_cell(str(exercises.source(name)), metadata={"exercise": name}))
-        cells.append(nbformat.from_dict(check))
+        cells.append(nbformat.v4.new_code_cell(_src(check), metadata={"tags": ["check"]}))
     nb.cells = cells
     return nb
 
@@ -130,7 +130,7 @@ def test_every_check_passes_with_the_solutions_pasted_into_the_exercise_cells(pa
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = _filled(path)
-    NotebookClient(nb, kernel_name="python3", timeout=300,
+    NotebookClient(nb, kernel_name="python3", timeout=300, shutdown_kernel="immediate",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     names = [CHECK.search(_src(c)).group(1) for c in nb.cells if "check" in _tags(c)]
     assert names, path.name
