@@ -60,6 +60,7 @@ def test_typing_the_solution_into_the_exercise_cell_passes_its_check(lab, browse
         check.scroll_into_view_if_needed()
         page.screenshot(path=str(artifacts / "01_exercise_round_to_bf16.png"))
 
+        _run(nb, _cell(page, "table = numerics.format_table()"))   # the formats the measuring cell plots
         ask = _cell(page, "underflow_guess = predict.ask(")  # a prediction: type a guess, then measure
         _run(nb, ask)
         box = ask.locator(".jupyter-widgets input[type='text']")
@@ -69,6 +70,7 @@ def test_typing_the_solution_into_the_exercise_cell_passes_its_check(lab, browse
         _run(nb, measure)
         shown = _shown(measure)
         assert re.search(r"your guess 0\.5, counted [\d.e+-]+: off by a factor", shown), shown
+        assert "Traceback" not in shown and measure.locator(".jp-OutputArea-output img").count(), shown
         measure.scroll_into_view_if_needed()
         page.screenshot(path=str(artifacts / "01_prediction_revealed.png"))
     finally:
