@@ -178,5 +178,6 @@ EXERCISES = [
               "Overflow: shrink the scale, restart the count. Clean: count it; the growth_interval-th clean step in "
               "a row grows the scale and restarts the count.",
               "if found_inf: return scale * backoff_factor, 0; if growth_tracker + 1 == growth_interval: return "
-              "scale * growth_factor, 0 (unless that is inf in float32); else return scale, growth_tracker + 1")),
+              "scale * growth_factor, 0 (unless that is inf in float32); else return scale, growth_tracker + 1"),
+             needs="import math\n\nimport torch"),
 ]
