@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sysconfig
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def cached_tokens(path: Path, make) -> np.ndarray:
     if not path.exists():
         ids = make()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks may fill the same cache at once
         ids.astype(np.uint16).tofile(tmp)
         tmp.replace(path)                            # atomic: a killed run leaves no half-written cache
     if path.stat().st_size == 0:

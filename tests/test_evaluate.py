@@ -110,3 +110,12 @@ def test_data_parallel_ranks_evaluate_their_rows_and_agree_with_one_rank():
     for (_, a), (_, b) in zip(one.val_loss, two.val_loss):
         assert b == pytest.approx(a, abs=1e-3)    # averaged gradients differ in the last bits; 8 steps keep it small
     assert two.eval_time_s > 0
+
+
+@pytest.mark.parametrize("module", ["frugal.data", "frugal.data_sources", "frugal.evaluate"])
+def test_data_and_evaluation_sit_below_the_trainer(module):
+    """train.py imports these; they must not import it back."""
+    import subprocess
+    import sys
+    code = f"import sys, {module}; assert 'frugal.train' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from frugal import parity
@@ -11,7 +12,12 @@ BASE = TrainConfig(steps=40, batch_size=8, seq_len=64, eval_every=10, eval_batch
 
 @pytest.fixture(scope="module")
 def table():
-    results = parity.run_parity(preset("tiny"), BASE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # eleven short runs: one thread each is 10x faster on a busy 2-core CPU
+    try:
+        results = parity.run_parity(preset("tiny"), BASE)
+    finally:
+        torch.set_num_threads(threads)
     return results, {r["technique"]: r for r in parity.parity_table(results)}
 
 

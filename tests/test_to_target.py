@@ -2,6 +2,7 @@ import math
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
@@ -73,7 +74,12 @@ def test_bad_arguments_are_refused(kw, match):
 @pytest.mark.slow
 def test_quick_bench_sections_train_on_the_standard_library(tmp_path, monkeypatch):
     monkeypatch.setattr(data_sources, "default_cache_dir", lambda: tmp_path / "cache")
-    out = bench.run(["dollars_to_target", "parity"], tmp_path, quick=True, device="cpu")["sections"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                         # short runs: one thread is faster on a busy 2-core CPU
+    try:
+        out = bench.run(["dollars_to_target", "parity"], tmp_path, quick=True, device="cpu")["sections"]
+    finally:
+        torch.set_num_threads(threads)
     rows = {r["plan"]: r for r in out["dollars_to_target"]["rows"]}
     assert set(rows) == {"naive fp32 Adam", "full recipe"}
     for r in rows.values():
