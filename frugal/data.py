@@ -52,7 +52,8 @@ def load_tokens(source: str, *, glob: str | None = None, cache_dir: str | Path |
     memory-mapped uint16 array, keyed by the source, glob, tokenizer and each file's size and modification time.
     """
     check_source(source)
-    if glob is not None and (source in NAMED_SOURCES or source.startswith("hf:")):
+    source = str(source)
+    if glob is not None and (source in NAMED_SOURCES or source.startswith("hf:") or Path(source).is_file()):
         raise ValueError(f"glob={glob!r} applies to a folder, not to data={source!r}: drop glob or pass a folder")
     if source == "corpus" and tokenizer == "byte":
         return corpus_tokens()

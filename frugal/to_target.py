@@ -80,6 +80,11 @@ def compare_to_target(model_cfg: GPTConfig, plans: dict[str, TrainConfig], price
     return {name: train_to_target(model_cfg, plan, price_per_hour, target_loss, name) for name, plan in plans.items()}
 
 
+def dollars_to(run: TargetRun, loss: float) -> float | None:
+    """US$ the run had spent at its first evaluation at or below loss; None if it never got there."""
+    return next((p["dollars"] for p in run.curve if p["val_loss"] <= loss), None)
+
+
 def savings(runs: dict[str, TargetRun], baseline: str = "naive fp32 Adam") -> dict[str, float | None]:
     """baseline's dollars over each plan's (2.0: half the money), None where either missed the target."""
     base = runs[baseline]

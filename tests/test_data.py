@@ -153,6 +153,9 @@ def test_bad_sources_are_refused(tmp_path):
         data.load_tokens(3)
     with pytest.raises(ValueError, match="glob='\\*\\*/\\*.py' applies to a folder"):
         data.load_tokens("corpus", glob="**/*.py")
+    (tmp_path / "one.txt").write_text("text")
+    with pytest.raises(ValueError, match="applies to a folder"):
+        data.load_tokens(str(tmp_path / "one.txt"), glob="*.txt")
     with pytest.raises(ValueError, match="tokenizer='words'"):
         data.load_tokens("corpus", tokenizer="words")
 

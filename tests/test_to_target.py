@@ -54,6 +54,9 @@ def test_compare_runs_both_plans_and_names_the_saving():
     s = to_target.savings(runs)
     assert s["naive fp32 Adam"] == 1.0
     assert s["full recipe"] == pytest.approx(runs["naive fp32 Adam"].dollars / runs["full recipe"].dollars)
+    naive = runs["naive fp32 Adam"]
+    assert to_target.dollars_to(naive, 4.0) == naive.dollars and to_target.dollars_to(naive, 0.01) is None
+    assert to_target.dollars_to(naive, 10.0) == 0.0                  # the untrained model is already there
     fig = dollars_to_target({n: [(p["dollars"], p["val_loss"]) for p in r.curve] for n, r in runs.items()}, 4.0)
     assert len(fig.axes[0].lines) >= 2
 
@@ -85,6 +88,7 @@ def test_quick_bench_sections_train_on_the_standard_library(tmp_path, monkeypatc
     for r in rows.values():
         assert r["reached"] and r["final_val_loss"] <= r["target"] == 3.5 and r["dollars"] > 0
     assert set(out["dollars_to_target"]["curves"]) == set(rows)
+    assert all(0 < r["dollars_to_common_loss"] <= r["dollars"] for r in rows.values())
     assert [r["technique"] for r in out["parity"]["rows"]] == ["fp32", "bf16", "recompute full"]
     assert out["parity"]["rows"][2]["diff_from_fp32"] == 0.0            # recompute: the same fp32 ops
     for section in out.values():
