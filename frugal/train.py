@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from frugal import data, recompute
+from frugal.evaluate import Validation, bits_per_byte, check_data_fields, validation_rows
 from frugal.data_parallel import wrap
 from frugal.device import pick_device
 from frugal.dist import launch, max_and_mean, share_cpu_threads
@@ -40,7 +41,13 @@ class TrainConfig:
     grad_clip: float | None = 1.0   # clip the global gradient norm to this; None = no clipping
     seed: int = 0                   # seeds the weights and the batch sampler
     device: str | None = None       # 'cpu', 'cuda', ...; None = frugal.device.pick_device()
-    data: str = "corpus"            # 'corpus' (the shipped text) or 'synthetic' (random tokens, for speed)
+    data: str = "corpus"            # 'corpus' (shipped text), 'stdlib' (Python's source), a file or folder,
+                                    # 'hf:NAME[:CONFIG]' (frugal.data.load_tokens) or 'synthetic' (random tokens)
+    data_glob: str | None = None    # data a folder: the files to read, e.g. '**/*.py' (None: every file)
+    data_cache: str | None = None   # folder of tokenized sources (None: ~/.cache/frugal/tokens)
+    eval_every: int = 0             # held-out loss every this many steps, at step 0 and at the end (0 = never)
+    eval_batches: int = 8           # fixed validation batches of batch_size sequences per evaluation
+    target_loss: float | None = None  # stop at the first validation loss at or below this (needs eval_every)
     precision: str = "fp32"         # number format of the matmuls: fp32 (TF32 off), tf32, fp16 or bf16 (autocast)
     scaler: str = "frugal"          # fp16 only: 'frugal' (our LossScaler), 'torch' (GradScaler) or 'none'
     init_scale: float = 2.0 ** 16   # fp16 only: the loss scaler's first scale
@@ -74,8 +81,7 @@ class TrainConfig:
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"TrainConfig.device={self.device!r}: use 'cpu', 'cuda' or 'cuda:N' (PyTorch calls a "
                              f"GPU 'cuda'), or None to pick one")
-        if self.data not in ("corpus", "synthetic"):
-            raise ValueError(f"TrainConfig.data={self.data!r}: pick 'corpus' or 'synthetic'")
+        check_data_fields(self)                  # data, eval_every, eval_batches, target_loss (frugal.evaluate)
         recompute.from_spec(self.recompute)   # raises ValueError naming the valid policies
         if not isinstance(self.world_size, int) or self.world_size < 1:
             raise ValueError(f"TrainConfig.world_size={self.world_size!r}: must be a positive integer")
@@ -135,6 +141,18 @@ class TrainResult:
     history: list[StepRecord] = field(default_factory=list)
     timeline: list = field(default_factory=list)  # world_size > 1, 'bucket': the last backward's all-reduces
     backward_end_s: float | None = None          # ... and when that backward's autograd finished
+    val_loss: list[tuple[int, float]] = field(default_factory=list)  # (steps done, held-out nats per token)
+    eval_time_s: float = 0.0                     # time spent on validation, not counted in the steps' time_s
+
+    @property
+    def train_time_s(self) -> float:
+        """Wall time of the optimizer steps alone (evaluations left out)."""
+        return sum(r.time_s for r in self.history)
+
+    @property
+    def val_bpb(self) -> list[tuple[int, float]]:
+        """val_loss in bits per byte (byte tokens: nats / ln 2)."""
+        return [(s, bits_per_byte(v)) for s, v in self.val_loss]
 
     def column(self, name: str) -> list:
         """One field of every step: result.column('loss')."""
@@ -158,7 +176,8 @@ def batch_fn(cfg: TrainConfig, vocab_size: int, device: torch.device, rank: int 
     if cfg.data == "synthetic":
         draw = lambda: data.synthetic_batch(vocab_size, cfg.batch_size, cfg.seq_len, gen, device)
     else:
-        tokens, _ = data.split(data.corpus_tokens())
+        tokens, _ = data.split(data.load_tokens(cfg.data, glob=cfg.data_glob, cache_dir=cfg.data_cache))
+        data.check_long_enough(tokens, cfg.seq_len, f"the training split of data={cfg.data!r}")
         draw = lambda: data.get_batch(tokens, cfg.batch_size, cfg.seq_len, gen, device)
     if cfg.world_size == 1:
         return draw
@@ -295,12 +314,27 @@ def time_steps(model, optimizer, next_batch: Callable[[], tuple], cfg: TrainConf
     return measure_time(step, device, warmup, repeats, inner)
 
 
+def validation(cfg: TrainConfig, device: torch.device, rank: int = 0, show: bool = False) -> Validation | None:
+    """The held-out evaluation cfg asks for (None when eval_every is 0): loss in cfg.precision, rank's rows."""
+    if not cfg.eval_every:
+        return None
+
+    def loss_of(model, x, y):
+        with matmul_precision(cfg), autocast(cfg, x.device):
+            return model(x, y)[1]
+    rows = validation_rows(cfg, rank, device)
+    return Validation(rows, cfg.eval_every, loss_of, cfg.world_size, cfg.target_loss, show)
+
+
 def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainConfig, scaler=None,
-                 show: bool = True) -> list[StepRecord]:
-    """The training loop: cfg.steps train_steps, each synchronized and recorded (loss, time, peak memory)."""
+                 show: bool = True, val: Validation | None = None) -> list[StepRecord]:
+    """The training loop: cfg.steps train_steps, each synchronized and recorded (loss, time, peak memory);
+    with val, held-out loss at step 0 and every val.every steps, stopping early once val.target is reached."""
     history = []
     tokens = cfg.batch_size * cfg.seq_len
-    bar = tqdm(range(cfg.steps), desc=f"train {cfg.precision}", disable=not show)
+    if val is not None:
+        val(model, 0)
+    bar, shown = tqdm(range(cfg.steps), desc=f"train {cfg.precision}", disable=not show), {}
     for step in bar:
         x, y = next_batch()
         if device.type == "cuda":
@@ -314,7 +348,11 @@ def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainC
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         skipped = scaler is not None and scaler.get_scale() < scale   # the scale backs off only on a skip
         history.append(StepRecord(step, loss.item(), dt, tokens / dt, peak, scale, skipped))
-        bar.set_postfix(loss=f"{history[-1].loss:.3f}")
+        if val is not None and val.due(step + 1, step + 1 == cfg.steps):
+            shown["val"] = f"{val(model, step + 1):.3f}"
+        bar.set_postfix(loss=f"{history[-1].loss:.3f}", **shown)
+        if val is not None and val.reached:
+            break
     return history
 
 
@@ -328,8 +366,9 @@ def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> Tra
         return train_data_parallel(model_cfg, cfg)
     model, optimizer, next_batch, device = build(model_cfg, cfg)
     model.train()
-    history = _timed_steps(model, optimizer, next_batch, device, cfg, make_scaler(cfg, device), cfg.progress)
-    return TrainResult(model, cfg, history)
+    val = validation(cfg, device, show=cfg.progress)
+    history = _timed_steps(model, optimizer, next_batch, device, cfg, make_scaler(cfg, device), cfg.progress, val)
+    return TrainResult(model, cfg, history, val_loss=val.losses if val else [], eval_time_s=val.time_s if val else 0)
 
 
 # ----------------------------------------------------------------------------- lessons 03-04: on ranks
@@ -347,7 +386,8 @@ def train_rank(rank: int, world_size: int, model_cfg: GPTConfig | TinyGPT, cfg: 
                                           weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     else:
         dp, scaler = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb), make_scaler(cfg, device)
-    local = _timed_steps(dp, optimizer, next_batch, device, cfg, scaler, show=False)
+    val = validation(cfg, device, rank)                  # each rank evaluates its rows; the mean is all-reduced
+    local = _timed_steps(dp, optimizer, next_batch, device, cfg, scaler, show=False, val=val)
     slowest, _ = max_and_mean([r.time_s for r in local], device)       # a step lasts as long as its slowest rank
     _, mean_loss = max_and_mean([r.loss for r in local], device)       # equal shards: the global loss is the mean
     top, _ = max_and_mean([float(r.peak_memory_bytes or 0) for r in local], device)   # the fullest rank's peak
@@ -359,7 +399,8 @@ def train_rank(rank: int, world_size: int, model_cfg: GPTConfig | TinyGPT, cfg: 
         return {}
     return {"history": history, "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
             "timeline": getattr(dp, "timeline", []), "backward_end_s": getattr(dp, "backward_end_s", None),
-            "buckets": len(getattr(dp, "buckets", [])), "device": str(device)}
+            "buckets": len(getattr(dp, "buckets", [])), "device": str(device),
+            "val_loss": val.losses if val else [], "eval_time_s": val.time_s if val else 0.0}
 
 
 def train_data_parallel(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, timeout: float = 120.0) -> TrainResult:
@@ -370,4 +411,5 @@ def train_data_parallel(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, timeou
     out = launch(train_rank, cfg.world_size, sent, cfg, backend=backend, timeout=timeout)[0]
     model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
     model.load_state_dict(out["state_dict"])
-    return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"])
+    return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"], out["val_loss"],
+                       out["eval_time_s"])

@@ -9,7 +9,7 @@ from frugal.bench.runner import (REPORTS, SECTIONS, BenchContext, SectionReport,
 from frugal.bench.report import (README_END, README_START, Column, Table, headline_report, markdown_report,
                                  update_readme)
 from frugal.bench import (baseline, precision, checkpointing, data_parallel, zero, model_parallel,  # noqa: F401
-                          kernels, recipe_search, recipe, fp8)
+                          kernels, recipe_search, recipe, fp8, quality)
 
 __all__ = ["REPORTS", "SECTIONS", "BenchContext", "SectionReport", "fresh_device", "meta_model", "print_table", "run",
            "section", "README_END", "README_START", "Column", "Table", "headline_report", "markdown_report",

@@ -1,0 +1,103 @@
+"""Lessons 00 and 07 on real text: the parity table (does each technique learn as well as fp32?) and the
+dollars to a target validation loss, naive fp32 against the recipe, on the Python standard library's source."""
+from __future__ import annotations
+
+import torch
+
+from frugal import device as dev
+from frugal import estimate, parity
+from frugal.bench.report import Column, Table
+from frugal.bench.runner import BenchContext, section
+from frugal.model import preset
+from frugal.plots.economics_quality import dollars_to_target, val_loss_overlay
+from frugal.to_target import compare_to_target, dollars_to, naive_and_recipe, savings
+from frugal.train import TrainConfig
+
+
+def _setup(ctx: BenchContext) -> tuple:
+    """(model, shared TrainConfig fields, label): a GPT-2-small-shaped byte model on a GPU, tiny on CPU/quick."""
+    if ctx.device.type == "cuda" and not ctx.quick:
+        model = preset("gpt2-small", vocab_size=256)        # 85M parameters; byte tokens need only 256 ids
+        shared = dict(batch_size=8, seq_len=1024, lr=6e-4, eval_every=50, eval_batches=4)
+        return model, shared, "GPT-2 small shape, byte tokens"
+    shared = dict(batch_size=8, seq_len=64, lr=3e-3, eval_every=10, eval_batches=4)
+    return preset("tiny"), shared, "tiny"
+
+
+PARITY_TABLES = [Table("Parity on the standard library's source, {model}, {steps} steps: final validation loss", [
+    Column("technique", "technique"), Column("kind", "kind"), Column("final_val_loss", "val loss (nats/token)"),
+    Column("rel_diff", "from fp32", "+%"), Column("tolerance", "tolerance", "%"), Column("within", "within")],
+    note="Same seed, batches and global batch for every run. Exact: the same math in another order (fp32 rounding "
+         "only); mixed: bf16/fp16 autocast. Data-parallel rows need 2 GPUs (gloo ranks on CPU).")]
+
+
+def parity_headlines(rows: list[dict]) -> list[tuple[str, str]]:
+    exact = [r for r in rows if r["kind"] == "exact" and r["technique"] != "fp32"]
+    mixed = [r for r in rows if r["technique"] in ("bf16", "fp16 + LossScaler")]
+    out = []
+    if exact:
+        worst = max(exact, key=lambda r: abs(r["rel_diff"]))
+        out.append(("largest gap of an exact technique to fp32's validation loss",
+                    f"{100 * worst['rel_diff']:+.3f}% ({worst['technique']})"))
+    out += [(f"{r['technique']} validation loss against fp32's", f"{100 * r['rel_diff']:+.2f}%") for r in mixed]
+    return out
+
+
+@section("parity", PARITY_TABLES, parity_headlines)
+def bench_parity(ctx: BenchContext) -> dict:
+    """Every technique of the parity table trained on 'stdlib' from one seed; final validation loss against fp32."""
+    on_gpu = ctx.device.type == "cuda" and not ctx.quick
+    if on_gpu:                                              # eleven runs: a small model, long enough to flatten
+        model, label = preset("medium"), "medium (6 x 256), byte tokens"
+        shared = dict(batch_size=32, seq_len=256, lr=1e-3, eval_every=100, eval_batches=8)
+    else:
+        model, shared, label = _setup(ctx)
+    steps = 1000 if on_gpu else 20
+    base = TrainConfig(steps=steps, data="stdlib", device=str(ctx.device), progress=False, **shared)
+    names = [n for n in parity.techniques() if "ranks" not in n]
+    two_ranks = torch.cuda.device_count() >= 2 if ctx.device.type == "cuda" else not ctx.quick
+    if two_ranks:
+        names = list(parity.techniques())
+    if ctx.quick:
+        names = ["fp32", "bf16", "recompute full"]
+    results = parity.run_parity(model, base, names)
+    rows = [{**r, "model": label, "steps": steps} for r in parity.parity_table(results)]
+    return {"rows": rows, "figures": {"val_loss": val_loss_overlay(parity.curves(results),
+                                                                   title=f"Validation loss, {label}")}}
+
+
+TARGET_TABLES = [Table("Dollars to validation loss {target} on the standard library's source, {model}", [
+    Column("plan", "plan"), Column("reached", "reached"), Column("steps", "steps", "int"),
+    Column("seconds", "training time (s)"), Column("dollars", "US$"), Column("final_val_loss", "final val loss"),
+    Column("price_per_hour", "US$ per hour"), Column("saving", "naive's US$ over this plan's", "x"),
+    Column("dollars_to_common_loss", "US$ to the lowest loss both reached")],
+    note="Training time is the steps' wall time alone (evaluations apart), priced at the catalog's on-demand "
+         "hourly rate of the GPU measured. Same data, batch, sequence length and learning rate for both plans.")]
+
+
+def target_headlines(rows: list[dict]) -> list[tuple[str, str]]:
+    recipe = next((r for r in rows if r["plan"] == "full recipe"), None)
+    if not recipe or recipe.get("saving") is None:
+        return []
+    return [(f"US$ to validation loss {recipe['target']:g}, full recipe against naive fp32 ({recipe['model']})",
+             f"{recipe['saving']:.2f}× cheaper (${recipe['dollars']:.3g})")]
+
+
+@section("dollars_to_target", TARGET_TABLES, target_headlines)
+def bench_dollars_to_target(ctx: BenchContext) -> dict:
+    """Naive fp32 and the full recipe (frugal.recipe.named_plans) trained on 'stdlib' until a fixed
+    validation loss; time and US$ to reach it at the GPU's catalog price, and both loss curves."""
+    model, shared, label = _setup(ctx)
+    on_gpu = ctx.device.type == "cuda" and not ctx.quick
+    gpu = dev.catalog_name() if ctx.device.type == "cuda" else None
+    price = estimate.get_gpu(gpu).price_per_hour if gpu else estimate.get_gpu("H100").price_per_hour
+    target, cap = (1.5, 1500) if on_gpu else (3.5, 60)
+    plans = naive_and_recipe(data="stdlib", steps=cap, device=str(ctx.device), progress=False, **shared)
+    runs = compare_to_target(model, plans, price, target)
+    saved = savings(runs)
+    common = max(min(p["val_loss"] for p in r.curve) for r in runs.values())   # a loss every plan reached
+    rows = [{**r.summary(), "model": label, "gpu": gpu or "this CPU (priced as an H100)", "saving": saved[n],
+             "common_loss": common, "dollars_to_common_loss": dollars_to(r, common)} for n, r in runs.items()]
+    fig = dollars_to_target({n: [(p["dollars"], p["val_loss"]) for p in r.curve] for n, r in runs.items()}, target,
+                            title=f"US$ to validation loss {target:g}, {label}")
+    return {"rows": rows, "curves": {n: r.curve for n, r in runs.items()}, "figures": {"dollars": fig}}

@@ -1,0 +1,82 @@
+"""Does the cheap run learn as well as the expensive one? The final validation loss of each technique against
+the fp32 baseline, every run the same TrainConfig but for one switch, at the same global batch.
+
+Exact techniques compute the same function in another order (recompute, a chunked cross-entropy, gradients
+averaged over ranks, sharded Adam): only fp32 rounding differs, and training carries those last bits forward,
+so they must agree within EXACT_REL_TOL. Mixed precision rounds matmul inputs to 8 (bf16) or 11 (fp16) bits of
+mantissa: it must agree within a looser tolerance, MIXED_REL_TOL, the figure lesson 01 promises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from frugal.model import GPTConfig
+from frugal.train import TrainConfig, TrainResult, train
+
+# 40 steps of TinyGPT on the corpus (CPU): recompute is bit-identical, the chunked cross-entropy lands 2-2.5e-4
+# and 2 ranks or ZeRO 3.5-5e-5 (relative) from fp32: rounding carried by Adam. 1e-3 keeps 4x room above that,
+# and 10x below the mixed tolerance, so a real error (a gradient averaged wrongly, a step dropped) shows.
+EXACT_REL_TOL = 1e-3
+# The acceptance figure for a long run on a GPU: bf16 and fp16 + LossScaler within 1% of fp32's final loss.
+MIXED_REL_TOL = 0.01
+
+
+@dataclass
+class Technique:
+    """One row of the table: what it switches, and whether it is exact (same math) or mixed precision."""
+    group: str                  # precision, recompute, cross-entropy, data parallel
+    kind: str                   # 'exact' or 'mixed'
+    overrides: dict             # TrainConfig fields that differ from the baseline
+
+
+def techniques(world_size: int = 2) -> dict[str, Technique]:
+    """Every row of the parity table by name; the first, 'fp32', is the baseline. tf32 counts as mixed:
+    on a GPU it rounds matmul inputs to 10 bits (on a CPU it is fp32 itself)."""
+    dp = lambda flavour: {"world_size": world_size, "data_parallel": flavour}
+    return {
+        "fp32": Technique("precision", "exact", {}),
+        "tf32": Technique("precision", "mixed", {"precision": "tf32"}),
+        "bf16": Technique("precision", "mixed", {"precision": "bf16"}),
+        "fp16 + LossScaler": Technique("precision", "mixed", {"precision": "fp16", "scaler": "frugal"}),
+        "recompute full": Technique("recompute", "exact", {"recompute": "full"}),
+        "recompute selective": Technique("recompute", "exact", {"recompute": "selective"}),
+        "fused cross-entropy": Technique("cross-entropy", "exact", {"fused_cross_entropy": True}),
+        f"{world_size} ranks, bucketed all-reduce": Technique("data parallel", "exact", dp("bucket")),
+        **{f"{world_size} ranks, ZeRO-{s}": Technique("data parallel", "exact", dp(f"zero{s}")) for s in (1, 2, 3)},
+    }
+
+
+def run_parity(model_cfg: GPTConfig, base: TrainConfig, names: list[str] | None = None,
+               world_size: int = 2) -> dict[str, TrainResult]:
+    """Train the baseline and each named technique (all by default) from the same seed on the same batches."""
+    if not base.eval_every:
+        raise ValueError("run_parity compares validation losses: give the base TrainConfig eval_every > 0")
+    table = techniques(world_size)
+    unknown = set(names or []) - set(table)
+    if unknown:
+        raise ValueError(f"unknown techniques {sorted(unknown)}: pick from {list(table)}")
+    chosen = ["fp32"] + [n for n in (names or table) if n != "fp32"]
+    return {n: train(model_cfg, replace(base, **{"precision": "fp32", **table[n].overrides})) for n in chosen}
+
+
+def parity_table(results: dict[str, TrainResult], world_size: int = 2, exact_rel_tol: float = EXACT_REL_TOL,
+                 mixed_rel_tol: float = MIXED_REL_TOL) -> list[dict]:
+    """One row per technique: final validation loss, its difference from fp32's, the tolerance, and whether
+    it is within it."""
+    table = techniques(world_size)
+    baseline = results["fp32"].val_loss[-1][1]
+    rows = []
+    for name, r in results.items():
+        t = table[name]
+        loss = r.val_loss[-1][1]
+        rel = (loss - baseline) / baseline
+        tol = exact_rel_tol if t.kind == "exact" else mixed_rel_tol
+        rows.append({"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss,
+                     "diff_from_fp32": loss - baseline, "rel_diff": rel, "tolerance": tol, "within": abs(rel) <= tol,
+                     "train_time_s": r.train_time_s})
+    return rows
+
+
+def curves(results: dict[str, TrainResult]) -> dict[str, list[tuple[int, float]]]:
+    """Validation loss against tokens trained on, per run: what the overlay plot draws."""
+    return {n: [(s * r.config.batch_size * r.config.seq_len, v) for s, v in r.val_loss] for n, r in results.items()}
