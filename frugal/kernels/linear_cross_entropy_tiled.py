@@ -1,0 +1,174 @@
+"""The output projection and the cross-entropy tile by tile: no logit is ever written to memory, not even a chunk.
+
+The chunked version (fused_linear_cross_entropy.py) still holds c × V logits. Here one Triton program
+computes a (BLOCK_N × BLOCK_V) tile of logits in registers, folds it into a running log-sum-exp and drops
+it; the backward recomputes each tile, turns it into its gradient and adds that tile's share into
+grad_hidden and grad_weight. This is Cut Cross-Entropy (Wijmans et al. 2024, sections 4.1-4.3) without
+its gradient filtering: every tile is computed, so the gradient is exact up to rounding.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from frugal.kernels.fused_linear_cross_entropy import check_inputs
+
+
+@triton.jit
+def _logits_tile(h_ptr, w_ptr, rows, cols, n_tokens, n_vocab, n_embd,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """hidden[rows] @ weight[cols].T in fp32, BLOCK_D columns of the width at a time: (BLOCK_N, BLOCK_V)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for d0 in range(0, n_embd, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        h = tl.load(h_ptr + rows.to(tl.int64)[:, None] * n_embd + d[None, :],
+                    mask=(rows[:, None] < n_tokens) & (d[None, :] < n_embd), other=0.0)         # (BLOCK_N, BLOCK_D)
+        w = tl.load(w_ptr + cols.to(tl.int64)[None, :] * n_embd + d[:, None],
+                    mask=(cols[None, :] < n_vocab) & (d[:, None] < n_embd), other=0.0)          # (BLOCK_D, BLOCK_V)
+        if UPCAST:                                                 # see tile_config
+            h, w = h.to(tl.float32), w.to(tl.float32)
+        acc = tl.dot(h, w, acc, input_precision="ieee")            # ieee: fp32 inputs are not rounded to tf32
+    return acc
+
+
+@triton.jit
+def lse_kernel(h_ptr, w_ptr, targets_ptr, lse_ptr, target_logit_ptr, n_tokens, n_vocab, n_embd, vocab_per_split,
+               ignore_index,
+               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """Program (i, j): log-sum-exp of token block i's logits over vocabulary split j, into lse[j, rows], and
+    the target's logit where split j holds it (0 elsewhere), into target_logit[j, rows].
+
+    An online log-sum-exp (Milakov & Gimelshein 2018): a running max m and sum s of exp(z − m), rescaled
+    when m grows, so logits of any magnitude never overflow.
+    """
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    target = tl.load(targets_ptr + rows, mask=rows < n_tokens, other=ignore_index)
+    target = tl.where(target == ignore_index, -1, target)                    # -1 matches no column
+    v_start = tl.program_id(1) * vocab_per_split
+    v_end = tl.minimum(v_start + vocab_per_split, n_vocab)
+    m = tl.full((BLOCK_N,), -float("inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    z_target = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for v0 in range(v_start, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        z = _logits_tile(h_ptr, w_ptr, rows, cols, n_tokens, n_vocab, n_embd, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST)
+        z = tl.where(cols[None, :] < v_end, z, -float("inf"))                               # (BLOCK_N, BLOCK_V)
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+        m = m_new
+        z_target += tl.sum(tl.where(cols[None, :] == target[:, None], z, 0.0), axis=1)
+    out = tl.program_id(1) * n_tokens + rows
+    tl.store(lse_ptr + out, m + tl.log(s), mask=rows < n_tokens)
+    tl.store(target_logit_ptr + out, z_target, mask=rows < n_tokens)
+
+
+@triton.jit
+def grad_kernel(h_ptr, w_ptr, targets_ptr, lse_ptr, scale_ptr, grad_h_ptr, grad_w_ptr,
+                n_tokens, n_vocab, n_embd, ignore_index,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                GROUP_N: tl.constexpr):
+    """One tile: recompute its logits z, g = scale · (exp(z − lse) − onehot(target)), then atomically
+    grad_hidden[rows] += g @ weight[cols] and grad_weight[cols] += g.T @ hidden[rows], BLOCK_D columns at a time.
+
+    Programs run GROUP_N token blocks across each vocabulary block before the next, so those rows of
+    grad_hidden stay in L2 while every vocabulary block adds to them (the grouped order of Triton's matmul tutorial).
+    """
+    n_blocks, v_blocks = tl.cdiv(n_tokens, BLOCK_N), tl.cdiv(n_vocab, BLOCK_V)
+    pid = tl.program_id(0)
+    group = pid // (GROUP_N * v_blocks)
+    first_n = group * GROUP_N
+    group_size = tl.minimum(n_blocks - first_n, GROUP_N)
+    pid_n = first_n + (pid % (GROUP_N * v_blocks)) % group_size
+    pid_v = (pid % (GROUP_N * v_blocks)) // group_size
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok, col_ok = rows < n_tokens, cols < n_vocab
+
+    z = _logits_tile(h_ptr, w_ptr, rows, cols, n_tokens, n_vocab, n_embd, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    target = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
+    g = tl.exp(z - lse[:, None]) - tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
+    keep = (row_ok & (target != ignore_index))[:, None] & col_ok[None, :]
+    g = tl.where(keep, g * tl.load(scale_ptr), 0.0)                                     # (BLOCK_N, BLOCK_V)
+    if not UPCAST:
+        g = g.to(h_ptr.dtype.element_ty)                     # the tensor cores' input type, as eager's backward
+
+    for d0 in range(0, n_embd, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = d < n_embd
+        w = tl.load(w_ptr + cols.to(tl.int64)[:, None] * n_embd + d[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)                   # (BLOCK_V, BLOCK_D)
+        h = tl.load(h_ptr + rows.to(tl.int64)[:, None] * n_embd + d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)                   # (BLOCK_N, BLOCK_D)
+        if UPCAST:
+            w, h = w.to(tl.float32), h.to(tl.float32)
+        tl.atomic_add(grad_h_ptr + rows.to(tl.int64)[:, None] * n_embd + d[None, :],
+                      tl.dot(g, w, input_precision="ieee"), mask=row_ok[:, None] & d_ok[None, :])
+        tl.atomic_add(grad_w_ptr + cols.to(tl.int64)[:, None] * n_embd + d[None, :],
+                      tl.dot(tl.trans(g), h, input_precision="ieee"), mask=col_ok[:, None] & d_ok[None, :])
+
+
+def tile_config(device: torch.device) -> dict:
+    """Tiles for the tensor cores on a GPU; in the interpreter the smallest tl.dot allows (16), and every dot in
+    fp32 (UPCAST): Triton 3.x's interpreter reads bf16 dot inputs as garbage (the GPU compiler does not)."""
+    if device.type == "cuda":
+        return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, UPCAST=False, num_warps=8, num_stages=3)
+    return dict(BLOCK_N=16, BLOCK_V=16, BLOCK_D=16, UPCAST=True, num_warps=1, num_stages=1)
+
+
+class LinearCrossEntropyTiledFunction(torch.autograd.Function):
+    """Forward: per-token log-sum-exp from tiles, loss = lse − z[target]. Backward: tiles again, into both gradients."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, vocab_per_split):
+        n_tokens, n_embd = hidden.shape
+        n_vocab = weight.shape[0]
+        cfg = tile_config(hidden.device)
+        splits = triton.cdiv(n_vocab, vocab_per_split)
+        lse_parts = torch.empty(splits, n_tokens, dtype=torch.float32, device=hidden.device)
+        target_parts = torch.empty_like(lse_parts)
+        if n_tokens:
+            lse_kernel[(triton.cdiv(n_tokens, cfg["BLOCK_N"]), splits)](
+                hidden, weight, targets, lse_parts, target_parts, n_tokens, n_vocab, n_embd, vocab_per_split,
+                ignore_index, **cfg)
+        lse = torch.logsumexp(lse_parts, dim=0)                  # (N,) log-sum-exp over the splits' log-sum-exps
+        valid = targets != ignore_index
+        losses = torch.where(valid, lse - target_parts.sum(0), 0.0)
+        n_valid = valid.sum()
+        loss = losses.sum() / n_valid if reduction == "mean" else losses.sum()          # all ignored: nan
+        ctx.save_for_backward(hidden, weight, targets, lse, n_valid)
+        ctx.ignore_index, ctx.reduction = ignore_index, reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, targets, lse, n_valid = ctx.saved_tensors
+        n_tokens, n_embd = hidden.shape
+        n_vocab = weight.shape[0]
+        cfg = tile_config(hidden.device)
+        scale = grad_loss.float() / (n_valid.clamp(min=1) if ctx.reduction == "mean" else 1)
+        grad_h = torch.zeros(n_tokens, n_embd, dtype=torch.float32, device=hidden.device)   # atomics add in fp32
+        grad_w = torch.zeros(n_vocab, n_embd, dtype=torch.float32, device=hidden.device)
+        grid = (triton.cdiv(n_tokens, cfg["BLOCK_N"]) * triton.cdiv(n_vocab, cfg["BLOCK_V"]),)
+        if n_tokens:
+            grad_kernel[grid](hidden, weight, targets, lse, scale.reshape(1), grad_h, grad_w,
+                              n_tokens, n_vocab, n_embd, ctx.ignore_index, GROUP_N=8, **cfg)
+        need_h, need_w = ctx.needs_input_grad[:2]
+        return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
+                None, None, None, None)
+
+
+def linear_cross_entropy_tiled(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               ignore_index: int = -100, reduction: str = "mean",
+                               vocab_per_split: int = 4096) -> torch.Tensor:
+    """Cross-entropy of (hidden @ weight.T) against targets without materialising any logits; differentiable.
+
+    hidden (N, C), weight (V, C), targets (N,) int64. vocab_per_split: the vocabulary one forward program
+    covers (more splits, more programs to fill the GPU when N is small).
+    """
+    check_inputs(hidden, weight, targets, ignore_index, reduction)
+    block_v = tile_config(hidden.device)["BLOCK_V"]
+    if not isinstance(vocab_per_split, int) or vocab_per_split < block_v or vocab_per_split % block_v:
+        raise ValueError(f"vocab_per_split={vocab_per_split}: must be a positive multiple of BLOCK_V={block_v}")
+    return LinearCrossEntropyTiledFunction.apply(hidden, weight, targets, ignore_index, reduction, vocab_per_split)
