@@ -1,6 +1,7 @@
 """frugal.kernels.fused_linear_cross_entropy against F.cross_entropy on the full logits."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
 from frugal import measure  # noqa: E402
@@ -173,3 +174,15 @@ def test_gpu_bf16_and_memory_below_unfused():
     ours = measure_peak_memory(lambda: torch.autograd.grad(linear_cross_entropy(h, w, t), (h, w)), "cuda")
     ref = measure_peak_memory(lambda: torch.autograd.grad(linear_cross_entropy_reference(h, w, t), (h, w)), "cuda")
     assert ours < 0.5 * ref
+
+
+def test_autocast_runs_the_head_in_autocasts_dtype_like_the_plain_head():
+    h, w, t = _inputs(32, 64, 16)
+    with torch.autocast(device_type=torch.device(DEVICE).type, dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, t, chunk_size=8)
+        ref = F.cross_entropy(F.linear(h, w).float(), t)           # autocast rounds hidden, weight and logits
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    grads, ref_grads = torch.autograd.grad(loss, (h, w)), torch.autograd.grad(ref, (h, w))
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == torch.float32                               # back to the fp32 leaves through the cast
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())

@@ -30,6 +30,24 @@ TABLES = [
 ]
 
 
+def peer_linear_cross_entropies() -> dict:
+    """Liger-Kernel's and Cut Cross-Entropy's fused heads as name -> fn(hidden, weight, targets), those installed
+    (`pip install 'frugal[peers]'`); each with its defaults, as a user gets it."""
+    import importlib.metadata as md
+    peers = {}
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        peers[f"Liger-Kernel {md.version('liger-kernel')}"] = liger_fused_linear_cross_entropy
+    except ImportError:
+        pass
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+        peers[f"Cut Cross-Entropy {md.version('cut-cross-entropy')}"] = cce
+    except ImportError:
+        pass
+    return peers
+
+
 def headlines(rows: list[dict]) -> list[tuple[str, str]]:
     ce = [r for r in rows if r.get("part") == "linear cross-entropy fwd+bwd" and r["impl"].startswith("chunked")]
     if not ce:

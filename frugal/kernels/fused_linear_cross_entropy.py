@@ -143,6 +143,15 @@ def check_inputs(hidden, weight, targets, ignore_index: int, reduction: str) -> 
     check_reachable(hidden)
 
 
+def autocast_inputs(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under torch.autocast, hidden and weight in autocast's dtype, as nn.Linear would see them (differentiably)."""
+    kind = hidden.device.type
+    if torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+        return hidden.to(dtype), weight.to(dtype)
+    return hidden, weight
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, chunk_size: int | None = None,
                          reduction: str = "mean") -> torch.Tensor:
@@ -150,6 +159,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     hidden (N, C), weight (V, C) as nn.Linear stores it, targets (N,) int64. chunk_size None = default_chunk_size.
     """
+    hidden, weight = autocast_inputs(hidden, weight)
     check_inputs(hidden, weight, targets, ignore_index, reduction)
     if chunk_size is None:
         chunk_size = default_chunk_size(hidden.shape[0], weight.shape[0], element_size=hidden.element_size())
@@ -207,6 +217,8 @@ def benchmark_linear_cross_entropy(n_tokens: int, n_vocab: int, n_embd: int, dev
         rows.append({"impl": name, "tokens": n_tokens, "vocab": n_vocab, "n_embd": n_embd, "dtype": str(dtype),
                      "fwd+bwd ms": t * 1e3,
                      "peak bytes (measured)": None if peak is None else peak - torch.cuda.memory_allocated(device),
+                     "peak above gradients (measured)": None if peak is None else
+                     peak - torch.cuda.memory_allocated(device) - hidden.nbytes - weight.nbytes,
                      "peak bytes (estimated)": None if est is None else est - inputs})
     base = rows[0]
     for r in rows:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from frugal.kernels.fused_linear_cross_entropy import check_inputs
+from frugal.kernels.fused_linear_cross_entropy import autocast_inputs, check_inputs
 
 
 @triton.jit
@@ -167,6 +167,7 @@ def linear_cross_entropy_tiled(hidden: torch.Tensor, weight: torch.Tensor, targe
     hidden (N, C), weight (V, C), targets (N,) int64. vocab_per_split: the vocabulary one forward program
     covers (more splits, more programs to fill the GPU when N is small).
     """
+    hidden, weight = autocast_inputs(hidden, weight)
     check_inputs(hidden, weight, targets, ignore_index, reduction)
     block_v = tile_config(hidden.device)["BLOCK_V"]
     if not isinstance(vocab_per_split, int) or vocab_per_split < block_v or vocab_per_split % block_v:
