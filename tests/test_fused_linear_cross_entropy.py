@@ -186,3 +186,12 @@ def test_autocast_runs_the_head_in_autocasts_dtype_like_the_plain_head():
     for a, b in zip(grads, ref_grads):
         assert a.dtype == torch.float32                               # back to the fp32 leaves through the cast
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+def test_second_backward_is_refused_not_scaled_twice():
+    h, w, t = _inputs(8, 10, 8)
+    loss = linear_cross_entropy(h, w, t)
+    g1 = torch.autograd.grad(3 * loss, h, retain_graph=True)[0]
+    torch.testing.assert_close(g1, torch.autograd.grad(3 * linear_cross_entropy_reference(h, w, t), h)[0], **TOL)
+    with pytest.raises(RuntimeError, match="forward again"):
+        torch.autograd.grad(loss, h)

@@ -107,3 +107,16 @@ def test_gpu_gradients_equal_eager_at_a_real_vocabulary(dtype):
     eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
     for a, b in zip(torch.autograd.grad(loss, (h, w)), ref_grads):
         torch.testing.assert_close(a.float(), b, rtol=4 * eps, atol=4 * eps * b.abs().max().item())
+
+
+def test_other_tile_shapes_give_the_same_answer():
+    from frugal.kernels.linear_cross_entropy_tiled import TileConfig
+    h, w, t = _inputs(37, 50, 24, ignore_every=3)
+    ref, ref_grads = _reference(h, w, t)
+    tiles = TileConfig(block_n=32, block_v=16, block_d=32, group_n=1, num_warps=1, num_stages=1)
+    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=32, tiles=tiles)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(loss, (h, w)), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="powers of two"):
+        linear_cross_entropy_tiled(h, w, t, tiles=TileConfig(block_n=24))

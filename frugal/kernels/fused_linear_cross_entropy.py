@@ -107,13 +107,19 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if reduction == "mean":
             loss = loss / n_valid                                            # all ignored: nan, as F.cross_entropy
         ctx.save_for_backward(grad_h, grad_w)
+        ctx.scaled = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
+        if ctx.scaled:
+            raise RuntimeError("backward ran twice through linear_cross_entropy (retain_graph=True): its gradients "
+                               "were made in the forward pass and scaled in place once; run the forward again")
+        ctx.scaled = True
         grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype), None, None, None, None)
+        # in place: a scaled copy of grad_weight would be one more (V, C) tensor at the peak
+        return (None if grad_h is None else grad_h.mul_(grad_loss.to(grad_h.dtype)),
+                None if grad_w is None else grad_w.mul_(grad_loss.to(grad_w.dtype)), None, None, None, None)
 
 
 def check_inputs(hidden, weight, targets, ignore_index: int, reduction: str) -> None:

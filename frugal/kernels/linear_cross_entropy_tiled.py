@@ -8,6 +8,8 @@ its gradient filtering: every tile is computed, so the gradient is exact up to r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -26,7 +28,7 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, n_tokens, n_vocab, n_embd,
                     mask=(rows[:, None] < n_tokens) & (d[None, :] < n_embd), other=0.0)         # (BLOCK_N, BLOCK_D)
         w = tl.load(w_ptr + cols.to(tl.int64)[None, :] * n_embd + d[:, None],
                     mask=(cols[None, :] < n_vocab) & (d[:, None] < n_embd), other=0.0)          # (BLOCK_D, BLOCK_V)
-        if UPCAST:                                                 # see tile_config
+        if UPCAST:                                                 # see _launch_args
             h, w = h.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(h, w, acc, input_precision="ieee")            # ieee: fp32 inputs are not rounded to tf32
     return acc
@@ -109,22 +111,37 @@ def grad_kernel(h_ptr, w_ptr, targets_ptr, lse_ptr, scale_ptr, grad_h_ptr, grad_
                       tl.dot(tl.trans(g), h, input_precision="ieee"), mask=col_ok[:, None] & d_ok[None, :])
 
 
-def tile_config(device: torch.device) -> dict:
-    """Tiles for the tensor cores on a GPU; in the interpreter the smallest tl.dot allows (16), and every dot in
-    fp32 (UPCAST): Triton 3.x's interpreter reads bf16 dot inputs as garbage (the GPU compiler does not)."""
-    if device.type == "cuda":
-        return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, UPCAST=False, num_warps=8, num_stages=3)
-    return dict(BLOCK_N=16, BLOCK_V=16, BLOCK_D=16, UPCAST=True, num_warps=1, num_stages=1)
+@dataclass(frozen=True)
+class TileConfig:
+    """How the logits are cut into tiles and how many threads work on one."""
+
+    block_n: int = 128       # tokens per tile
+    block_v: int = 128       # vocabulary entries per tile
+    block_d: int = 64        # width columns per step of a tile's matmul
+    group_n: int = 8         # backward: token blocks that sweep the vocabulary together (their grad_hidden stays in L2)
+    num_warps: int = 8       # warps (32 threads each) per program
+    num_stages: int = 3      # software-pipeline depth of the loads
+
+
+# The interpreter: the smallest tiles tl.dot allows, one warp.
+INTERPRETER_TILES = TileConfig(block_n=16, block_v=16, block_d=16, group_n=2, num_warps=1, num_stages=1)
+
+
+def _launch_args(tiles: TileConfig, device: torch.device) -> dict:
+    """Kernel keyword arguments. In the interpreter every dot runs in fp32 (UPCAST): Triton 3.x's interpreter reads
+    bf16 dot inputs as garbage, which the GPU compiler does not."""
+    return dict(BLOCK_N=tiles.block_n, BLOCK_V=tiles.block_v, BLOCK_D=tiles.block_d, UPCAST=device.type != "cuda",
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
 
 class LinearCrossEntropyTiledFunction(torch.autograd.Function):
     """Forward: per-token log-sum-exp from tiles, loss = lse − z[target]. Backward: tiles again, into both gradients."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, reduction, vocab_per_split):
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, vocab_per_split, tiles):
         n_tokens, n_embd = hidden.shape
         n_vocab = weight.shape[0]
-        cfg = tile_config(hidden.device)
+        cfg = _launch_args(tiles, hidden.device)
         splits = triton.cdiv(n_vocab, vocab_per_split)
         lse_parts = torch.empty(splits, n_tokens, dtype=torch.float32, device=hidden.device)
         target_parts = torch.empty_like(lse_parts)
@@ -138,7 +155,7 @@ class LinearCrossEntropyTiledFunction(torch.autograd.Function):
         n_valid = valid.sum()
         loss = losses.sum() / n_valid if reduction == "mean" else losses.sum()          # all ignored: nan
         ctx.save_for_backward(hidden, weight, targets, lse, n_valid)
-        ctx.ignore_index, ctx.reduction = ignore_index, reduction
+        ctx.ignore_index, ctx.reduction, ctx.tiles = ignore_index, reduction, tiles
         return loss
 
     @staticmethod
@@ -146,30 +163,37 @@ class LinearCrossEntropyTiledFunction(torch.autograd.Function):
         hidden, weight, targets, lse, n_valid = ctx.saved_tensors
         n_tokens, n_embd = hidden.shape
         n_vocab = weight.shape[0]
-        cfg = tile_config(hidden.device)
+        cfg = _launch_args(ctx.tiles, hidden.device)
         scale = grad_loss.float() / (n_valid.clamp(min=1) if ctx.reduction == "mean" else 1)
         grad_h = torch.zeros(n_tokens, n_embd, dtype=torch.float32, device=hidden.device)   # atomics add in fp32
         grad_w = torch.zeros(n_vocab, n_embd, dtype=torch.float32, device=hidden.device)
         grid = (triton.cdiv(n_tokens, cfg["BLOCK_N"]) * triton.cdiv(n_vocab, cfg["BLOCK_V"]),)
         if n_tokens:
             grad_kernel[grid](hidden, weight, targets, lse, scale.reshape(1), grad_h, grad_w,
-                              n_tokens, n_vocab, n_embd, ctx.ignore_index, GROUP_N=8, **cfg)
+                              n_tokens, n_vocab, n_embd, ctx.ignore_index, GROUP_N=ctx.tiles.group_n, **cfg)
         need_h, need_w = ctx.needs_input_grad[:2]
         return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def linear_cross_entropy_tiled(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                ignore_index: int = -100, reduction: str = "mean",
-                               vocab_per_split: int = 4096) -> torch.Tensor:
+                               vocab_per_split: int = 4096, tiles: TileConfig | None = None) -> torch.Tensor:
     """Cross-entropy of (hidden @ weight.T) against targets without materialising any logits; differentiable.
 
     hidden (N, C), weight (V, C), targets (N,) int64. vocab_per_split: the vocabulary one forward program
-    covers (more splits, more programs to fill the GPU when N is small).
+    covers (more splits, more programs to fill the GPU). tiles None: TileConfig() on a GPU, INTERPRETER_TILES on CPU.
     """
     hidden, weight = autocast_inputs(hidden, weight)
     check_inputs(hidden, weight, targets, ignore_index, reduction)
-    block_v = tile_config(hidden.device)["BLOCK_V"]
-    if not isinstance(vocab_per_split, int) or vocab_per_split < block_v or vocab_per_split % block_v:
-        raise ValueError(f"vocab_per_split={vocab_per_split}: must be a positive multiple of BLOCK_V={block_v}")
-    return LinearCrossEntropyTiledFunction.apply(hidden, weight, targets, ignore_index, reduction, vocab_per_split)
+    if tiles is None:
+        tiles = TileConfig() if hidden.device.type == "cuda" else INTERPRETER_TILES
+    if not isinstance(tiles, TileConfig):
+        raise TypeError(f"tiles is {type(tiles).__name__}: pass a TileConfig(block_n=..., block_v=..., ...)")
+    sizes = (tiles.block_n, tiles.block_v, tiles.block_d)
+    if any(b < 16 or b & (b - 1) for b in sizes):
+        raise ValueError(f"tiles {sizes}: block_n, block_v and block_d must be powers of two of at least 16 (tl.dot)")
+    if not isinstance(vocab_per_split, int) or vocab_per_split < tiles.block_v or vocab_per_split % tiles.block_v:
+        raise ValueError(f"vocab_per_split={vocab_per_split}: must be a positive multiple of block_v={tiles.block_v}")
+    return LinearCrossEntropyTiledFunction.apply(hidden, weight, targets, ignore_index, reduction, vocab_per_split,
+                                                 tiles)
