@@ -31,9 +31,10 @@ def _reference(h, w, t, reduction="mean", ignore_index=-100):
 # make several vocabulary splits whose log-sum-exps are combined.
 @pytest.mark.parametrize("n,v,c,split", [(37, 50, 24, 16), (1, 3, 4, 16), (37, 300, 24, 64), (16, 16, 16, 4096)])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_fp32_loss_and_gradients_equal_eager(n, v, c, split, reduction):
+@pytest.mark.parametrize("vocab_chunk", [None, 7])          # the backward by tiles, or by chunks of 7 columns
+def test_fp32_loss_and_gradients_equal_eager(n, v, c, split, reduction, vocab_chunk):
     h, w, t = _inputs(n, v, c, ignore_every=3 if n > 1 else 0)
-    loss = linear_cross_entropy_tiled(h, w, t, reduction=reduction, vocab_per_split=split)
+    loss = linear_cross_entropy_tiled(h, w, t, reduction=reduction, vocab_per_split=split, vocab_chunk=vocab_chunk)
     ref, ref_grads = _reference(h, w, t, reduction)
     # fp32 both: the tiles sum the logits' products and the gradients' shares in another order; ~100 ulps
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
@@ -52,6 +53,18 @@ def test_low_precision_gradients_are_eager_within_one_rounding(dtype):
         assert a.dtype == dtype
         eps = torch.finfo(dtype).eps                     # the gradient is rounded to dtype once (on a GPU twice:
         torch.testing.assert_close(a.float(), b, rtol=2 * eps, atol=2 * eps * b.abs().max().item())  # g, then out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_vocab_chunks_match_eager_in_the_same_dtype(dtype):
+    h, w, t = _inputs(37, 50, 24, dtype, ignore_every=4)
+    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16, vocab_chunk=16)
+    ref = linear_cross_entropy_reference(h, w, t)               # eager: logits rounded to dtype, as our chunks are
+    torch.testing.assert_close(loss, ref.float(), rtol=1e-3, atol=2e-2)   # ours from fp32 logits: ~|z| 2^-9 apart
+    # both round the logits to dtype before the softmax; grad_hidden sums 4 chunks in dtype (eager 1)
+    for a, b in zip(torch.autograd.grad(loss, (h, w)), torch.autograd.grad(ref, (h, w))):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2 * b.abs().max().item())
 
 
 def test_large_logits_do_not_overflow():
@@ -92,16 +105,19 @@ def test_bad_arguments_are_refused():
         linear_cross_entropy_tiled(h, w, t, vocab_per_split=10)
     with pytest.raises(ValueError, match="reduction"):
         linear_cross_entropy_tiled(h, w, t, reduction="none")
+    with pytest.raises(ValueError, match="vocab_chunk"):
+        linear_cross_entropy_tiled(h, w, t, vocab_chunk=0)
     with pytest.raises(ValueError, match="targets"):
         linear_cross_entropy_tiled(h, w, t[:3])
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_gradients_equal_eager_at_a_real_vocabulary(dtype):
+@pytest.mark.parametrize("vocab_chunk", [None, 2048])
+def test_gpu_gradients_equal_eager_at_a_real_vocabulary(dtype, vocab_chunk):
     h, w, t = _inputs(1000, 50257, 256, dtype, ignore_every=7)         # 50257: GPT-2's, off every tile
     w = (0.05 * w.detach()).requires_grad_()
-    loss = linear_cross_entropy_tiled(h, w, t)
+    loss = linear_cross_entropy_tiled(h, w, t, vocab_chunk=vocab_chunk)
     ref, ref_grads = _reference(h, w, t)
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
     eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6

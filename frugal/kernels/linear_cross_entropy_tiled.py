@@ -111,6 +111,39 @@ def grad_kernel(h_ptr, w_ptr, targets_ptr, lse_ptr, scale_ptr, grad_h_ptr, grad_
                       tl.dot(tl.trans(g), h, input_precision="ieee"), mask=col_ok[:, None] & d_ok[None, :])
 
 
+@triton.jit
+def softmax_grad_kernel(z_ptr, row_stride, lse_ptr, targets_ptr, scale_ptr, n_cols, col0, ignore_index,
+                        BLOCK_C: tl.constexpr):
+    """Row r of a vocabulary chunk's logits (columns col0... of the vocabulary), overwritten in place by its
+    gradient scale · (exp(z − lse[r]) − onehot(target[r])), or 0 for an ignored row."""
+    r = tl.program_id(0)
+    lse, target = tl.load(lse_ptr + r), tl.load(targets_ptr + r)
+    scale = tl.where(target == ignore_index, 0.0, tl.load(scale_ptr))
+    base = z_ptr + r.to(tl.int64) * row_stride
+    for c0 in range(0, n_cols, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        z = tl.load(base + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        g = (tl.exp(z - lse) - tl.where(cols + col0 == target, 1.0, 0.0)) * scale
+        tl.store(base + cols, g.to(z_ptr.dtype.element_ty), mask=cols < n_cols)
+
+
+def backward_by_vocab_chunks(hidden, weight, targets, lse, scale, ignore_index: int, chunk: int, need_w: bool):
+    """The backward with cuBLAS: chunk vocabulary columns of logits at a time, recomputed for every token, turned
+    into their gradient in place; each chunk writes its own rows of grad_weight once and adds into grad_hidden."""
+    n_tokens, n_vocab = hidden.shape[0], weight.shape[0]
+    grad_h, grad_w = None, torch.empty_like(weight) if need_w else None
+    block_c = min(triton.next_power_of_2(chunk), 4096 if hidden.device.type == "cuda" else 65536)
+    for v0 in range(0, n_vocab, chunk):
+        w = weight[v0:v0 + chunk]                                                       # (c, C)
+        z = hidden @ w.t()                                                              # (N, c): the only logits
+        softmax_grad_kernel[(n_tokens,)](z, z.stride(0), lse, targets, scale, w.shape[0], v0, ignore_index,
+                                         BLOCK_C=block_c, num_warps=4 if hidden.device.type == "cuda" else 1)
+        if need_w:
+            torch.mm(z.t(), hidden, out=grad_w[v0:v0 + chunk])                          # (c, C), written once
+        grad_h = z @ w if grad_h is None else grad_h.addmm_(z, w)                      # (N, C) += (N, c) @ (c, C)
+    return grad_h, grad_w
+
+
 @dataclass(frozen=True)
 class TileConfig:
     """How the logits are cut into tiles and how many threads work on one."""
@@ -138,7 +171,7 @@ class LinearCrossEntropyTiledFunction(torch.autograd.Function):
     """Forward: per-token log-sum-exp from tiles, loss = lse − z[target]. Backward: tiles again, into both gradients."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, reduction, vocab_per_split, tiles):
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, vocab_per_split, tiles, vocab_chunk):
         n_tokens, n_embd = hidden.shape
         n_vocab = weight.shape[0]
         cfg = _launch_args(tiles, hidden.device)
@@ -155,7 +188,7 @@ class LinearCrossEntropyTiledFunction(torch.autograd.Function):
         n_valid = valid.sum()
         loss = losses.sum() / n_valid if reduction == "mean" else losses.sum()          # all ignored: nan
         ctx.save_for_backward(hidden, weight, targets, lse, n_valid)
-        ctx.ignore_index, ctx.reduction, ctx.tiles = ignore_index, reduction, tiles
+        ctx.ignore_index, ctx.reduction, ctx.tiles, ctx.vocab_chunk = ignore_index, reduction, tiles, vocab_chunk
         return loss
 
     @staticmethod
@@ -164,25 +197,31 @@ class LinearCrossEntropyTiledFunction(torch.autograd.Function):
         n_tokens, n_embd = hidden.shape
         n_vocab = weight.shape[0]
         cfg = _launch_args(ctx.tiles, hidden.device)
-        scale = grad_loss.float() / (n_valid.clamp(min=1) if ctx.reduction == "mean" else 1)
+        scale = (grad_loss.float() / (n_valid.clamp(min=1) if ctx.reduction == "mean" else 1)).reshape(1)
+        need_h, need_w = ctx.needs_input_grad[:2]
+        if ctx.vocab_chunk is not None and n_tokens:
+            grad_h, grad_w = backward_by_vocab_chunks(hidden, weight, targets, lse, scale, ctx.ignore_index,
+                                                      ctx.vocab_chunk, need_w)
+            return grad_h if need_h else None, grad_w, None, None, None, None, None, None
         grad_h = torch.zeros(n_tokens, n_embd, dtype=torch.float32, device=hidden.device)   # atomics add in fp32
         grad_w = torch.zeros(n_vocab, n_embd, dtype=torch.float32, device=hidden.device)
         grid = (triton.cdiv(n_tokens, cfg["BLOCK_N"]) * triton.cdiv(n_vocab, cfg["BLOCK_V"]),)
         if n_tokens:
-            grad_kernel[grid](hidden, weight, targets, lse, scale.reshape(1), grad_h, grad_w,
+            grad_kernel[grid](hidden, weight, targets, lse, scale, grad_h, grad_w,
                               n_tokens, n_vocab, n_embd, ctx.ignore_index, GROUP_N=ctx.tiles.group_n, **cfg)
-        need_h, need_w = ctx.needs_input_grad[:2]
         return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def linear_cross_entropy_tiled(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                ignore_index: int = -100, reduction: str = "mean",
-                               vocab_per_split: int = 4096, tiles: TileConfig | None = None) -> torch.Tensor:
+                               vocab_per_split: int = 4096, tiles: TileConfig | None = None,
+                               vocab_chunk: int | None = None) -> torch.Tensor:
     """Cross-entropy of (hidden @ weight.T) against targets without materialising any logits; differentiable.
 
     hidden (N, C), weight (V, C), targets (N,) int64. vocab_per_split: the vocabulary one forward program
     covers (more splits, more programs to fill the GPU). tiles None: TileConfig() on a GPU, INTERPRETER_TILES on CPU.
+    vocab_chunk None: the backward recomputes tiles in Triton; an int: vocab_chunk columns at a time with cuBLAS.
     """
     hidden, weight = autocast_inputs(hidden, weight)
     check_inputs(hidden, weight, targets, ignore_index, reduction)
@@ -195,5 +234,7 @@ def linear_cross_entropy_tiled(hidden: torch.Tensor, weight: torch.Tensor, targe
         raise ValueError(f"tiles {sizes}: block_n, block_v and block_d must be powers of two of at least 16 (tl.dot)")
     if not isinstance(vocab_per_split, int) or vocab_per_split < tiles.block_v or vocab_per_split % tiles.block_v:
         raise ValueError(f"vocab_per_split={vocab_per_split}: must be a positive multiple of block_v={tiles.block_v}")
+    if vocab_chunk is not None and (not isinstance(vocab_chunk, int) or vocab_chunk < 1):
+        raise ValueError(f"vocab_chunk={vocab_chunk}: None (tiles) or a positive number of vocabulary columns")
     return LinearCrossEntropyTiledFunction.apply(hidden, weight, targets, ignore_index, reduction, vocab_per_split,
-                                                 tiles)
+                                                 tiles, vocab_chunk)
