@@ -220,3 +220,12 @@ def test_committed_readmes_are_what_the_report_writes():
     assert (ROOT / "results" / "README.md").read_text() == bench.markdown_report(ROOT / "results")
     head = (ROOT / "README.md").read_text().split(bench.README_START)[1].split(bench.README_END)[0]
     assert head.strip() == bench.headline_report(ROOT / "results").strip()
+
+
+def test_cross_entropy_figure_labels_are_short_and_leave_out_the_off_scale_bar():
+    from frugal.bench.kernels import short_name
+    assert short_name("chunked (ours), chunk=2048") == "ours chunked"
+    assert short_name("chunked (ours), chunk=512") is None
+    assert short_name("tiled (ours), Triton backward") is None
+    assert short_name("Liger-Kernel 0.8.5") == "Liger-Kernel" and short_name("Cut Cross-Entropy 25.1.1") == "CCE"
+    assert short_name("unfused head") == "eager"

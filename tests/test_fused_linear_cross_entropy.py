@@ -1,6 +1,7 @@
 """frugal.kernels.fused_linear_cross_entropy against F.cross_entropy on the full logits."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
 from frugal import measure  # noqa: E402
@@ -62,8 +63,54 @@ def test_no_logits_tensor_is_saved_for_backward():
 
 def test_estimate_shrinks_with_chunks():
     unfused = estimate_linear_cross_entropy_memory(8192, 50304, 768, None)
-    chunked = estimate_linear_cross_entropy_memory(8192, 50304, 768, default_chunk_size(8192, 50304, 768))
+    chunked = estimate_linear_cross_entropy_memory(8192, 50304, 768, default_chunk_size(8192, 50304))
     assert chunked < 0.3 * unfused
+
+
+def test_chunk_rule_passes_the_ridge_within_the_memory_bound():
+    from frugal.kernels.fused_linear_cross_entropy import RIDGE_FLOP_PER_BYTE
+    for size in (2, 4):
+        c = default_chunk_size(1 << 20, 50304, element_size=size)
+        assert c / size >= 2 * RIDGE_FLOP_PER_BYTE                 # grad_weight's update: c / size FLOP per byte
+        assert c & (c - 1) == 0
+    assert default_chunk_size(100, 50304, element_size=2) == 100   # never more than the tokens
+    c = default_chunk_size(1 << 20, 128256, element_size=2, max_chunk_bytes=2 ** 28)
+    assert c * 128256 * 2 <= 2 ** 28 < 2 * c * 128256 * 2           # the bound wins, as large as it allows
+    with pytest.raises(TypeError):
+        default_chunk_size(8192, 50304, 768)                       # n_embd no longer decides: keyword-only
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_matches_eager_in_the_same_dtype(dtype):
+    h, w, t = _inputs(70, 300, 32, ignore_every=4)
+    h, w = h.detach().to(dtype).requires_grad_(), (0.3 * w.detach()).to(dtype).requires_grad_()
+    loss = linear_cross_entropy(h, w, t, chunk_size=16)
+    ref = linear_cross_entropy_reference(h, w, t)             # logits rounded to dtype by the same matmul
+    # the logits are rounded to dtype in both; the chunks sum grad_weight with 5 roundings to dtype instead of 1
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    for a, b in zip(torch.autograd.grad(loss, (h, w)), torch.autograd.grad(ref, (h, w))):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+def test_sum_reduction_and_large_logits():
+    h, w, t = _inputs(40, 100, 16, ignore_every=5)
+    h50 = (50 * h).detach().requires_grad_()                      # logits in the hundreds: exp() would overflow
+    for reduction in ("sum", "mean"):
+        loss = linear_cross_entropy(h50, w, t, chunk_size=16, reduction=reduction)
+        ref = linear_cross_entropy_reference(h50, w, t, reduction=reduction)
+        assert torch.isfinite(loss)
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)   # fp32 at |logits| ~ 500: ulps of ~3e-5
+        for a, b in zip(torch.autograd.grad(loss, (h50, w)), torch.autograd.grad(ref, (h50, w))):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_reduction_and_chunk_are_refused():
+    h, w, t = _inputs(4, 10, 8)
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, w, t, reduction="none")
+    with pytest.raises(ValueError, match="chunk_size"):
+        linear_cross_entropy(h, w, t, chunk_size=0)
 
 
 def test_tinygpt_switch_gives_the_same_loss_and_gradients():
@@ -127,3 +174,24 @@ def test_gpu_bf16_and_memory_below_unfused():
     ours = measure_peak_memory(lambda: torch.autograd.grad(linear_cross_entropy(h, w, t), (h, w)), "cuda")
     ref = measure_peak_memory(lambda: torch.autograd.grad(linear_cross_entropy_reference(h, w, t), (h, w)), "cuda")
     assert ours < 0.5 * ref
+
+
+def test_autocast_runs_the_head_in_autocasts_dtype_like_the_plain_head():
+    h, w, t = _inputs(32, 64, 16)
+    with torch.autocast(device_type=torch.device(DEVICE).type, dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, t, chunk_size=8)
+        ref = F.cross_entropy(F.linear(h, w).float(), t)           # autocast rounds hidden, weight and logits
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    grads, ref_grads = torch.autograd.grad(loss, (h, w)), torch.autograd.grad(ref, (h, w))
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == torch.float32                               # back to the fp32 leaves through the cast
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+def test_second_backward_is_refused_not_scaled_twice():
+    h, w, t = _inputs(8, 10, 8)
+    loss = linear_cross_entropy(h, w, t)
+    g1 = torch.autograd.grad(3 * loss, h, retain_graph=True)[0]
+    torch.testing.assert_close(g1, torch.autograd.grad(3 * linear_cross_entropy_reference(h, w, t), h)[0], **TOL)
+    with pytest.raises(RuntimeError, match="forward again"):
+        torch.autograd.grad(loss, h)

@@ -23,28 +23,70 @@ TABLES = [
     Table("Linear + cross-entropy head, forward + backward", [
         Column("tokens", "tokens", "int"), Column("vocab", "vocab", "int"), Column("n_embd", "n_embd"),
         Column("dtype", "dtype"), Column("impl", "implementation"), Column("fwd+bwd ms", "time (ms)", "ms"),
-        Column("peak bytes (measured)", "peak, measured (GB)", "GB"),
+        Column("peak bytes (measured)", "peak, measured (GB)", "GB"),          # runs before the two below
         Column("peak bytes (estimated)", "peak, estimated (GB)", "GB"),
+        Column("peak above inputs (measured)", "peak above inputs, measured (GB)", "GB"),
+        Column("peak above gradients (measured)", "of it, above the gradients (GB)", "GB"),
+        Column("peak above inputs (estimated)", "peak above inputs, estimated (GB)", "GB"),
         Column("time vs unfused", "time vs unfused", "x"), Column("memory vs unfused", "memory vs unfused", "x")],
         where=_PART("linear cross-entropy fwd+bwd")),
 ]
 
 
+def peer_linear_cross_entropies() -> dict:
+    """Liger-Kernel's and Cut Cross-Entropy's fused heads as name -> fn(hidden, weight, targets), those installed
+    (`pip install 'frugal[peers]'`); each with its defaults, as a user gets it."""
+    import importlib.metadata as md
+    peers = {}
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        peers[f"Liger-Kernel {md.version('liger-kernel')}"] = liger_fused_linear_cross_entropy
+    except ImportError:
+        pass
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+        peers[f"Cut Cross-Entropy {md.version('cut-cross-entropy')}"] = cce
+    except ImportError:
+        pass
+    return peers
+
+
+def short_name(impl: str) -> str | None:
+    """A head's bar label in the figures, or None for rows left out of them (other chunk sizes; the tiled head's
+    Triton backward, many times slower than the rest, which would flatten every other bar)."""
+    if impl.startswith("chunked (ours)"):
+        return None if impl.endswith(("=512", "=8192")) else "ours chunked"
+    names = {"unfused head": "eager", "eager, torch.compile": "compiled",
+             "tiled (ours), vocab_chunk=2048": "ours tiled", "tiled (ours), Triton backward": None}
+    if impl in names:
+        return names[impl]
+    return impl.split(" ")[0] if impl.startswith("Liger") else "CCE" if impl.startswith("Cut") else impl
+
+
 def headlines(rows: list[dict]) -> list[tuple[str, str]]:
-    ce = [r for r in rows if r.get("part") == "linear cross-entropy fwd+bwd" and r["impl"].startswith("chunked")]
-    if not ce:
-        return []
-    first = [r for r in ce if (r["tokens"], r["vocab"], r["dtype"]) == (ce[0]["tokens"], ce[0]["vocab"], ce[0]["dtype"])]
-    best = min(first, key=lambda r: r["memory vs unfused"] * r["time vs unfused"])
-    return [(f"chunked linear + cross-entropy vs the unfused head ({best['tokens']} tokens x {best['vocab']} vocab, "
-             f"{best['dtype'].removeprefix('torch.')}, {best['impl'].split(', ')[-1]})",
-             f"{best['memory vs unfused']:.2f}× the peak memory, {best['time vs unfused']:.2f}× the time")]
+    """Per head shape (bf16 where measured): the fastest of ours against the fastest of the others."""
+    ce = [r for r in rows if r.get("part") == "linear cross-entropy fwd+bwd"]
+    keys = list(dict.fromkeys((r["tokens"], r["n_embd"], r["vocab"], r["dtype"]) for r in ce))
+    keys = [k for k in keys if k[3] == "torch.bfloat16"] or keys
+    out = []
+    for key in keys:
+        same = [r for r in ce if (r["tokens"], r["n_embd"], r["vocab"], r["dtype"]) == key]
+        ours = [r for r in same if "(ours)" in r["impl"]]
+        others = [r for r in same if "(ours)" not in r["impl"]]
+        if ours and others:
+            best, rival = min(ours, key=lambda r: r["fwd+bwd ms"]), min(others, key=lambda r: r["fwd+bwd ms"])
+            out.append((f"linear + cross-entropy head {key[0]}x{key[1]}x{key[2]} (tokens x width x vocab), "
+                        f"{key[3].removeprefix('torch.')}, fwd+bwd: fastest of ours vs fastest other",
+                        f"{best['impl'].replace(' (ours)', '')} {best['fwd+bwd ms']:.2f} ms vs "
+                        f"{rival['impl']} {rival['fwd+bwd ms']:.2f} ms"))
+    return out
 
 
 @section("kernels", TABLES, headlines)
 def bench_kernels(ctx: BenchContext) -> dict:
     """Vector add GB/s (every config of ours, torch.add, copy) at 2^20..2^28 floats; fused add+RMSNorm against
-    the eager chain, fwd+bwd; chunked linear cross-entropy peak memory and time against the unfused head."""
+    the eager chain, fwd+bwd; linear cross-entropy heads (ours chunked and tiled, eager, compiled, Liger-Kernel and
+    Cut Cross-Entropy where installed): time and peak memory."""
     try:                     # importing frugal.kernels switches Triton to its interpreter where there is no GPU
         from frugal.kernels import fused_add_rmsnorm as frms, fused_linear_cross_entropy as fce, vector_add as va
     except ImportError as e:
@@ -79,19 +121,40 @@ def bench_kernels(ctx: BenchContext) -> dict:
                                               {r["impl"]: r["bytes moved"] for r in last},
                                               title=f"Residual add + RMSNorm {last[0]['shape']}, fwd+bwd, {ctx.slug}")
 
-    if big:
-        ce_cases = [(8192, 50304, 768, dtype) for dtype in (torch.float32, torch.bfloat16)]
-        chunks = (None, 1024, 4096)
+    if big:                  # GPT-2's head and Llama 3's, bf16; GPT-2's in fp32 too (ours against eager only)
+        ce_cases = [(8192, 50304, 768, torch.bfloat16), (8192, 128256, 4096, torch.bfloat16),
+                    (8192, 50304, 768, torch.float32)]
+        chunks = (None, 512, 8192)
     else:
         ce_cases, chunks = [(128, 50304 if on_gpu else 512, 32, torch.float32)], (None, 32)
+    ce_figure = {}
     for n_tok, vocab, n_embd, dtype in ce_cases:
+        extra = {}
+        if on_gpu:           # the interpreter runs tiles far too slowly to time them on a CPU
+            from frugal.kernels.linear_cross_entropy_tiled import linear_cross_entropy_tiled as tiled
+            extra = {"tiled (ours), Triton backward": tiled,
+                     "tiled (ours), vocab_chunk=2048": lambda h, w, t: tiled(h, w, t, vocab_chunk=2048),
+                     "eager, torch.compile": torch.compile(fce.linear_cross_entropy_reference)}
+            if dtype == torch.bfloat16:
+                extra.update(peer_linear_cross_entropies())
         ce = fce.benchmark_linear_cross_entropy(n_tok, vocab, n_embd, ctx.device, dtype, chunks,
-                                                repeats=10 if big else 2)
+                                                repeats=10 if big else 2, extra=extra)
         rows += [{"part": "linear cross-entropy fwd+bwd", **r} for r in ce]
+        if dtype == torch.bfloat16 and on_gpu:
+            ce_figure[f"{n_tok}x{n_embd}x{vocab}"] = ce
+    for shape, ce in ce_figure.items():
+        shown = {short: r for r in ce if (short := short_name(r["impl"]))}
+        fig = plots.fused_vs_unfused({k: r["fwd+bwd ms"] for k, r in shown.items()},
+                                     {k: r["peak above inputs (measured)"] for k, r in shown.items()},
+                                     title=f"Linear + cross-entropy {shape} (tokens x width x vocab), bf16, "
+                                           f"fwd+bwd, {ctx.slug}")
+        fig.axes[1].set_ylabel("MiB above the inputs")     # this panel shows peak memory, not bytes moved
+        fig.axes[1].set_title("peak memory")
+        figures[f"cross_entropy_{shape}"] = fig
     n_tok, vocab, n_embd, _ = ce_cases[0]
     vocabs, tokens = [2 ** k for k in range(10, 18)], [2 ** k for k in range(9, 17)]
     est = fce.estimate_linear_cross_entropy_memory
-    chunk = lambda t, v: fce.default_chunk_size(t, v, n_embd)
+    chunk = lambda t, v: fce.default_chunk_size(t, v)
     figures["cross_entropy_memory"] = plots.cross_entropy_memory(
         {"unfused (estimate)": (vocabs, [est(n_tok, v, n_embd, None) for v in vocabs]),
          "chunked (estimate)": (vocabs, [est(n_tok, v, n_embd, chunk(n_tok, v)) for v in vocabs])},

@@ -77,11 +77,11 @@ def cross_entropy_memory_explorer(model, device: str | None = None, live_tokens:
         vocabs, token_counts = [2 ** k for k in range(8, 19)], [2 ** k for k in range(9, 21)]
         est = lambda t, v, chunk: estimate_linear_cross_entropy_memory(t, v, n_embd, chunk)
         by_vocab = {"unfused": (vocabs, [est(tokens, v, None) for v in vocabs]),
-                    "chunked": (vocabs, [est(tokens, v, default_chunk_size(tokens, v, n_embd)) for v in vocabs])}
+                    "chunked": (vocabs, [est(tokens, v, default_chunk_size(tokens, v)) for v in vocabs])}
         by_tokens = {"unfused": (token_counts, [est(t, vocab, None) for t in token_counts]),
-                     "chunked": (token_counts, [est(t, vocab, default_chunk_size(t, vocab, n_embd))
+                     "chunked": (token_counts, [est(t, vocab, default_chunk_size(t, vocab))
                                                 for t in token_counts])}
-        u, c = est(tokens, vocab, None), est(tokens, vocab, default_chunk_size(tokens, vocab, n_embd))
+        u, c = est(tokens, vocab, None), est(tokens, vocab, default_chunk_size(tokens, vocab))
         print(f"estimate at vocab {vocab:,}, {tokens:,} tokens, n_embd {n_embd} (fp32): unfused "
               f"{plots.human_bytes(u)}, chunked {plots.human_bytes(c)} ({c / u:.2f}x)")
         display(plots.cross_entropy_memory(by_vocab, by_tokens))
