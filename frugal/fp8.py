@@ -4,7 +4,8 @@ Micikevicius et al. 2022, "FP8 Formats for Deep Learning": e4m3 (max 448) for we
 e5m2 (max 57344) for gradients, each tensor multiplied by a scale that maps its amax onto the format's max
 before the cast. On an NVIDIA GPU with fp8 tensor cores (compute capability 8.9+) the matmuls run through
 torch._scaled_mm; elsewhere the same numerics are emulated (quantize, dequantize, fp32 matmul), so a CPU
-loss curve shows what fp8 does to training and only the speed needs the hardware.
+loss curve shows what fp8 does to training and only the speed needs the hardware. On a GPU, Float8Linear takes
+the optional speed path frugal.fp8_fused (one-pass casts, cached fp8 weights); this module reads without it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import warnings
 
 import torch
 import torch.nn as nn
+
+from frugal import fp8_fused                # the optional speed path (one-pass casts, cached fp8 weights)
+from frugal.device import has_fp8_matmul   # the hardware probe lives in device.py
 
 E4M3 = torch.float8_e4m3fn   # weights and activations: 3 mantissa bits, max 448, no inf
 E5M2 = torch.float8_e5m2     # gradients: 2 mantissa bits, max 57344, the range of fp16
@@ -28,10 +32,11 @@ def fp8_max(dtype: torch.dtype) -> float:
 # ----------------------------------------------------------------------------- scaling and casts
 
 def amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| as an fp32 scalar tensor on x's device (0 for an empty tensor); no host sync."""
+    """max |x| as an fp32 scalar tensor on x's device (0 for an empty tensor, NaN if x holds one); no host sync.
+    The infinity norm is that max in one pass, without writing |x| to memory first as x.abs().amax() would."""
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=x.device)
-    return x.detach().abs().amax().float()
+    return torch.linalg.vector_norm(x.detach(), float("inf")).float()
 
 
 def check_amax(a: torch.Tensor, role: str) -> None:
@@ -87,13 +92,6 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
 
 # ----------------------------------------------------------------------------- the matmul and its backend
 
-def has_fp8_matmul(device: torch.device | str) -> bool:
-    """True on an NVIDIA GPU with fp8 tensor cores (compute capability 8.9+: Ada, Hopper and later)."""
-    device = torch.device(device)
-    return (device.type == "cuda" and torch.cuda.is_available() and torch.version.hip is None
-            and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9))
-
-
 def _shape_problem(m: int, k: int, n: int) -> str | None:
     """Why torch._scaled_mm would refuse this layer's matmuls, or None. The three matmuls are (M,K)x(K,N),
     (M,N)x(N,K) and (N,M)x(M,K), so M, K and N each end up as an inner or outer dim cuBLASLt needs % 16."""
@@ -127,7 +125,7 @@ def choose_backend(backend: str, device: torch.device, m: int, k: int, n: int) -
             raise RuntimeError(f"backend='scaled_mm': {why}; use backend='auto' (emulation runs instead: the same "
                                f"fp8 numerics, matmuls in fp32) or 'emulate'")
         if device.type == "cuda":
-            warnings.warn(f"{why}: emulating fp8 instead, slower than bf16", stacklevel=3)
+            warnings.warn(f"{why}: emulating fp8 instead, slower than bf16", stacklevel=2)
         return "emulate"
     return "scaled_mm"
 
@@ -149,10 +147,9 @@ class _Float8Matmul(torch.autograd.Function):
     (x, W in e4m3, grad_out in e5m2). Saves the fp8 x and W for backward: 1 byte per element."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, layer, out_dtype):
+    def forward(ctx, x, weight, bias, layer, out_dtype, backend):
         with torch.autocast(x.device.type, enabled=False):        # our casts decide every dtype here
             x2 = x.reshape(-1, x.shape[-1])                         # (M, K)
-            backend = choose_backend(layer.backend, x.device, x2.shape[0], weight.shape[1], weight.shape[0])
             s_x, s_w = layer.scale_for(x2, "input"), layer.scale_for(weight, "weight")
             x_q, w_q = quantize(x2, E4M3, s_x), quantize(weight, E4M3, s_w)
             y = scaled_matmul(x_q, s_x, w_q.t(), s_w, backend, use_fast_accum=True)   # (M, N)
@@ -178,7 +175,7 @@ class _Float8Matmul(torch.autograd.Function):
                 grad_w = scaled_matmul(g_q.t(), s_g, x_q, s_x, ctx.backend).to(ctx.w_dtype)  # (N, K)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = g.float().sum(0).to(ctx.w_dtype)          # the bias gradient stays in high precision
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -194,6 +191,7 @@ class Float8Linear(nn.Linear):
 
     backend: str = "auto"      # class default; an instance's own backend= overrides it
     check_finite: bool = True  # raise on an inf/NaN amax (one host sync per cast; off = NaNs flow through)
+    fused: bool = True         # on _scaled_mm with Triton: the speed path frugal.fp8_fused (same numerics)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  recipe: str = "current", history: int = 16, backend: str | None = None):
@@ -231,7 +229,11 @@ class Float8Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = x.device.type
         out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-        return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype)
+        m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        backend = choose_backend(self.backend, x.device, m, self.in_features, self.out_features)
+        if backend == "scaled_mm" and self.fused and fp8_fused.fusable(x):
+            return fp8_fused.float8_linear(x, self, out_dtype)      # the optional speed path
+        return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype, backend)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe}, backend={self.backend}"

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frugal import fp8
+from frugal.device import has_fp8_matmul
 from frugal.fp8 import E4M3, E5M2, Float8Linear, compute_scale, dequantize, quantize
 from frugal.model import TinyGPT, preset
 from frugal.train import TrainConfig, train
@@ -173,7 +174,7 @@ def test_backend_choice_and_its_errors():
         layer(torch.randn(16, 100))
     with pytest.raises(ValueError, match=r"token count M.*= 20.*pad it to 32"):
         Float8Linear(64, 64, backend="scaled_mm")(torch.randn(20, 64))
-    if not fp8.has_fp8_matmul("cpu"):
+    if not has_fp8_matmul("cpu"):
         with pytest.raises(RuntimeError, match=r"no fp8 tensor cores.*'auto' \(emulation runs instead"):
             Float8Linear(64, 64, backend="scaled_mm")(torch.randn(16, 64))
     assert Float8Linear(100, 64)(torch.randn(3, 100)).shape == (3, 64)  # 'auto' emulates such a layer
