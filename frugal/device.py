@@ -4,6 +4,7 @@ Everything else asks this module, so a lesson behaves the same on a laptop CPU, 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -89,6 +90,7 @@ def has_fp8_matmul(device: torch.device | str) -> bool:
             and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9))
 
 
+@functools.cache
 def has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -47,6 +47,15 @@ def check_amax(a: torch.Tensor, role: str) -> None:
                          f"loss (fp16's loss scaler), or train this layer in bf16 until it is stable")
 
 
+def _checked(a: torch.Tensor, role: str, check) -> None:
+    """check: True raises now on an inf/NaN amax (a host sync); a list collects (role, amax) to check later, as
+    the speed path does; False lets inf/NaN flow through."""
+    if isinstance(check, list):
+        check.append((role, a))
+    elif check:
+        check_amax(a, role)
+
+
 def amax_to_scale(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """fp8_max / amax: the factor mapping the largest |x| onto the format's max. An amax of 0 gives scale 1
     (an all-zero tensor casts exactly at any scale); a tiny amax gives at most fp32's max, never inf."""
@@ -55,22 +64,20 @@ def amax_to_scale(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(a > 0, scale, torch.ones_like(scale))
 
 
-def compute_scale(x: torch.Tensor, dtype: torch.dtype, role: str = "tensor", check: bool = True) -> torch.Tensor:
+def compute_scale(x: torch.Tensor, dtype: torch.dtype, role: str = "tensor", check=True) -> torch.Tensor:
     """Current (dynamic) scaling: the scale of x from its own amax, as torchao's default recipe."""
     a = amax(x)
-    if check:
-        check_amax(a, role)
+    _checked(a, role, check)
     return amax_to_scale(a, dtype)
 
 
 def delayed_scale(x: torch.Tensor, dtype: torch.dtype, history: torch.Tensor, role: str = "tensor",
-                  check: bool = True) -> torch.Tensor:
+                  check=True) -> torch.Tensor:
     """Delayed scaling (Transformer Engine's recipe): the scale from the max of the last k amaxes, then x's amax
     is pushed in (history[0] newest, the oldest dropped). An all-zero history (the first step) scales from x's
     own amax instead, as torchao's delayed recipe did, rather than TE's scale of 1. history is updated in place."""
     a = amax(x)
-    if check:
-        check_amax(a, role)
+    _checked(a, role, check)
     past = history.amax()
     scale = amax_to_scale(torch.where(past > 0, past, a), dtype)
     history.copy_(torch.roll(history, 1))
@@ -219,12 +226,14 @@ class Float8Linear(nn.Linear):
             setattr(new, name, torch.zeros_like(buf, device=linear.weight.device))
         return new
 
-    def scale_for(self, t: torch.Tensor, role: str) -> torch.Tensor:
-        """The scale of one of the three tensors ('input', 'weight', 'grad_output') under this layer's recipe."""
+    def scale_for(self, t: torch.Tensor, role: str, pending: list | None = None) -> torch.Tensor:
+        """The scale of one of the three tensors ('input', 'weight', 'grad_output') under this layer's recipe;
+        with check_finite and a `pending` list, the amax goes there to be checked later instead of now."""
         label = f"{role} of {self.layer_name}" if self.layer_name else role
+        check = pending if self.check_finite and pending is not None else self.check_finite
         if self.recipe == "delayed":
-            return delayed_scale(t, ROLES[role], getattr(self, f"amax_history_{role}"), label, self.check_finite)
-        return compute_scale(t, ROLES[role], label, self.check_finite)
+            return delayed_scale(t, ROLES[role], getattr(self, f"amax_history_{role}"), label, check)
+        return compute_scale(t, ROLES[role], label, check)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = x.device.type

@@ -8,6 +8,9 @@ frugal/fp8.py is the lesson and reads without this module. Its eager path is slo
   with .t().contiguous() copies: here the same pass writes qᵀ beside q (Transformer Engine's cast-transpose);
 - the fp32 master weight is re-cast on every call, and on every recomputed forward: here its fp8 copies (q and
   qᵀ, 2 bytes a weight) are kept until the weight changes (its version counter moves at optimizer.step()).
+- its inf/NaN check reads each amax on the host (a sync per cast, the GPU idle while the host catches up):
+  here the flags travel to pinned host memory without waiting and are read on the layer's next call, so an
+  inf or NaN is still an error, raised one call after the cast that saw it.
 The seam is Float8Linear.forward, which calls float8_linear(x, layer, out_dtype) when the layer runs on
 torch._scaled_mm with Triton there. Scales still come from layer.scale_for (the core's recipes and checks), and
 the matmuls are the core's calls with the same operands, so outputs and gradients are bit-identical to it.
@@ -31,13 +34,57 @@ def _cast(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: bool, 
     return fp8_cast(t, scale, dtype, rows, transposed)
 
 
+# ----------------------------------------------------------------------------- the inf/NaN check, without a sync
+
+SLOTS = 8   # flag copies a layer keeps in flight: a step makes two (forward, backward), so four steps of slack
+
+
+def _send_flags(layer, pending: list) -> None:
+    """Start copying isfinite of each pending (role, amax) to the layer's pinned host slots; an event marks its
+    arrival. Slots and events are made once per layer and reused, so a call allocates nothing on the host."""
+    if not pending:
+        return
+    if "_fp8_slots" not in layer.__dict__:
+        layer._fp8_slots = [(torch.ones(3, dtype=torch.bool, pin_memory=True), torch.cuda.Event())
+                            for _ in range(SLOTS)]
+        layer._fp8_in_flight, layer._fp8_next = [], 0
+    if len(layer._fp8_in_flight) == SLOTS:
+        check_arrived(layer, wait_oldest=True)                  # every slot busy: wait for the oldest copy
+    host, event = layer._fp8_slots[layer._fp8_next]
+    layer._fp8_next = (layer._fp8_next + 1) % SLOTS
+    flags = torch.isfinite(torch.stack([a for _, a in pending]))
+    host[:len(pending)].copy_(flags, non_blocking=True)
+    event.record()
+    layer._fp8_in_flight.append(([r for r, _ in pending], [a for _, a in pending], host, event))
+    pending.clear()
+
+
+def check_arrived(layer, wait_oldest: bool = False) -> None:
+    """Raise if a flag that has reached the host says an amax was inf or NaN; a flag still on its way is read
+    on a later call (wait_oldest: wait for the oldest one)."""
+    in_flight = layer.__dict__.get("_fp8_in_flight", [])
+    while in_flight and (wait_oldest or in_flight[0][3].query()):
+        wait_oldest = False
+        roles, amaxes, host, event = in_flight.pop(0)
+        event.synchronize()
+        ok = host[:len(roles)]
+        if not bool(ok.all()):
+            i = int((~ok).nonzero()[0])
+            raise ValueError(f"the {roles[i]} tensor had an inf or NaN (amax={amaxes[i].item()}) at its last cast: "
+                             f"fp8 has no scale for it (seen a call or more late: the check waits for no GPU "
+                             f"work). Check the inputs for inf/NaN; if it is a gradient, lower the learning rate, "
+                             f"or train this layer in bf16 until it is stable")
+
+
+# ----------------------------------------------------------------------------- casts and matmuls
+
 def weight_fp8(layer, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scale, w_q, w_qᵀ) of the layer's weight, cast once per weight version and kept on the layer (not saved
     by state_dict): the forward of every micro-batch, and a recomputed forward, reuse it."""
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
     cached = getattr(layer, "_fp8_weight", None)
     if cached is None or cached[0] != key:
-        s_w = layer.scale_for(weight, "weight")
+        s_w = layer.scale_for(weight, "weight", layer._fp8_pending)
         w_q, w_qt = _cast(weight.detach(), s_w, E4M3, True, True)       # (N, K), (K, N)
         cached = layer._fp8_weight = (key, s_w, w_q, w_qt)
     return cached[1], cached[2], cached[3]
@@ -57,12 +104,13 @@ class Float8MatmulFused(torch.autograd.Function):
     def forward(ctx, x, weight, bias, layer, out_dtype, need_weight_grad):
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).contiguous()               # (M, K)
-            s_x = layer.scale_for(x2, "input")
+            s_x = layer.scale_for(x2, "input", layer._fp8_pending)
             x_q, x_qt = _cast(x2, s_x, E4M3, True, need_weight_grad)    # (M, K), (K, M) or None
             s_w, w_q, w_qt = weight_fp8(layer, weight)
             y = _mm(x_q, s_x, w_q.t(), s_w, fast_accum=True)            # (M, N)
             if bias is not None:
                 y = y + bias
+            _send_flags(layer, layer._fp8_pending)
         ctx.save_for_backward(x_qt, s_x, w_qt, s_w)
         ctx.layer, ctx.has_bias = layer, bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
@@ -73,7 +121,7 @@ class Float8MatmulFused(torch.autograd.Function):
         x_qt, s_x, w_qt, s_w = ctx.saved_tensors
         with torch.autocast(grad_y.device.type, enabled=False):
             g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()       # (M, N)
-            s_g = ctx.layer.scale_for(g, "grad_output")
+            s_g = ctx.layer.scale_for(g, "grad_output", ctx.layer._fp8_pending)
             want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and x_qt is not None
             g_q, g_qt = _cast(g, s_g, E5M2, want_x, want_w)             # (M, N), (N, M)
             grad_x = grad_w = grad_b = None
@@ -83,10 +131,13 @@ class Float8MatmulFused(torch.autograd.Function):
                 grad_w = _mm(g_qt, s_g, x_qt.t(), s_x, False).to(ctx.w_dtype)                         # (N, K)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = g.float().sum(0).to(ctx.w_dtype)
+            _send_flags(ctx.layer, ctx.layer._fp8_pending)
         return grad_x, grad_w, grad_b, None, None, None
 
 
 def float8_linear(x: torch.Tensor, layer, out_dtype: torch.dtype) -> torch.Tensor:
     """layer(x) through the speed path; x_qᵀ is written only when a weight gradient will be asked for."""
     need_weight_grad = torch.is_grad_enabled() and layer.weight.requires_grad
+    check_arrived(layer)
+    layer.__dict__.setdefault("_fp8_pending", [])
     return Float8MatmulFused.apply(x, layer.weight, layer.bias, layer, out_dtype, need_weight_grad)

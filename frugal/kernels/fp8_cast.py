@@ -28,11 +28,11 @@ def fp8_cast_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, n_rows, n_cols, fp8_max,
     x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     y = x * tl.load(scale_ptr)                                   # (BLOCK_M, BLOCK_N) fp32, rounded once
     y = tl.minimum(tl.maximum(y, -fp8_max), fp8_max)             # saturate: never inf, never NaN from range
+    q = y.to(q_ptr.dtype.element_ty)                             # round to nearest even, in registers
     if WRITE_Q:
-        tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], y.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
     if WRITE_QT:                                                 # (BLOCK_N, BLOCK_M): Triton swaps via shared memory
-        tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(y).to(qt_ptr.dtype.element_ty),
-                 mask=tl.trans(mask))
+        tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(q), mask=tl.trans(mask))
 
 
 def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: bool = True, transposed: bool = False,
