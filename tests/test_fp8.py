@@ -454,3 +454,38 @@ def test_fp8_with_nothing_to_convert_or_a_scaler_says_how_to_fix_it():
     model, opt, next_batch, _ = build(preset("tiny"), cfg)
     with pytest.raises(ValueError, match="fp8 training takes no loss scaler"):
         train_step(model, opt, *next_batch(), cfg, scaler=LossScaler())
+
+
+# ----------------------------------------------------------------------------- lesson 01's figures and widget
+
+def test_fp8_distribution_counts_what_the_scale_saves():
+    from frugal import numerics, plots
+    table = numerics.format_table()
+    formats = {k: table[k] for k in ("fp8_e4m3", "fp8_e5m2")}
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 3e-5
+    fig = plots.fp8_distribution(x, formats, {k: compute_scale(x, f.dtype).item() for k, f in formats.items()})
+    labels = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert labels[0][0].endswith("100.0% to 0, 0.0% clamp")           # e4m3 cannot hold 3e-5 at all
+    assert all(row[1].endswith("0.0% to 0, 0.0% clamp") for row in labels)   # scaled: nothing lost
+
+
+def test_fp8_speedup_and_its_crossover():
+    from frugal import plots
+    rows = [{"op": "matmul bf16", "size": n, "speedup_vs_bf16": 1.0} for n in (1024, 4096, 16384)]
+    rows += [{"op": "Float8Linear forward (speed path)", "size": n, "speedup_vs_bf16": s}
+             for n, s in ((1024, 0.1), (4096, 1.2), (8192, 0.9), (16384, 1.8))]
+    assert plots.crossover_size(rows, "Float8Linear forward (speed path)") == 16384   # pays from there on
+    assert plots.crossover_size(rows, "torch._scaled_mm alone") is None
+    fig = plots.fp8_speedup(rows, "a GPU", "today")
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()][:1] == ["Float8Linear forward (speed path)"]
+
+
+def test_the_recipe_widget_shows_delayed_scaling_clamp_a_spike_and_current_not():
+    pytest.importorskip("ipywidgets")
+    from frugal.widgets.fp8 import amax_profile, fp8_recipe_explorer, run_recipe
+    profile = amax_profile(steps=40, spike=10.0, spike_at=20)
+    fill_d, clamp_d = run_recipe("delayed", 8, profile)
+    fill_c, clamp_c = run_recipe("current", 8, profile)
+    assert clamp_d[20] > 10 and max(clamp_c) == 0                    # seen a step late: the spike clamps
+    assert fill_d[21] < 0.2 and all(f == pytest.approx(1.0, rel=1e-6) for f in fill_c)
+    assert len(fp8_recipe_explorer().children) >= 2                  # controls and the figure's output
