@@ -244,6 +244,10 @@ class Float8Linear(nn.Linear):
             return fp8_fused.float8_linear(x, self, out_dtype)      # the optional speed path
         return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype, backend)
 
+    def __getstate__(self):
+        """Copies and pickles leave out the speed path's working state (cached fp8 weights, flags in flight)."""
+        return {k: v for k, v in super().__getstate__().items() if not k.startswith("_fp8_")}
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe}, backend={self.backend}"
 

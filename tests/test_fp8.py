@@ -489,3 +489,20 @@ def test_the_recipe_widget_shows_delayed_scaling_clamp_a_spike_and_current_not()
     assert clamp_d[20] > 10 and max(clamp_c) == 0                    # seen a step late: the spike clamps
     assert fill_d[21] < 0.2 and all(f == pytest.approx(1.0, rel=1e-6) for f in fill_c)
     assert len(fp8_recipe_explorer().children) >= 2                  # controls and the figure's output
+
+
+def test_the_fp8_hardware_probe_lives_in_device():
+    from frugal import device
+    assert fp8.has_fp8_matmul is device.has_fp8_matmul              # fp8.py asks device.py, probes nothing
+    assert not device.has_fp8_matmul("cpu")
+    if torch.cuda.is_available():
+        assert device.has_fp8_matmul("cuda") == (torch.cuda.get_device_capability() >= (8, 9))
+
+
+def test_copies_leave_out_the_speed_paths_working_state():
+    import copy
+    layer = Float8Linear(32, 32)
+    layer._fp8_weight, layer._fp8_pending = ("key",), []
+    clone = copy.deepcopy(layer)
+    assert not hasattr(clone, "_fp8_weight") and torch.equal(clone.weight, layer.weight)
+    assert torch.equal(clone(torch.ones(2, 32)), layer(torch.ones(2, 32)))
