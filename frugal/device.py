@@ -4,6 +4,7 @@ Everything else asks this module, so a lesson behaves the same on a laptop CPU, 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -81,6 +82,15 @@ def bf16_is_native(device: torch.device | str | None = None) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def has_fp8_matmul(device: torch.device | str) -> bool:
+    """True on an NVIDIA GPU with fp8 tensor cores (compute capability 8.9+: Ada, Hopper and later), where
+    torch._scaled_mm runs; AMD (ROCm) builds report cuda too and are left out."""
+    device = torch.device(device)
+    return (device.type == "cuda" and torch.cuda.is_available() and torch.version.hip is None
+            and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9))
+
+
+@functools.cache
 def has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -4,7 +4,8 @@ Micikevicius et al. 2022, "FP8 Formats for Deep Learning": e4m3 (max 448) for we
 e5m2 (max 57344) for gradients, each tensor multiplied by a scale that maps its amax onto the format's max
 before the cast. On an NVIDIA GPU with fp8 tensor cores (compute capability 8.9+) the matmuls run through
 torch._scaled_mm; elsewhere the same numerics are emulated (quantize, dequantize, fp32 matmul), so a CPU
-loss curve shows what fp8 does to training and only the speed needs the hardware.
+loss curve shows what fp8 does to training and only the speed needs the hardware. On a GPU, Float8Linear takes
+the optional speed path frugal.fp8_fused (one-pass casts, cached fp8 weights); this module reads without it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import warnings
 
 import torch
 import torch.nn as nn
+
+from frugal import fp8_fused                # the optional speed path (one-pass casts, cached fp8 weights)
+from frugal.device import has_fp8_matmul   # the hardware probe lives in device.py
 
 E4M3 = torch.float8_e4m3fn   # weights and activations: 3 mantissa bits, max 448, no inf
 E5M2 = torch.float8_e5m2     # gradients: 2 mantissa bits, max 57344, the range of fp16
@@ -28,10 +32,11 @@ def fp8_max(dtype: torch.dtype) -> float:
 # ----------------------------------------------------------------------------- scaling and casts
 
 def amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| as an fp32 scalar tensor on x's device (0 for an empty tensor); no host sync."""
+    """max |x| as an fp32 scalar tensor on x's device (0 for an empty tensor, NaN if x holds one); no host sync.
+    The infinity norm is that max in one pass, without writing |x| to memory first as x.abs().amax() would."""
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=x.device)
-    return x.detach().abs().amax().float()
+    return torch.linalg.vector_norm(x.detach(), float("inf")).float()
 
 
 def check_amax(a: torch.Tensor, role: str) -> None:
@@ -42,6 +47,15 @@ def check_amax(a: torch.Tensor, role: str) -> None:
                          f"loss (fp16's loss scaler), or train this layer in bf16 until it is stable")
 
 
+def _checked(a: torch.Tensor, role: str, check) -> None:
+    """check: True raises now on an inf/NaN amax (a host sync); a list collects (role, amax) to check later, as
+    the speed path does; False lets inf/NaN flow through."""
+    if isinstance(check, list):
+        check.append((role, a))
+    elif check:
+        check_amax(a, role)
+
+
 def amax_to_scale(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """fp8_max / amax: the factor mapping the largest |x| onto the format's max. An amax of 0 gives scale 1
     (an all-zero tensor casts exactly at any scale); a tiny amax gives at most fp32's max, never inf."""
@@ -50,22 +64,20 @@ def amax_to_scale(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(a > 0, scale, torch.ones_like(scale))
 
 
-def compute_scale(x: torch.Tensor, dtype: torch.dtype, role: str = "tensor", check: bool = True) -> torch.Tensor:
+def compute_scale(x: torch.Tensor, dtype: torch.dtype, role: str = "tensor", check=True) -> torch.Tensor:
     """Current (dynamic) scaling: the scale of x from its own amax, as torchao's default recipe."""
     a = amax(x)
-    if check:
-        check_amax(a, role)
+    _checked(a, role, check)
     return amax_to_scale(a, dtype)
 
 
 def delayed_scale(x: torch.Tensor, dtype: torch.dtype, history: torch.Tensor, role: str = "tensor",
-                  check: bool = True) -> torch.Tensor:
+                  check=True) -> torch.Tensor:
     """Delayed scaling (Transformer Engine's recipe): the scale from the max of the last k amaxes, then x's amax
     is pushed in (history[0] newest, the oldest dropped). An all-zero history (the first step) scales from x's
     own amax instead, as torchao's delayed recipe did, rather than TE's scale of 1. history is updated in place."""
     a = amax(x)
-    if check:
-        check_amax(a, role)
+    _checked(a, role, check)
     past = history.amax()
     scale = amax_to_scale(torch.where(past > 0, past, a), dtype)
     history.copy_(torch.roll(history, 1))
@@ -86,13 +98,6 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
 
 
 # ----------------------------------------------------------------------------- the matmul and its backend
-
-def has_fp8_matmul(device: torch.device | str) -> bool:
-    """True on an NVIDIA GPU with fp8 tensor cores (compute capability 8.9+: Ada, Hopper and later)."""
-    device = torch.device(device)
-    return (device.type == "cuda" and torch.cuda.is_available() and torch.version.hip is None
-            and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9))
-
 
 def _shape_problem(m: int, k: int, n: int) -> str | None:
     """Why torch._scaled_mm would refuse this layer's matmuls, or None. The three matmuls are (M,K)x(K,N),
@@ -127,7 +132,7 @@ def choose_backend(backend: str, device: torch.device, m: int, k: int, n: int) -
             raise RuntimeError(f"backend='scaled_mm': {why}; use backend='auto' (emulation runs instead: the same "
                                f"fp8 numerics, matmuls in fp32) or 'emulate'")
         if device.type == "cuda":
-            warnings.warn(f"{why}: emulating fp8 instead, slower than bf16", stacklevel=3)
+            warnings.warn(f"{why}: emulating fp8 instead, slower than bf16", stacklevel=2)
         return "emulate"
     return "scaled_mm"
 
@@ -149,10 +154,9 @@ class _Float8Matmul(torch.autograd.Function):
     (x, W in e4m3, grad_out in e5m2). Saves the fp8 x and W for backward: 1 byte per element."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, layer, out_dtype):
+    def forward(ctx, x, weight, bias, layer, out_dtype, backend):
         with torch.autocast(x.device.type, enabled=False):        # our casts decide every dtype here
             x2 = x.reshape(-1, x.shape[-1])                         # (M, K)
-            backend = choose_backend(layer.backend, x.device, x2.shape[0], weight.shape[1], weight.shape[0])
             s_x, s_w = layer.scale_for(x2, "input"), layer.scale_for(weight, "weight")
             x_q, w_q = quantize(x2, E4M3, s_x), quantize(weight, E4M3, s_w)
             y = scaled_matmul(x_q, s_x, w_q.t(), s_w, backend, use_fast_accum=True)   # (M, N)
@@ -178,7 +182,7 @@ class _Float8Matmul(torch.autograd.Function):
                 grad_w = scaled_matmul(g_q.t(), s_g, x_q, s_x, ctx.backend).to(ctx.w_dtype)  # (N, K)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = g.float().sum(0).to(ctx.w_dtype)          # the bias gradient stays in high precision
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -194,6 +198,7 @@ class Float8Linear(nn.Linear):
 
     backend: str = "auto"      # class default; an instance's own backend= overrides it
     check_finite: bool = True  # raise on an inf/NaN amax (one host sync per cast; off = NaNs flow through)
+    fused: bool = True         # on _scaled_mm with Triton: the speed path frugal.fp8_fused (same numerics)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  recipe: str = "current", history: int = 16, backend: str | None = None):
@@ -221,17 +226,27 @@ class Float8Linear(nn.Linear):
             setattr(new, name, torch.zeros_like(buf, device=linear.weight.device))
         return new
 
-    def scale_for(self, t: torch.Tensor, role: str) -> torch.Tensor:
-        """The scale of one of the three tensors ('input', 'weight', 'grad_output') under this layer's recipe."""
+    def scale_for(self, t: torch.Tensor, role: str, pending: list | None = None) -> torch.Tensor:
+        """The scale of one of the three tensors ('input', 'weight', 'grad_output') under this layer's recipe;
+        with check_finite and a `pending` list, the amax goes there to be checked later instead of now."""
         label = f"{role} of {self.layer_name}" if self.layer_name else role
+        check = pending if self.check_finite and pending is not None else self.check_finite
         if self.recipe == "delayed":
-            return delayed_scale(t, ROLES[role], getattr(self, f"amax_history_{role}"), label, self.check_finite)
-        return compute_scale(t, ROLES[role], label, self.check_finite)
+            return delayed_scale(t, ROLES[role], getattr(self, f"amax_history_{role}"), label, check)
+        return compute_scale(t, ROLES[role], label, check)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = x.device.type
         out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-        return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype)
+        m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        backend = choose_backend(self.backend, x.device, m, self.in_features, self.out_features)
+        if backend == "scaled_mm" and self.fused and fp8_fused.fusable(x):
+            return fp8_fused.float8_linear(x, self, out_dtype)      # the optional speed path
+        return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype, backend)
+
+    def __getstate__(self):
+        """Copies and pickles leave out the speed path's working state (cached fp8 weights, flags in flight)."""
+        return {k: v for k, v in super().__getstate__().items() if not k.startswith("_fp8_")}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe}, backend={self.backend}"

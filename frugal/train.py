@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from frugal import data, recompute
+from frugal import data, fp8, recompute
 from frugal.evaluate import Validation, bits_per_byte, check_data_fields, validation_rows
 from frugal.data_parallel import wrap
 from frugal.device import pick_device
@@ -25,7 +25,7 @@ from frugal.measure import Timing, measure_time, synchronize
 from frugal.model import GPTConfig, TinyGPT
 from frugal.zero import ZeroDataParallel
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")   # fp8: chosen Linears in fp8 (frugal.fp8), the rest bf16
 SCALERS = ("frugal", "torch", "none")   # fp16 loss scaler: ours, torch.amp.GradScaler, or none (to watch it fail)
 DATA_PARALLEL = ("naive", "bucket", "ddp", "zero1", "zero2", "zero3")  # lesson 03 flavours, lesson 04 ZeRO stages
 COMPILE = ("none", "blocks", "model")   # torch.compile (PyTorch's compiler, not ours) on each block or the whole model
@@ -48,7 +48,11 @@ class TrainConfig:
     eval_every: int = 0             # held-out loss every this many steps, at step 0 and at the end (0 = never)
     eval_batches: int = 8           # fixed validation batches of batch_size sequences per evaluation
     target_loss: float | None = None  # stop at the first validation loss at or below this (needs eval_every)
-    precision: str = "fp32"         # number format of the matmuls: fp32 (TF32 off), tf32, fp16 or bf16 (autocast)
+    precision: str = "fp32"         # number format of the matmuls: fp32 (TF32 off), tf32, fp16 or bf16 (autocast),
+                                    # or fp8: the Linears fp8_min_features picks in fp8 (Float8Linear), the rest bf16
+    fp8_recipe: str = "current"     # fp8 only: scale from this tensor's amax ('current') or the last 16 ('delayed')
+    fp8_min_features: int = 1024    # fp8 only: convert a Linear when in and out features are >= this (and % 16);
+                                    # smaller matrices cost about as much to cast as the faster matmul saves
     scaler: str = "frugal"          # fp16 only: 'frugal' (our LossScaler), 'torch' (GradScaler) or 'none'
     init_scale: float = 2.0 ** 16   # fp16 only: the loss scaler's first scale
     loss_divisor: float = 1.0       # backward of loss/loss_divisor: per-token gradients as small as in a batch
@@ -113,10 +117,35 @@ class TrainConfig:
                              "with recompute='selective'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: pick one of {PRECISIONS}")
+        self._check_fp8()
         if not self.loss_divisor > 0:
             raise ValueError(f"TrainConfig.loss_divisor={self.loss_divisor}: must be positive (1.0 = plain loss)")
         if self.scaler not in SCALERS:
             raise ValueError(f"TrainConfig.scaler={self.scaler!r}: pick one of {SCALERS}")
+
+
+    def _check_fp8(self) -> None:
+        from frugal.fp8 import RECIPES
+        if self.fp8_recipe not in RECIPES:
+            raise ValueError(f"TrainConfig.fp8_recipe={self.fp8_recipe!r}: pick one of {RECIPES}")
+        m = self.fp8_min_features
+        if isinstance(m, bool) or not isinstance(m, int) or m < 16:
+            raise ValueError(f"TrainConfig.fp8_min_features={m!r}: must be an integer >= 16 (torch._scaled_mm's "
+                             f"smallest dimension), e.g. 1024, or 16 to convert every Linear of a small model")
+        if self.precision != "fp8":
+            return
+        if self.scaler == "torch" or self.init_scale != 2.0 ** 16:
+            raise ValueError("precision='fp8' with a loss scaler (scaler='torch' or init_scale set): fp8 scales each "
+                             "gradient tensor itself (e5m2, from its amax) and needs none; leave scaler and "
+                             "init_scale at their defaults, which only fp16 reads")
+        if self.data_parallel.startswith("zero"):
+            raise ValueError(f"data_parallel={self.data_parallel!r} with precision='fp8': ZeroDataParallel gathers "
+                             f"its own bf16 weights, which Float8Linear never sees; use precision='bf16' with "
+                             f"ZeRO, or fp8 with data_parallel='bucket' or 'ddp'")
+        if self.compile != "none":
+            raise ValueError(f"compile={self.compile!r} with precision='fp8': Float8Linear checks each amax on "
+                             f"the host and launches its own Triton casts, which torch.compile would break its "
+                             f"graphs on; use compile='none' with fp8")
 
 
 def _finite_positive(v) -> bool:
@@ -213,6 +242,8 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, rank: int = 0):
         raise ValueError(f"seq_len={cfg.seq_len} is longer than the model's block_size={model.cfg.block_size}: "
                          f"lower seq_len or raise GPTConfig.block_size")
     model.recompute = recompute.from_spec(cfg.recompute)
+    if cfg.precision == "fp8":
+        convert_fp8(model, cfg)
     if cfg.compile == "blocks":                  # torch's compiler; in place, so parameter names are unchanged
         for block in model.blocks:
             block.compile()
@@ -221,7 +252,20 @@ def build(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, rank: int = 0):
     return model, make_optimizer(model, cfg), batch_fn(cfg, model.cfg.vocab_size, device, rank), device
 
 
-_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+def convert_fp8(model: torch.nn.Module, cfg: TrainConfig) -> list[str]:
+    """precision='fp8': swap the Linears at least cfg.fp8_min_features wide for Float8Linear (frugal.fp8), in
+    place; returns their names. Raises when the model then has none, since fp8 would silently be bf16."""
+    names = fp8.convert_to_float8(model, recipe=cfg.fp8_recipe, min_features=cfg.fp8_min_features)
+    if not any(isinstance(m, fp8.Float8Linear) for m in model.modules()):
+        widths = sorted({d for m in model.modules() if isinstance(m, torch.nn.Linear)
+                         for d in (m.in_features, m.out_features)})
+        raise ValueError(f"precision='fp8' converted no Linear: the model's widths {widths} are all below "
+                         f"fp8_min_features={cfg.fp8_min_features} (or not multiples of 16); lower it, e.g. "
+                         f"TrainConfig(fp8_min_features=16) for a small model (emulated off the GPU), or use bf16")
+    return names
+
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}  # fp8: bf16 outside Float8Linear
 
 
 def make_scaler(cfg: TrainConfig, device: torch.device):
@@ -248,7 +292,8 @@ def matmul_precision(cfg: TrainConfig):
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
-    """torch.autocast to fp16/bf16 for the forward pass (weights stay fp32); a no-op for fp32 and tf32."""
+    """torch.autocast to fp16/bf16 for the forward pass (weights stay fp32; fp8 is bf16 outside Float8Linear);
+    a no-op for fp32 and tf32."""
     if cfg.precision not in _AUTOCAST:
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST[cfg.precision])
@@ -278,6 +323,9 @@ def train_step(model: TinyGPT, optimizer: torch.optim.Optimizer, x: torch.Tensor
     if scaler is None and cfg.precision == "fp16" and cfg.scaler != "none":
         raise ValueError("fp16 training needs a loss scaler: pass scaler=make_scaler(cfg, device), "
                          "or set TrainConfig.scaler='none' to train unscaled")
+    if scaler is not None and cfg.precision == "fp8":
+        raise ValueError("fp8 training takes no loss scaler (each gradient gets its own e5m2 scale): pass "
+                         "scaler=None, which make_scaler(cfg, device) returns for fp8")
     n = cfg.accumulation_steps
     with matmul_precision(cfg):
         if n == 1:

@@ -209,8 +209,9 @@ def predict_peak_bytes(data_parallel: str, model_cfg, batch_per_rank: int, seq_l
     """
     if data_parallel not in COMPARED:
         raise ValueError(f"data_parallel={data_parallel!r}: pick one of {COMPARED}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: pick one of {PRECISIONS}")
+    zero_precisions = tuple(p for p in PRECISIONS if p != "fp8")   # TrainConfig refuses fp8 with ZeRO
+    if precision not in zero_precisions:
+        raise ValueError(f"precision={precision!r}: pick one of {zero_precisions}")
     n = world_size
     mixed = precision in _COMPUTE_DTYPE
     c = 2 if mixed else 4                                    # bytes of a compute value

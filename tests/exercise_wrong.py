@@ -52,6 +52,40 @@ def bf16_by_torch(x):
     return x.to(torch.bfloat16).float()
 
 
+def fp8_scale_inverted(x, dtype):
+    return x.abs().max().float() / torch.finfo(dtype).max
+
+
+def fp8_scale_no_abs(x, dtype):
+    amax = x.max().float()
+    scale = (torch.finfo(dtype).max / amax).clamp(max=torch.finfo(torch.float32).max)
+    return torch.where(amax > 0, scale, torch.ones_like(scale))
+
+
+def fp8_scale_zero_is_inf(x, dtype):
+    amax = x.abs().max().float()
+    return (torch.finfo(dtype).max / amax).clamp(max=torch.finfo(torch.float32).max)
+
+
+def fp8_scale_uncapped(x, dtype):
+    amax = x.abs().max().float()
+    return torch.where(amax > 0, torch.finfo(dtype).max / amax, torch.ones_like(amax))
+
+
+def fp8_cast_no_clamp(x, scale, dtype):
+    return (x.float() * scale).to(dtype)
+
+
+def fp8_cast_divides(x, scale, dtype):
+    m = torch.finfo(dtype).max
+    return (x.float() / scale).clamp(-m, m).to(dtype)
+
+
+def fp8_cast_in_bf16(x, scale, dtype):
+    m = torch.finfo(dtype).max
+    return (x * scale).clamp(-m, m).to(dtype)          # a bf16 x stays bf16: rounded twice
+
+
 def scaler_late_growth(scale, growth_tracker, found_inf, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
     if found_inf:
         return scale * backoff_factor, 0

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frugal import fp8
+from frugal.device import has_fp8_matmul
 from frugal.fp8 import E4M3, E5M2, Float8Linear, compute_scale, dequantize, quantize
 from frugal.model import TinyGPT, preset
 from frugal.train import TrainConfig, train
@@ -173,7 +174,7 @@ def test_backend_choice_and_its_errors():
         layer(torch.randn(16, 100))
     with pytest.raises(ValueError, match=r"token count M.*= 20.*pad it to 32"):
         Float8Linear(64, 64, backend="scaled_mm")(torch.randn(20, 64))
-    if not fp8.has_fp8_matmul("cpu"):
+    if not has_fp8_matmul("cpu"):
         with pytest.raises(RuntimeError, match=r"no fp8 tensor cores.*'auto' \(emulation runs instead"):
             Float8Linear(64, 64, backend="scaled_mm")(torch.randn(16, 64))
     assert Float8Linear(100, 64)(torch.randn(3, 100)).shape == (3, 64)  # 'auto' emulates such a layer
@@ -270,8 +271,11 @@ def test_bench_fp8_runs_on_cpu():
     out = bench_fp8("cpu", quick=True)
     assert out["figures"] == {}
     kinds = {r["op"] for r in out["rows"]}
-    assert {"matmul bf16", "Float8Linear forward", "train step bf16", "train step fp8 (ours)"} <= kinds
-    timed = [r for r in out["rows"] if "ms" in r]
+    assert {"matmul bf16", "Float8Linear forward (eager core)", "train step bf16", "train step fp8 (ours)",
+            "TinyGPT text bf16", "TinyGPT text fp8 current", "TinyGPT text fp8 delayed"} <= kinds
+    text = {r["op"]: r for r in out["rows"] if r["op"].startswith("TinyGPT")}
+    assert all(r["val_loss"] > 0 and r["tokens"] == 3 * 4 * 32 for r in text.values())
+    timed = [r for r in out["rows"] if "tflops" in r]
     assert timed and all(r["ms"] > 0 and r["tflops"] > 0 for r in timed)
 
 
@@ -320,3 +324,185 @@ def test_converted_model_trains_on_the_real_kernel():
     losses = train(model, TrainConfig(steps=20, batch_size=8, seq_len=128, precision="bf16",
                                       device="cuda", lr=1e-3, progress=False)).column("loss")
     assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-3:]) / 3 < losses[0] - 1.0
+
+
+# ----------------------------------------------------------------------------- the speed path (frugal.fp8_fused)
+
+def test_fp8_cast_writes_the_transpose_and_refuses_what_it_cannot_cast():
+    """Layouts and errors of the one-pass cast (on a CPU through Triton's interpreter, whose own fp8 rounding
+    differs from the GPU's: the bits are checked against torch on a GPU, below)."""
+    from frugal.kernels.fp8_cast import fp8_cast
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(40, 24, device=dev, dtype=torch.bfloat16)
+    scale = torch.tensor(3.0, device=dev)
+    q, qt = fp8_cast(x, scale, E4M3, rows=True, transposed=True)
+    assert q.shape == (40, 24) and qt.shape == (24, 40) and qt.is_contiguous()
+    assert torch.equal(bits(qt), bits(q.t()))
+    assert fp8_cast(x, scale, E5M2, rows=False, transposed=True)[0] is None
+    with pytest.raises(ValueError, match="float8_e4m3fn or torch.float8_e5m2"):
+        fp8_cast(x, scale, torch.bfloat16)
+    with pytest.raises(ValueError, match="contiguous 2-D"):
+        fp8_cast(x.t(), scale, E4M3)
+    with pytest.raises(ValueError, match="one float32 value"):
+        fp8_cast(x, torch.ones(2, device=dev), E4M3)
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("source", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(300, 200), (512, 256)])     # ragged tiles; and Triton's aligned fast path
+def test_fp8_cast_is_torchs_cast_bit_for_bit(dtype, source, shape):
+    from frugal.kernels.fp8_cast import fp8_cast
+    x = (wide_range(shape[0] * shape[1], seed=1).reshape(shape) * 50).to(source).cuda()   # some saturate
+    scale = compute_scale(x, dtype) * 8
+    q, qt = fp8_cast(x, scale, dtype, rows=True, transposed=True)
+    assert torch.equal(bits(q), bits(quantize(x, dtype, scale)))
+    assert torch.equal(bits(qt), bits(quantize(x, dtype, scale).t().contiguous()))
+
+
+def _pair(recipe: str):
+    torch.manual_seed(0)
+    fused = Float8Linear(256, 512, recipe=recipe).cuda()
+    core = Float8Linear(256, 512, recipe=recipe).cuda()
+    core.load_state_dict(fused.state_dict())
+    core.fused = False
+    return fused, core
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("recipe", ["current", "delayed"])
+def test_speed_path_is_the_eager_core_bit_for_bit(recipe):
+    """Same scales, same _scaled_mm calls on the same operands: outputs, both gradients and the delayed
+    histories are identical, not just close."""
+    fused, core = _pair(recipe)
+    x, g = torch.randn(4, 64, 256, device="cuda"), torch.randn(4, 64, 512, device="cuda")
+    outs = []
+    for layer in (fused, core):
+        xr = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(xr)
+        y.backward(g.bfloat16())
+        outs.append((y, xr.grad, layer.weight.grad, layer.bias.grad))
+    assert hasattr(fused, "_fp8_weight") and not hasattr(core, "_fp8_weight")   # the speed path did run
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    for name, buf in fused.named_buffers():
+        assert torch.equal(buf, dict(core.named_buffers())[name])
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+def test_the_cached_fp8_weight_follows_each_optimizer_step():
+    """Three AdamW steps (fused, as train.make_optimizer picks on CUDA): the speed path re-casts the weight after
+    each step, so its losses and weights stay the eager core's exactly."""
+    fused, core = _pair("current")
+    x, target = torch.randn(64, 256, device="cuda"), torch.randn(64, 512, device="cuda")
+    results = []
+    for layer in (fused, core):
+        opt = torch.optim.AdamW(layer.parameters(), lr=1e-2, fused=True)
+        losses = []
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.mse_loss(layer(x).float(), target)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        results.append((losses, layer.weight.detach().clone()))
+    assert results[0][0] == results[1][0] and len(set(results[0][0])) == 3
+    assert torch.equal(results[0][1], results[1][1])
+
+
+# ----------------------------------------------------------------------------- TrainConfig(precision="fp8")
+
+def test_train_config_fp8_converts_in_build_and_trains_near_bf16():
+    """Emulated on a CPU: the loss curve of fp8 stays within a few percent of bf16's (e4m3 keeps 3 mantissa bits;
+    20 steps of TinyGPT move the loss from ~5.5 to ~3.3)."""
+    from frugal.train import build
+    cfg = TrainConfig(precision="fp8", fp8_min_features=16, fp8_recipe="delayed", steps=20, progress=False)
+    model, *_ = build(preset("tiny"), cfg)
+    converted = [n for n, m in model.named_modules() if isinstance(m, Float8Linear)]
+    assert len(converted) == 8 and all(model.get_submodule(n).recipe == "delayed" for n in converted)
+    assert type(model.lm_head) is nn.Linear                              # the last layer stays high precision
+    fp8_loss = train(preset("tiny"), cfg).column("loss")
+    bf16_loss = train(preset("tiny"), TrainConfig(precision="bf16", steps=20, progress=False)).column("loss")
+    assert fp8_loss != bf16_loss                                         # the fp8 casts did change the numbers
+    assert abs(fp8_loss[-1] - bf16_loss[-1]) / bf16_loss[-1] < 0.03
+    assert fp8_loss[-1] < fp8_loss[0] - 1.5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"fp8_recipe": "sometimes"}, "fp8_recipe.*pick one of"),
+    ({"fp8_min_features": 8}, "fp8_min_features=8.*>= 16"),
+    ({"precision": "fp8", "scaler": "torch"}, "fp8.*loss scaler.*needs none"),
+    ({"precision": "fp8", "init_scale": 1024.0}, "fp8.*loss scaler"),
+    ({"precision": "fp8", "data_parallel": "zero2", "world_size": 2}, "ZeroDataParallel.*bf16"),
+    ({"precision": "fp8", "compile": "blocks"}, "compile='blocks' with precision='fp8'")])
+def test_train_config_refuses_fp8_settings_it_cannot_honour(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_fp8_with_nothing_to_convert_or_a_scaler_says_how_to_fix_it():
+    from frugal.train import build, train_step
+    from frugal.loss_scaler import LossScaler
+    with pytest.raises(ValueError, match=r"converted no Linear.*fp8_min_features=1024.*fp8_min_features=16"):
+        build(preset("tiny"), TrainConfig(precision="fp8"))
+    cfg = TrainConfig(precision="fp8", fp8_min_features=16)
+    model, opt, next_batch, _ = build(preset("tiny"), cfg)
+    with pytest.raises(ValueError, match="fp8 training takes no loss scaler"):
+        train_step(model, opt, *next_batch(), cfg, scaler=LossScaler())
+
+
+# ----------------------------------------------------------------------------- lesson 01's figures and widget
+
+def test_fp8_distribution_counts_what_the_scale_saves():
+    from frugal import numerics, plots
+    table = numerics.format_table()
+    formats = {k: table[k] for k in ("fp8_e4m3", "fp8_e5m2")}
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 3e-5
+    fig = plots.fp8_distribution(x, formats, {k: compute_scale(x, f.dtype).item() for k, f in formats.items()})
+    labels = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert labels[0][0].endswith("100.0% to 0, 0.0% clamp")           # e4m3 cannot hold 3e-5 at all
+    assert all(row[1].endswith("0.0% to 0, 0.0% clamp") for row in labels)   # scaled: nothing lost
+
+
+def test_fp8_speedup_and_its_crossover():
+    from frugal import plots
+    rows = [{"op": "matmul bf16", "size": n, "speedup_vs_bf16": 1.0} for n in (1024, 4096, 16384)]
+    rows += [{"op": "Float8Linear forward (speed path)", "size": n, "speedup_vs_bf16": s}
+             for n, s in ((1024, 0.1), (4096, 1.2), (8192, 0.9), (16384, 1.8))]
+    assert plots.crossover_size(rows, "Float8Linear forward (speed path)") == 16384   # pays from there on
+    assert plots.crossover_size(rows, "torch._scaled_mm alone") is None
+    fig = plots.fp8_speedup(rows, "a GPU", "today")
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()][:1] == ["Float8Linear forward (speed path)"]
+
+
+def test_the_recipe_widget_shows_delayed_scaling_clamp_a_spike_and_current_not():
+    pytest.importorskip("ipywidgets")
+    from frugal.widgets.fp8 import amax_profile, fp8_recipe_explorer, run_recipe
+    profile = amax_profile(steps=40, spike=10.0, spike_at=20)
+    fill_d, clamp_d = run_recipe("delayed", 8, profile)
+    fill_c, clamp_c = run_recipe("current", 8, profile)
+    assert clamp_d[20] > 10 and max(clamp_c) == 0                    # seen a step late: the spike clamps
+    assert fill_d[21] < 0.2 and all(f == pytest.approx(1.0, rel=1e-6) for f in fill_c)
+    assert len(fp8_recipe_explorer().children) >= 2                  # controls and the figure's output
+
+
+def test_the_fp8_hardware_probe_lives_in_device():
+    from frugal import device
+    assert fp8.has_fp8_matmul is device.has_fp8_matmul              # fp8.py asks device.py, probes nothing
+    assert not device.has_fp8_matmul("cpu")
+    if torch.cuda.is_available():
+        assert device.has_fp8_matmul("cuda") == (torch.cuda.get_device_capability() >= (8, 9))
+
+
+def test_copies_leave_out_the_speed_paths_working_state():
+    import copy
+    layer = Float8Linear(32, 32)
+    layer._fp8_weight, layer._fp8_pending = ("key",), []
+    clone = copy.deepcopy(layer)
+    assert not hasattr(clone, "_fp8_weight") and torch.equal(clone.weight, layer.weight)
+    assert torch.equal(clone(torch.ones(2, 32)), layer(torch.ones(2, 32)))

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from frugal import fp8
+from frugal import data, fp8, fp8_fused
 from frugal.bench.report import Column, Table
 from frugal.bench.runner import BenchContext, section
 from frugal.measure import measure_time
@@ -45,34 +45,45 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _timed(fn, device, quick):
-    return measure_time(fn, device, warmup=1 if quick else 3, repeats=3 if quick else 10).median_s
+def _timed(fn, device, quick, inner: int = 1):
+    """Median seconds per call; inner calls back to back per repeat: a training loop's steady state, where the
+    host enqueues the next layer while the GPU runs this one (a lone call would time the host's launches too)."""
+    return measure_time(fn, device, warmup=1 if quick else 3, repeats=3 if quick else 10,
+                        inner=1 if quick else inner).median_s
 
 
 def _matmul_rows(n: int, device: torch.device, quick: bool) -> list[dict]:
-    """y = x Wᵀ at M = K = N = n: bf16, our Float8Linear forward (casts of x and W included), _scaled_mm alone."""
+    """y = x Wᵀ at M = K = N = n: bf16; our Float8Linear forward, its speed path (x cast each call, the weight's
+    fp8 copy cached as in a training step) and its eager core; torch._scaled_mm alone on operands cast before."""
     flops = 2.0 * n ** 3
     x = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    rows = [{"op": "matmul bf16", "size": n, "backend": "bf16", "ms": _timed(lambda: x @ w.t(), device, quick) * 1e3}]
+    rows = [{"op": "matmul bf16", "size": n, "backend": "bf16", "ms": _timed(lambda: x @ w.t(), device, quick, 10) * 1e3}]
     layer = fp8.Float8Linear(n, n, bias=False, device=device)            # fp32 master weight
-    with torch.no_grad():
-        t = _timed(lambda: layer(x), device, quick)
-    rows.append({"op": "Float8Linear forward", "size": n, "ms": t * 1e3,
-                 "backend": fp8.choose_backend(layer.backend, device, n, n, n)})
+    backend = fp8.choose_backend(layer.backend, device, n, n, n)
+    for label, fused in (("Float8Linear forward (speed path)", True), ("Float8Linear forward (eager core)", False)):
+        if fused and not (backend == "scaled_mm" and fp8_fused.fusable(x)):
+            continue                                                     # the speed path runs on a fp8 GPU only
+        layer.fused = fused
+        with torch.no_grad():
+            t = _timed(lambda: layer(x), device, quick, 10)
+        rows.append({"op": label, "size": n, "ms": t * 1e3, "backend": backend + (" + triton" if fused else "")})
     del layer
     one = torch.ones((), device=device)
     x_q, w_q = x.to(fp8.E4M3), w.to(fp8.E4M3)                            # randn: within e4m3's range at scale 1
     try:
         t = _timed(lambda: torch._scaled_mm(x_q, w_q.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16,
-                                            use_fast_accum=True), device, quick)
+                                            use_fast_accum=True), device, quick, 10)
         rows.append({"op": "torch._scaled_mm alone", "size": n, "backend": "scaled_mm", "ms": t * 1e3})
     except (RuntimeError, NotImplementedError) as e:
         rows.append({"op": "torch._scaled_mm alone", "size": n, "error": f"{type(e).__name__}: {e}"[:200]})
+    alone = next((r["ms"] for r in rows if r["op"] == "torch._scaled_mm alone" and "ms" in r), None)
     for r in rows:
         if "ms" in r:
             r["tflops"] = flops / (r["ms"] * 1e-3) / 1e12
             r["speedup_vs_bf16"] = rows[0]["ms"] / r["ms"]
+            if alone is not None and r["op"].startswith("Float8Linear"):
+                r["vs_scaled_mm"] = alone / r["ms"]
     return rows
 
 
@@ -98,17 +109,19 @@ def _train_rows(device: torch.device, quick: bool) -> list[dict]:
     base = LinearBlocks(d, n_blocks).to(device)
     flops = 6.0 * tokens * sum(p.numel() for p in base.parameters())       # forward 2, backward 4 per weight
     variants = [("train step bf16", None), ("train step fp8 (ours)", "ours"),
-                ("train step fp8 (ours, check_finite off)", "ours-nocheck"), ("train step fp8 (torchao)", "torchao")]
+                ("train step fp8 (ours, check_finite off)", "ours-nocheck"),
+                ("train step fp8 (ours, eager core)", "ours-eager"), ("train step fp8 (torchao)", "torchao")]
     rows = []
     for label, kind in variants:
-        if quick and kind == "ours-nocheck":
+        if quick and kind in ("ours-nocheck", "ours-eager"):
             continue
         model = copy.deepcopy(base)
         row = {"op": label, "d": d, "tokens": tokens, "blocks": n_blocks}
-        if kind in ("ours", "ours-nocheck"):
+        if kind in ("ours", "ours-nocheck", "ours-eager"):
             names = fp8.convert_to_float8(model, min_features=16 if quick else 1024)
             for name in names:
-                model.get_submodule(name).check_finite = kind == "ours"
+                model.get_submodule(name).check_finite = kind != "ours-nocheck"
+                model.get_submodule(name).fused = kind != "ours-eager"
             row["backend"] = fp8.choose_backend(fp8.Float8Linear.backend, device, tokens, d, 4 * d)
         elif kind == "torchao":
             why = _torchao_convert(model)
@@ -124,9 +137,51 @@ def _train_rows(device: torch.device, quick: bool) -> list[dict]:
         del model, optimizer
         _free(device)
     bf16 = rows[0]["ms"]
+    ao = next((r["ms"] for r in rows if r["op"] == "train step fp8 (torchao)" and "ms" in r), None)
     for r in rows:
         if "ms" in r:
             r["speedup_vs_bf16"] = bf16 / r["ms"]
+            if ao is not None and "(ours" in r["op"]:
+                r["vs_torchao"] = ao / r["ms"]
+    return rows
+
+
+def _val_loss(model: nn.Module, val: torch.Tensor, seq_len: int, device: torch.device, batches: int = 8) -> float:
+    """Mean loss over `batches` fixed batches of the held-out text, under bf16 autocast as in training."""
+    gen = torch.Generator().manual_seed(1)
+    model.eval()
+    losses = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        for _ in range(batches):
+            x, y = data.get_batch(val, 8, seq_len, gen, device)
+            losses.append(model(x, y)[1].float().item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _text_rows(device: torch.device, quick: bool) -> list[dict]:
+    """TinyGPT on the shipped text, the same steps and tokens in bf16 and in fp8 (train.train, TrainConfig's
+    precision): the held-out loss after them, each fp8 run's against bf16's."""
+    from frugal.model import preset
+    from frugal.train import train
+    if quick:
+        model_cfg, steps, batch, seq, min_f = preset("tiny"), 3, 4, 32, 16
+    else:
+        model_cfg, steps, batch, seq, min_f = preset("small", n_embd=1024, n_head=8, block_size=256), 300, 16, 256, 1024
+    _, val = data.split(data.corpus_tokens())
+    rows = []
+    for label, precision, recipe in (("TinyGPT text bf16", "bf16", "current"), ("TinyGPT text fp8 current", "fp8",
+                                     "current"), ("TinyGPT text fp8 delayed", "fp8", "delayed")):
+        cfg = TrainConfig(steps=steps, batch_size=batch, seq_len=seq, lr=1e-3, precision=precision, fp8_recipe=recipe,
+                          fp8_min_features=min_f, device=str(device), progress=False)
+        result = train(model_cfg, cfg)
+        rows.append({"op": label, "d": model_cfg.n_embd, "steps": steps, "tokens": steps * batch * seq,
+                     "final_loss": result.history[-1].loss, "val_loss": _val_loss(result.model, val, seq, device),
+                     "ms": batch * seq / result.median_tokens_per_s() * 1e3})
+        del result
+        _free(device)
+    for r in rows[1:]:
+        r["val_vs_bf16"] = r["val_loss"] / rows[0]["val_loss"] - 1.0
     return rows
 
 
@@ -139,6 +194,7 @@ def bench_fp8(device: torch.device | str, quick: bool = False) -> dict:
         rows += _matmul_rows(n, device, quick)
         _free(device)
     rows += _train_rows(device, quick)
+    rows += _text_rows(device, quick)
     return {"rows": rows, "figures": {}}
 
 
@@ -146,7 +202,8 @@ TABLES = [
     Table("fp8 against bf16: square matmuls and a training step (eager)", [
         Column("op", "what"), Column("size", "M = K = N"), Column("d", "width d"), Column("backend", "fp8 path"),
         Column("ms", "time (ms)"), Column("tflops", "TFLOP/s"), Column("speedup_vs_bf16", "vs bf16", "x"),
-        Column("error", "note")]),
+        Column("vs_scaled_mm", "vs _scaled_mm alone", "x"), Column("vs_torchao", "vs torchao", "x"),
+        Column("val_loss", "held-out loss"), Column("val_vs_bf16", "vs bf16 loss", "%"), Column("error", "note")]),
 ]
 
 

@@ -21,7 +21,7 @@ __all__ = ["CheckResult", "names", "lesson_of", "check", "hint", "solution", "so
 
 # One module per lesson group, in lesson order. They are imported on first use, not with the package: a rank that
 # frugal.dist.launch spawns for the ring check imports frugal.exercises.parallel alone, and starts that much sooner.
-MODULES = ("economics", "precision", "recompute", "parallel", "sharding", "kernels", "recipe")
+MODULES = ("economics", "precision", "fp8", "recompute", "parallel", "sharding", "kernels", "recipe")
 
 
 @functools.cache

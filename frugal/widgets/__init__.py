@@ -4,6 +4,7 @@ Widgets only wire controls to functions of plots.py, estimate.py and train.py. T
 backend with an Output widget (interactive_output), so they work on ipywidgets 7.7 (Colab) and 8.
 """
 from frugal.widgets.economics import activation_meter, cost_calculator
+from frugal.widgets.fp8 import fp8_recipe_explorer
 from frugal.widgets.kernels import cross_entropy_memory_explorer, vector_add_explorer
 from frugal.widgets.parallel import (data_parallel_trainer, layout_explorer, pipeline_explorer, sharding_explorer,
                                      sharding_live)
@@ -13,7 +14,7 @@ from frugal.widgets.recompute import checkpoint_slider, largest_batch_explorer
 
 __all__ = [
     "cost_calculator", "activation_meter",                    # lesson 00
-    "format_explorer", "precision_dashboard",                 # lesson 01
+    "format_explorer", "precision_dashboard", "fp8_recipe_explorer",   # lesson 01
     "checkpoint_slider", "largest_batch_explorer",            # lesson 02
     "data_parallel_trainer",                                  # lesson 03
     "sharding_explorer", "sharding_live",                     # lesson 04

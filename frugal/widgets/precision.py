@@ -45,7 +45,7 @@ def precision_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8
     step time and memory of every setting tried so far (measured beside estimate.py)."""
     runs: dict[str, dict] = {}
     controls = {
-        "precision": W.Dropdown(options=list(PRECISIONS), value="fp32", description="precision"),
+        "precision": W.Dropdown(options=[p for p in PRECISIONS if p != "fp8"], value="fp32", description="precision"),
         "scaler": W.Dropdown(options=list(SCALERS), value="frugal", description="fp16 scaler"),
         "init_scale": W.FloatLogSlider(value=2.0 ** 16, base=2, min=0, max=40, step=1, description="init scale",
                                        readout_format=".3g", continuous_update=False),

@@ -21,7 +21,7 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
     cpu_peak: list[float] = []
     cuda = torch.cuda.is_available()
     controls = {
-        "precision": W.Dropdown(options=list(PRECISIONS), value="bf16", description="precision"),
+        "precision": W.Dropdown(options=[p for p in PRECISIONS if p != "fp8"], value="bf16", description="precision"),
         "scaler": W.Dropdown(options=list(SCALERS), value="frugal", description="fp16 scaler"),
         "recompute": W.Dropdown(options=["none", "full", "every:2", "selective", "sqrt"], value="full",
                                 description="recompute"),
