@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from frugal import estimate, results
-
-def human_bytes(n: float) -> str:
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
-
-
-def human_count(n: float) -> str:
-    return f"{n / 1e9:.2f} billion" if n >= 1e9 else f"{n / 1e6:.0f} million"
-
+from frugal.units import human_bytes, human_count
 
 CPU_TIMING = "a CPU has no tensor cores and its step times are noisy: the GPU row is the evidence"
 
