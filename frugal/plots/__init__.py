@@ -5,6 +5,7 @@ every figure is re-exported here, so `from frugal import plots; plots.memory_bar
 """
 from frugal.plots._common import GIB, COLORS, human_bytes
 from frugal.plots.economics import memory_bars, cost_bars, loss_curve, predicted_vs_measured
+from frugal.plots.economics_quality import val_loss_overlay, dollars_to_target
 from frugal.plots.precision import (
     FORMAT_COLORS, format_ranges, gradient_histogram, scale_history, precision_runs, step_time_bars)
 from frugal.plots.fp8 import crossover_size, fp8_distribution, fp8_speedup, recipe_trace
@@ -17,8 +18,10 @@ from frugal.plots.kernels import kernel_grid, bandwidth_vs_size, fused_vs_unfuse
 from frugal.plots.recipe import model_size_frontiers, recipe_runs
 
 __all__ = ["GIB", "COLORS", "human_bytes", "memory_bars", "cost_bars", "loss_curve", "predicted_vs_measured",
+           "val_loss_overlay", "dollars_to_target",
            "FORMAT_COLORS", "format_ranges", "gradient_histogram", "scale_history", "precision_runs",
-           "step_time_bars", "fp8_distribution", "fp8_speedup", "crossover_size", "recipe_trace", "recompute_tradeoff", "saved_bytes_by_block", "largest_batch_bars", "PIPE_COLORS",
+           "step_time_bars", "fp8_distribution", "fp8_speedup", "crossover_size", "recipe_trace", "recompute_tradeoff",
+           "saved_bytes_by_block", "largest_batch_bars", "PIPE_COLORS",
            "ring_steps", "bytes_per_rank", "overlap_timeline", "scaling", "bus_bandwidth",
            "sharding_memory_bars", "comm_volume_bars", "max_model_bars", "pipeline_gantt", "bubble_vs_formula",
            "activation_per_stage", "rank_grid", "kernel_grid", "bandwidth_vs_size", "fused_vs_unfused",
