@@ -22,5 +22,6 @@ def test_train_command_prints_validation_loss_as_it_goes(tmp_path, capsys, monke
 
 
 def test_train_command_names_a_bad_source(capsys):
-    with pytest.raises(ValueError, match="pick 'corpus'"):
+    with pytest.raises(SystemExit) as info:              # the command line says what to pass, no traceback
         main(["train", "--data", "/no/such/folder", "--steps", "2"])
+    assert info.value.code == 2 and "pick 'corpus'" in capsys.readouterr().err
