@@ -380,7 +380,7 @@ def test_tf32_flags_are_set_and_restored():
     assert torch.backends.cuda.matmul.allow_tf32 == saved
 
 
-@pytest.mark.parametrize("field,value", [("precision", "fp8"), ("scaler", "apex"), ("loss_divisor", 0.0)])
+@pytest.mark.parametrize("field,value", [("precision", "fp4"), ("scaler", "apex"), ("loss_divisor", 0.0)])
 def test_bad_precision_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
