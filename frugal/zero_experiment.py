@@ -42,6 +42,9 @@ class ZeroRun(TrainConfig):
     def __post_init__(self):
         if self.data_parallel not in COMPARED:
             raise ValueError(f"ZeroRun.data_parallel={self.data_parallel!r}: pick one of {COMPARED}")
+        if self.precision == "fp8":
+            raise ValueError("ZeroRun.precision='fp8': the ZeRO comparison's wrappers (ours and FSDP) keep their own "
+                             "compute weights, which Float8Linear never sees; use precision='bf16'")
         fsdp = self.data_parallel == "fsdp"
         if fsdp:                            # TrainConfig does not know torch's FSDP: check the rest as stage 3
             self.data_parallel = "zero3"
