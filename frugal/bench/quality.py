@@ -91,7 +91,7 @@ def bench_dollars_to_target(ctx: BenchContext) -> dict:
     on_gpu = ctx.device.type == "cuda" and not ctx.quick
     gpu = dev.catalog_name() if ctx.device.type == "cuda" else None
     price = estimate.get_gpu(gpu).price_per_hour if gpu else estimate.get_gpu("H100").price_per_hour
-    target, cap = (1.5, 1500) if on_gpu else (3.5, 60)
+    target, cap = (1.6, 800) if on_gpu else (3.5, 60)
     plans = naive_and_recipe(data="stdlib", steps=cap, device=str(ctx.device), progress=False, **shared)
     runs = compare_to_target(model, plans, price, target)
     saved = savings(runs)
