@@ -58,7 +58,7 @@ def test_colabs_first_cell_installs_the_wheel_then_the_lesson_runs(colab):
     install = "".join(cells[1]["source"])
     line = next(s for s in install.splitlines() if s.strip().startswith("SOURCE = "))
     install = install.replace(line, f"    SOURCE = {str(colab['wheel'])!r}   # this checkout, built here")
-    first = ["".join(c["source"]) for c in cells[2:8] if c["cell_type"] == "code"]   # imports, 6ND, MFU, prices
+    first = ["".join(c["source"]) for c in cells[2:14] if c["cell_type"] == "code"]   # imports, 6ND and its exercise, MFU, prices
     script = textwrap.dedent("""
         import sys
         import google.colab  # noqa: F401 - Colab's kernel has imported it before the first cell

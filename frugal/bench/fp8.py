@@ -201,7 +201,7 @@ def bench_fp8(device: torch.device | str, quick: bool = False) -> dict:
 TABLES = [
     Table("fp8 against bf16: square matmuls and a training step (eager)", [
         Column("op", "what"), Column("size", "M = K = N"), Column("d", "width d"), Column("backend", "fp8 path"),
-        Column("ms", "time (ms)"), Column("tflops", "TFLOP/s"), Column("speedup_vs_bf16", "vs bf16", "x"),
+        Column("ms", "time (ms)"), Column("speedup_vs_bf16", "vs bf16", "x"),
         Column("vs_scaled_mm", "vs _scaled_mm alone", "x"), Column("vs_torchao", "vs torchao", "x"),
         Column("val_loss", "held-out loss"), Column("val_vs_bf16", "vs bf16 loss", "%"), Column("error", "note")]),
 ]

@@ -27,7 +27,6 @@ TABLES = [
         Column("peak bytes (estimated)", "peak, estimated (GB)", "GB"),
         Column("peak above inputs (measured)", "peak above inputs, measured (GB)", "GB"),
         Column("peak above gradients (measured)", "of it, above the gradients (GB)", "GB"),
-        Column("peak above inputs (estimated)", "peak above inputs, estimated (GB)", "GB"),
         Column("time vs unfused", "time vs unfused", "x"), Column("memory vs unfused", "memory vs unfused", "x")],
         where=_PART("linear cross-entropy fwd+bwd")),
 ]
