@@ -10,8 +10,7 @@ import torch
 from frugal import estimate
 from frugal.measure import measure_activation_bytes, measure_peak_memory, measure_time
 from frugal.model import GPTConfig, TinyGPT
-from frugal.dist import launch
-from frugal.train import TrainConfig, TrainResult, autocast, batch_fn, forward_backward, train, train_rank
+from frugal.train import TrainConfig, TrainResult, autocast, batch_fn, forward_backward, train, train_data_parallel
 
 
 def measure_precision(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig) -> dict:
@@ -66,10 +65,4 @@ def train_with_reports(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, on_repo
     rank join and finish (dist.launch's reports); one process trains through train() itself."""
     if cfg.world_size == 1 or on_report is None:
         return train(model_cfg, cfg)
-    cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    sent = model_cfg.cpu() if isinstance(model_cfg, TinyGPT) else model_cfg
-    out = launch(train_rank, cfg.world_size, sent, cfg, backend="auto" if cuda else "gloo", timeout=timeout,
-                 on_report=on_report)[0]
-    model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
-    model.load_state_dict(out["state_dict"])
-    return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"])
+    return train_data_parallel(model_cfg, cfg, timeout, on_report)

@@ -451,12 +451,14 @@ def train_rank(rank: int, world_size: int, model_cfg: GPTConfig | TinyGPT, cfg: 
             "val_loss": val.losses if val else [], "eval_time_s": val.time_s if val else 0.0}
 
 
-def train_data_parallel(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, timeout: float = 120.0) -> TrainResult:
-    """train() on cfg.world_size ranks launched from here (gloo on CPU, NCCL with a GPU per rank).
-    Returns a TrainResult with rank 0's model (a TinyGPT passed in gets those weights) and the global loss."""
+def train_data_parallel(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, timeout: float = 120.0,
+                        on_report=None) -> TrainResult:
+    """train() on cfg.world_size ranks launched from here (gloo on CPU, NCCL with a GPU per rank); on_report(rank,
+    message) hears each rank join and finish (dist.launch's reports). Returns a TrainResult with rank 0's model
+    (a TinyGPT passed in gets those weights) and the global loss."""
     backend = "gloo" if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu") else "auto"
     sent = model_cfg.cpu() if isinstance(model_cfg, TinyGPT) else model_cfg
-    out = launch(train_rank, cfg.world_size, sent, cfg, backend=backend, timeout=timeout)[0]
+    out = launch(train_rank, cfg.world_size, sent, cfg, backend=backend, timeout=timeout, on_report=on_report)[0]
     model = model_cfg if isinstance(model_cfg, TinyGPT) else TinyGPT(model_cfg)
     model.load_state_dict(out["state_dict"])
     return TrainResult(model, cfg, out["history"], out["timeline"], out["backward_end_s"], out["val_loss"],
