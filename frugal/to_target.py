@@ -2,7 +2,9 @@
 price the time it took. The money is the steps' wall time (evaluations left out) x price per hour x GPUs.
 
 naive_and_recipe gives lesson 07's two plans (frugal.recipe.named_plans) on the same data, batch, sequence
-length and learning rate, so the loss per step is alike and only the cost of a step differs.
+length and learning rate, so the loss per step is alike and only the cost of a step differs. plan_race picks
+them for a memory budget instead: the largest model size the recipe fits (up to a size you will wait for), and
+the fastest recipe that fits it (recompute only where the memory needs it).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from frugal.model import GPTConfig, TinyGPT
-from frugal.recipe import named_plans
+from frugal.recipe import count_params, estimate_training_bytes, named_plans, naive_plan, size_family
 from frugal.train import TrainConfig, TrainResult, train
 
 
@@ -87,6 +89,68 @@ def dollars_to(run: TargetRun, loss: float) -> float | None:
 
 def savings(runs: dict[str, TargetRun], baseline: str = "naive fp32 Adam") -> dict[str, float | None]:
     """baseline's dollars over each plan's (2.0: half the money), None where either missed the target."""
-    base = runs[baseline]
+    base = runs.get(baseline)
+    if base is None:                          # the baseline did not fit the memory: nothing to compare with
+        return {n: None for n in runs}
     return {n: (base.dollars / r.dollars if base.reached and r.reached and r.dollars > 0 else None)
             for n, r in runs.items()}
+
+
+# ----------------------------------------------------------------------------- a race picked for a memory budget
+
+@dataclass
+class Race:
+    """Lesson 07's capstone race, picked for one memory budget: one model, both plans, and why."""
+    model: GPTConfig
+    plans: dict[str, TrainConfig]        # 'naive fp32 Adam' (absent when it does not fit) and 'full recipe'
+    estimated_bytes: dict[str, float]    # each plan's estimated peak bytes for this model, naive's included
+    budget_bytes: float
+    reasons: list[str] = field(default_factory=list)   # one line per choice, for the learner
+
+
+def recipe_ladder(on_gpu: bool) -> list[dict]:
+    """The recipe's rungs, fastest first: bf16, then bf16 with full recompute (a third more compute for most of
+    the activations). On a GPU both use the fused head (no logits tensor, and faster there: lesson 06); a CPU
+    runs it through Triton's interpreter, far too slow, so it stays off."""
+    fused = dict(fused_cross_entropy=True) if on_gpu else {}
+    return [dict(precision="bf16", recompute="none", **fused), dict(precision="bf16", recompute="full", **fused)]
+
+
+def plan_race(budget_bytes: float, max_params: int, on_gpu: bool, vocab_size: int = 256,
+              **shared) -> Race:
+    """The largest size of recipe.size_family (byte tokens by default) with at most max_params parameters that
+    the recipe fits in budget_bytes, the fastest rung of recipe_ladder that fits it, and naive fp32 on the same
+    model where it fits too. `shared`: TrainConfig fields of both plans (batch_size, seq_len, data, lr, ...)."""
+    if not (isinstance(budget_bytes, (int, float)) and 0 < budget_bytes < math.inf):
+        raise ValueError(f"budget_bytes={budget_bytes!r}: the device's memory in bytes, e.g. 16e9 for a T4")
+    batch, seq = shared.get("batch_size", TrainConfig.batch_size), shared.get("seq_len", TrainConfig.seq_len)
+    family = [c for c in size_family(vocab_size, seq) if count_params(c) <= max_params]
+    if not family:
+        smallest = count_params(size_family(vocab_size, seq)[0])
+        raise ValueError(f"max_params={max_params:,}: the smallest size has {smallest:,} parameters; raise it")
+    ladder = [replace(TrainConfig(**shared), **rung) for rung in recipe_ladder(on_gpu)]
+    need = lambda cfg, plan: sum(estimate_training_bytes(cfg, plan, batch, seq).values())
+    for cfg in reversed(family):                                    # largest first
+        recipe = next((p for p in ladder if need(cfg, p) <= budget_bytes), None)
+        if recipe is not None:
+            break
+    else:
+        raise ValueError(f"no size fits {budget_bytes / 1e9:.3g} GB at batch {batch} x {seq} tokens even with "
+                         f"full recompute: lower batch_size or seq_len, or pick a GPU with more memory")
+    naive = replace(naive_plan(), **shared)
+    estimated = {"naive fp32 Adam": need(cfg, naive), "full recipe": need(cfg, recipe)}
+    size = f"{cfg.n_layer} x {cfg.n_embd} ({count_params(cfg) / 1e6:.2f}M parameters)"
+    capped = "the largest up to max_params" if cfg is family[-1] else "the largest the memory allows"
+    reasons = [f"model {size}: {capped}",
+               f"recipe: {recipe.precision}, recompute={recipe.recompute}, fused head "
+               f"{'on' if recipe.fused_cross_entropy else 'off'}; needs {estimated['full recipe'] / 1e9:.3g} GB "
+               f"of {budget_bytes / 1e9:.3g}" + ("" if recipe.recompute == "none" else
+                                               " (without recompute it would not fit)")]
+    plans = {"full recipe": recipe}
+    if estimated["naive fp32 Adam"] <= budget_bytes:
+        plans = {"naive fp32 Adam": naive, **plans}
+        reasons.append(f"naive fp32 fits this model too ({estimated['naive fp32 Adam'] / 1e9:.3g} GB): both race")
+    else:
+        reasons.append(f"naive fp32 needs {estimated['naive fp32 Adam'] / 1e9:.3g} GB: it cannot train this model "
+                       f"here, so only the recipe runs")
+    return Race(cfg, plans, estimated, budget_bytes, reasons)

@@ -97,3 +97,39 @@ def test_quick_bench_sections_train_on_the_standard_library(tmp_path, monkeypatc
     assert list((tmp_path / "cache").glob("stdlib-*.bin"))
     report = bench.markdown_report(tmp_path)
     assert "Dollars to validation loss 3.5" in report and "Parity on the standard library" in report
+
+
+def test_plan_race_fits_the_largest_size_and_the_fastest_recipe_that_fit():
+    from frugal.recipe import count_params, estimate_training_bytes
+    shared = dict(batch_size=8, seq_len=1024)
+    roomy = to_target.plan_race(141e9, 90e6, on_gpu=True, **shared)          # an H200, GPT-2-small sized cap
+    assert (roomy.model.n_layer, roomy.model.n_embd) == (12, 768) and count_params(roomy.model) <= 90e6
+    assert list(roomy.plans) == ["naive fp32 Adam", "full recipe"]
+    recipe = roomy.plans["full recipe"]
+    assert (recipe.precision, recipe.recompute, recipe.fused_cross_entropy) == ("bf16", "none", True)
+    assert roomy.plans["naive fp32 Adam"].precision == "fp32" and recipe.batch_size == 8
+    # 2 GB: bf16 without recompute needs 3.8 GB, so the rung with full recompute; naive (6.3 GB) stays out
+    tight = to_target.plan_race(2e9, 90e6, on_gpu=True, **shared)
+    assert tight.plans["full recipe"].recompute == "full" and "naive fp32 Adam" not in tight.plans
+    total = sum(estimate_training_bytes(tight.model, tight.plans["full recipe"], 8, 1024).values())
+    assert total <= 2e9 < tight.estimated_bytes["naive fp32 Adam"]
+    assert any("cannot train" in r for r in tight.reasons)
+    # 0.5 GB: the 12 x 768 size fits no rung, so a smaller size is picked, said to be the memory's choice
+    small = to_target.plan_race(0.5e9, 90e6, on_gpu=True, **shared)
+    assert count_params(small.model) < count_params(tight.model) and "memory allows" in small.reasons[0]
+    cpu = to_target.plan_race(8e9, 150_000, on_gpu=False, batch_size=8, seq_len=64)
+    assert cpu.plans["full recipe"].fused_cross_entropy is False and cpu.model.n_embd == 64
+
+
+def test_plan_race_refuses_what_cannot_be_picked():
+    with pytest.raises(ValueError, match="max_params"):
+        to_target.plan_race(16e9, 10, on_gpu=True)
+    with pytest.raises(ValueError, match="lower batch_size"):
+        to_target.plan_race(1e5, 90e6, on_gpu=True, batch_size=8, seq_len=1024)
+    with pytest.raises(ValueError, match="budget_bytes"):
+        to_target.plan_race(float("nan"), 90e6, on_gpu=True)
+
+
+def test_no_saving_is_claimed_without_the_baseline():
+    run = to_target.train_to_target(TINY, TrainConfig(**{**SHARED, "steps": 5}), 1.0, target_loss=0.01)
+    assert to_target.savings({"full recipe": run}) == {"full recipe": None}

@@ -240,3 +240,39 @@ def test_compiled_blocks_train_like_eager_on_gpu():
     eager = train(preset("small"), TrainConfig(**kw))
     compiled = train(preset("small"), TrainConfig(**kw, compile="blocks"))
     assert compiled.column("loss") == pytest.approx(eager.column("loss"), abs=2e-2)
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_a_tenth():
+    from frugal.config import lr_at
+    cfg = TrainConfig(steps=101, lr=1e-3, warmup_steps=10, lr_decay="cosine")
+    lrs = [lr_at(cfg, s) for s in range(cfg.steps)]
+    assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])     # linear warm-up
+    assert lrs[10] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)         # peak, then a tenth
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))                           # never rises after warm-up
+    assert lrs[55] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))                        # halfway down the cosine
+    flat = TrainConfig(steps=20, lr=2e-3)
+    assert {lr_at(flat, s) for s in range(20)} == {2e-3}
+
+
+def test_train_steps_with_the_scheduled_learning_rate():
+    cfg = TrainConfig(steps=6, batch_size=2, seq_len=16, lr=1e-3, warmup_steps=2, lr_decay="cosine",
+                      progress=False, device="cpu")
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+    torch.optim.AdamW.step = spy
+    try:
+        train(preset("tiny"), cfg)
+    finally:
+        torch.optim.AdamW.step = real_step
+    from frugal.config import lr_at
+    assert seen == pytest.approx([lr_at(cfg, s) for s in range(6)])
+
+
+@pytest.mark.parametrize("field, value", [("warmup_steps", -1), ("warmup_steps", 2.5), ("lr_decay", "linear")])
+def test_bad_schedule_is_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})

@@ -10,18 +10,8 @@ from frugal.bench.report import Column, Table
 from frugal.bench.runner import BenchContext, section
 from frugal.model import preset
 from frugal.plots.economics_quality import dollars_to_target, val_loss_overlay
-from frugal.to_target import compare_to_target, dollars_to, naive_and_recipe, savings
+from frugal.to_target import compare_to_target, dollars_to, plan_race, savings
 from frugal.train import TrainConfig
-
-
-def _setup(ctx: BenchContext) -> tuple:
-    """(model, shared TrainConfig fields, label): a GPT-2-small-shaped byte model on a GPU, tiny on CPU/quick."""
-    if ctx.device.type == "cuda" and not ctx.quick:
-        model = preset("gpt2-small", vocab_size=256)        # 85M parameters; byte tokens need only 256 ids
-        shared = dict(batch_size=8, seq_len=1024, lr=6e-4, eval_every=50, eval_batches=4)
-        return model, shared, "GPT-2 small shape, byte tokens"
-    shared = dict(batch_size=8, seq_len=64, lr=3e-3, eval_every=10, eval_batches=4)
-    return preset("tiny"), shared, "tiny"
 
 
 PARITY_TABLES = [Table("Parity on the standard library's source, {model}, {steps} steps: final validation loss", [
@@ -49,9 +39,11 @@ def bench_parity(ctx: BenchContext) -> dict:
     on_gpu = ctx.device.type == "cuda" and not ctx.quick
     if on_gpu:                                              # eleven runs: a small model, long enough to flatten
         model, label = preset("medium"), "medium (6 x 256), byte tokens"
-        shared = dict(batch_size=32, seq_len=256, lr=1e-3, eval_every=100, eval_batches=8)
+        shared = dict(batch_size=32, seq_len=256, lr=1e-3, warmup_steps=100, lr_decay="cosine", eval_every=100,
+                      eval_batches=8)
     else:
-        model, shared, label = _setup(ctx)
+        model, label = preset("tiny"), "tiny"
+        shared = dict(batch_size=8, seq_len=64, lr=3e-3, eval_every=10, eval_batches=4)
     steps = 1000 if on_gpu else 20
     base = TrainConfig(steps=steps, data="stdlib", device=str(ctx.device), progress=False, **shared)
     names = [n for n in parity.techniques() if "ranks" not in n]
@@ -72,7 +64,8 @@ TARGET_TABLES = [Table("Dollars to validation loss {target} on the standard libr
     Column("price_per_hour", "US$ per hour"), Column("saving", "naive's US$ over this plan's", "x"),
     Column("dollars_to_common_loss", "US$ to the lowest loss both reached")],
     note="Training time is the steps' wall time alone (evaluations apart), priced at the catalog's on-demand "
-         "hourly rate of the GPU measured. Same data, batch, sequence length and learning rate for both plans.")]
+         "hourly rate of the GPU measured. Same data, batch, sequence length and learning-rate schedule for both plans. The recipe is what "
+         "frugal.to_target.plan_race picks for the GPU's memory: bf16 and the fused head, recompute only if needed.")]
 
 
 def target_headlines(rows: list[dict]) -> list[tuple[str, str]]:
@@ -85,19 +78,28 @@ def target_headlines(rows: list[dict]) -> list[tuple[str, str]]:
 
 @section("dollars_to_target", TARGET_TABLES, target_headlines)
 def bench_dollars_to_target(ctx: BenchContext) -> dict:
-    """Naive fp32 and the full recipe (frugal.recipe.named_plans) trained on 'stdlib' until a fixed
-    validation loss; time and US$ to reach it at the GPU's catalog price, and both loss curves."""
-    model, shared, label = _setup(ctx)
+    """Naive fp32 and the recipe that frugal.to_target.plan_race picks for this GPU's memory, trained on 'stdlib'
+    until a fixed validation loss; time and US$ to reach it at the GPU's catalog price, and both loss curves."""
     on_gpu = ctx.device.type == "cuda" and not ctx.quick
     gpu = dev.catalog_name() if ctx.device.type == "cuda" else None
     price = estimate.get_gpu(gpu).price_per_hour if gpu else estimate.get_gpu("H100").price_per_hour
-    target, cap = (1.6, 800) if on_gpu else (3.5, 60)
-    plans = naive_and_recipe(data="stdlib", steps=cap, device=str(ctx.device), progress=False, **shared)
-    runs = compare_to_target(model, plans, price, target)
+    if on_gpu:                      # up to GPT-2 small's shape; warm-up and a cosine, so neither plan stalls
+        budget, max_params, target, cap = torch.cuda.get_device_properties(ctx.device).total_memory, 90e6, 1.6, 800
+        shared = dict(batch_size=8, seq_len=1024, lr=1e-3, warmup_steps=100, lr_decay="cosine", eval_every=50,
+                      eval_batches=4)
+    else:
+        budget, max_params, target, cap = 8e9, 150_000, 3.5, 60
+        shared = dict(batch_size=8, seq_len=64, lr=3e-3, eval_every=10, eval_batches=4)
+    race = plan_race(budget, max_params, on_gpu, data="stdlib", steps=cap, device=str(ctx.device), progress=False,
+                     **shared)
+    label = f"{race.model.n_layer} x {race.model.n_embd}, byte tokens"
+    runs = compare_to_target(race.model, race.plans, price, target)
     saved = savings(runs)
     common = max(min(p["val_loss"] for p in r.curve) for r in runs.values())   # a loss every plan reached
     rows = [{**r.summary(), "model": label, "gpu": gpu or "this CPU (priced as an H100)", "saving": saved[n],
-             "common_loss": common, "dollars_to_common_loss": dollars_to(r, common)} for n, r in runs.items()]
+             "common_loss": common, "dollars_to_common_loss": dollars_to(r, common),
+             "recipe": "; ".join(race.reasons[1:2]) if n == "full recipe" else "fp32, recompute=none"}
+            for n, r in runs.items()]
     fig = dollars_to_target({n: [(p["dollars"], p["val_loss"]) for p in r.curve] for n, r in runs.items()}, target,
                             title=f"US$ to validation loss {target:g}, {label}")
     return {"rows": rows, "curves": {n: r.curve for n, r in runs.items()}, "figures": {"dollars": fig}}
