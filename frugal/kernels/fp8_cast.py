@@ -59,7 +59,7 @@ def _finish(tile_amax_bits, state_ptr, meta_ptr, hist_ptr, scale, fp8_max, ROLE:
         tl.store(meta_ptr, scale)
         tl.store(meta_ptr + 1, tl.math.div_rn(1.0, scale))     # torch's s.reciprocal(), for _scaled_mm
         tl.store(meta_ptr + 2, a)
-        if (a != a) | (a == float("inf")):
+        if (a != a) | (a > 3.4028234663852886e38):                # NaN or inf
             tl.store(state_ptr + 4 + ROLE, a.to(tl.int32, bitcast=True))
         if HIST_LEN > 0:
             offs = tl.arange(0, HIST_BLOCK)
