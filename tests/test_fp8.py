@@ -168,6 +168,21 @@ def test_scaled_matmul_wrapper_matches_emulation_where_torch_runs_scaled_mm():
     assert rel_error(real, emulated) < 2.0 ** -8                      # bf16 rounding of the output
 
 
+def test_the_backend_is_chosen_once_per_shape(monkeypatch):
+    """Choosing asks the hardware (a few host calls): a layer keeps its choice per device, token count and
+    backend, so a training step does not repeat it."""
+    calls = []
+    real = fp8.choose_backend
+    monkeypatch.setattr(fp8, "choose_backend", lambda *a: calls.append(a) or real(*a))
+    layer = Float8Linear(32, 16)
+    for x in (torch.randn(8, 32), torch.randn(8, 32), torch.randn(2, 4, 32), torch.randn(4, 32)):
+        layer(x)
+    assert [c[2] for c in calls] == [8, 4]                             # 8 tokens (twice, then as 2 x 4), 4
+    layer.backend = "emulate"
+    layer(torch.randn(4, 32))
+    assert len(calls) == 3 and calls[-1][0] == "emulate"
+
+
 def test_backend_choice_and_its_errors():
     layer = Float8Linear(100, 64, backend="scaled_mm")
     with pytest.raises(ValueError, match=r"multiple of 16.*in_features K = 100.*'auto'"):
@@ -275,6 +290,8 @@ def test_bench_fp8_runs_on_cpu():
             "TinyGPT text bf16", "TinyGPT text fp8 current", "TinyGPT text fp8 delayed"} <= kinds
     text = {r["op"]: r for r in out["rows"] if r["op"].startswith("TinyGPT")}
     assert all(r["val_loss"] > 0 and r["tokens"] == 3 * 4 * 32 for r in text.values())
+    assert all(r["seeds"] == [0] and r["val_loss"] == sum(r["val_losses"]) / len(r["val_losses"])
+               for r in text.values())                                 # every format on the same seeds
     timed = [r for r in out["rows"] if "tflops" in r]
     assert timed and all(r["ms"] > 0 and r["tflops"] > 0 for r in timed)
 
