@@ -406,7 +406,7 @@ def test_delayed_cast_pushes_its_amax_into_the_history_as_delayed_scale_does():
         q, qt = fp8_cast(x, meta, E4M3, True, True, block=32, history=ours, state=state)
         assert meta[0] == expected and meta[2] == fp8.amax(x) and torch.equal(ours, core), (ours, core)
         assert torch.equal(bits(qt), bits(q.t())) and not state.any()
-    assert core[0] > 0 and core.max() == core[2]                        # the spike, three steps back
+    assert (core > 0).all() and core.max() < 40                         # filled; the spike has left the window
 
 
 @pytest.mark.parametrize("recipe", ["current", "delayed"])
