@@ -75,6 +75,30 @@ def test_recompute_tradeoff_joins_the_curves_and_leaves_alternatives_as_points()
     assert sorted(t.get_text() for t in ax.texts) == ["+proj", "0", "1", "sel"]
 
 
+def test_recompute_tradeoff_draws_the_repeats_spread_and_the_committed_gpu_panel_beside():
+    def pt(label, ms, mib, lo, hi):
+        return dict(label=label, step_s=ms / 1e3, step_min_s=lo / 1e3, step_max_s=hi / 1e3,
+                    saved_bytes=mib * 2 ** 20, peak_memory_bytes=None)
+
+    live = {"ours": [pt("0", 60, 30, 50, 90), pt("1", 240, 20, 55, 900)]}
+    gpu = {"title": "H200, 2026-12-02 (committed)",
+           "series": {"ours": [dict(label="0", step_s=0.090, saved_bytes=17 * 2 ** 30),
+                               dict(label="12", step_s=0.105, saved_bytes=8 * 2 ** 30)]},
+           "alternatives": {"ours, selective": [dict(label="sel", step_s=0.094, saved_bytes=13 * 2 ** 30)]}}
+    fig = plots.recompute_tradeoff(live, title="this CPU", reference=gpu)
+    here, there = fig.axes
+    assert _drawn(fig) and len(fig.axes) == 2
+    (bars,) = [c for c in here.containers if c.has_xerr]            # one min-max bar per live point
+    segments = [seg[:, 0].tolist() for seg in bars.lines[2][0].get_segments()]
+    assert segments == [pytest.approx([50.0, 90.0]), pytest.approx([55.0, 900.0])]
+    assert "min-max of the repeats" in _texts(fig)
+    assert there.get_title() == "H200, 2026-12-02 (committed)" and there.get_ylabel() == "saved activations (GiB)"
+    assert [list(line.get_xdata()) for line in there.get_lines()][:2] == [[90.0, 105.0], [94.0]]
+    assert list(there.get_lines()[0].get_ydata()) == [17, 8]
+    assert not [c for c in there.containers if getattr(c, "has_xerr", False)]   # the run kept medians only
+    assert here.get_ylabel() == "saved activations (MiB)"
+
+
 # ----------------------------------------------------------------------------- the package
 
 def test_every_public_figure_of_every_lesson_module_is_reexported():
