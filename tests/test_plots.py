@@ -99,6 +99,32 @@ def test_recompute_tradeoff_draws_the_repeats_spread_and_the_committed_gpu_panel
     assert here.get_ylabel() == "saved activations (MiB)"
 
 
+# ----------------------------------------------------------------------------- lesson 03
+
+def test_overlap_timeline_puts_the_committed_gpu_steps_beside_and_writes_what_was_not_hidden():
+    timeline = [(0, 0.004, 0.020, 50_000), (1, 0.007, 0.030, 50_000)]
+    gpu = dict(title="2× H200, 2026-11-22 (committed)", alone_ms=26.9, steps_ms={"naive": 32.3, "bucket": 28.7})
+    fig = plots.overlap_timeline(timeline, 0.010, title="this machine", reference=gpu)
+    live, there = fig.axes
+    assert _drawn(fig) and live.get_title() == "this machine" and there.get_title() == gpu["title"]
+    compute, hidden_not = there.containers                          # one bar of each kind per row
+    assert [b.get_width() for b in compute] == [26.9, 26.9, 26.9]
+    assert [b.get_width() for b in hidden_not] == pytest.approx([0.0, 5.4, 1.8])
+    assert {"26.9 ms", "32.3 ms (+5.4)", "28.7 ms (+1.8)"} <= {t.get_text().strip() for t in there.texts}
+    assert [t.get_text() for t in there.get_yticklabels()][2] == "ours, bucketed\n(during backward)"
+    assert "communication not hidden" in _texts(fig)
+    alone = plots.overlap_timeline(timeline, 0.010)                 # without a committed run: the live panel only
+    assert len(alone.axes) == 1 and [p.get_width() for p in alone.axes[0].patches][:1] == [10.0]
+
+
+def test_scaling_reads_tokens_per_second_in_thousands_and_draws_the_ideal_from_one_rank():
+    fig = plots.scaling({"bucket": {1: 300_000.0, 2: 571_000.0}}, ideal_from="bucket")
+    ax = fig.axes[0]
+    assert _drawn(fig) and list(ax.lines[1].get_ydata()) == [300_000.0, 600_000.0]
+    ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ticks and all(t.endswith(" K") for t in ticks), ticks
+
+
 # ----------------------------------------------------------------------------- the package
 
 def test_every_public_figure_of_every_lesson_module_is_reexported():
