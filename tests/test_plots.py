@@ -258,3 +258,19 @@ def test_recipe_runs_write_each_measured_value_in_its_unit():
                predicted_memory_bytes=1.33 * 2 ** 20, predicted_dollars_per_billion_tokens=0.01)
     fig = plots.recipe_runs({"plain bf16": run})
     assert {"777", "1.71 MiB", "$0.64"} <= set(_texts(fig))
+
+
+def test_recipe_ranking_puts_the_fastest_first_in_units_and_colours_the_runs_the_lesson_names():
+    runs = {"plain bf16 B32": dict(tokens_per_s=363_000.0, memory_bytes=33.5 * 2 ** 30, dollars_per_billion_tokens=2.9),
+            "recipe B32": dict(tokens_per_s=300_000.0, memory_bytes=4.29 * 2 ** 30, dollars_per_billion_tokens=3.51),
+            "compile B32": dict(tokens_per_s=484_000.0, memory_bytes=21.3 * 2 ** 30, dollars_per_billion_tokens=2.18)}
+    fig = plots.recipe_ranking(runs, title="H200, 2026-12-02 (committed)", highlight={"recipe B32": "C2"})
+    speed, memory, dollars = fig.axes
+    assert _drawn(fig) and fig._suptitle.get_text() == "H200, 2026-12-02 (committed)"
+    assert [t.get_text() for t in speed.get_yticklabels()] == ["compile B32", "plain bf16 B32", "recipe B32"]
+    assert [b.get_width() for b in memory.patches] == pytest.approx([21.3, 33.5, 4.29])
+    assert memory.get_xlabel() == "peak memory (GiB)"
+    assert {"484 K", "4.29 GiB", "$3.51"} <= {t.get_text().strip() for t in fig.findobj(matplotlib.text.Text)}
+    colours = [matplotlib.colors.to_hex(b.get_facecolor()) for b in speed.patches]
+    assert colours[2] == matplotlib.colors.to_hex("C2") and colours[0] == colours[1] == "#bbbbbb"
+    assert all(t.get_text().endswith(" K") for t in speed.get_xticklabels()[1:] if t.get_text())
