@@ -258,6 +258,7 @@ def test_recipe_runs_write_each_measured_value_in_its_unit():
                predicted_memory_bytes=1.33 * 2 ** 20, predicted_dollars_per_billion_tokens=0.01)
     fig = plots.recipe_runs({"plain bf16": run})
     assert {"777", "1.71 MiB", "$0.64"} <= set(_texts(fig))
+    assert {"estimator", "estimator, at its assumed MFU"} <= set(_texts(fig))   # the ticks say what they assume
 
 
 def test_recipe_ranking_puts_the_fastest_first_in_units_and_colours_the_runs_the_lesson_names():

@@ -66,7 +66,7 @@ def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGP
             ys = [(i, runs[n][predicted] * scale) for i, n in enumerate(names) if runs[n].get(predicted) is not None]
             if ys:
                 ax.plot([i for i, _ in ys], [y for _, y in ys], "_", color="black", ms=28, mew=2,
-                        label="estimator")
+                        label="estimator, at its assumed MFU" if key.startswith("dollars") else "estimator")
                 ax.legend(fontsize=8)
         ax.set_ylabel(label)
         ax.set_xticks(list(xs))
