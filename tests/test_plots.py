@@ -241,6 +241,10 @@ def test_gradient_histogram_counts_like_the_table_one_denominator():
 def test_predicted_vs_measured_labels_bytes_with_units():
     fig = plots.predicted_vs_measured({"mlp": 3 * 2 ** 20}, 3 * 2 ** 20)
     assert _texts(fig).count("3 MiB") == 2
+    ax = fig.axes[0]
+    assert _drawn(fig) and [t.get_text() for t in ax.get_xticklabels()] == ["estimated", "counted"]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1                   # beside the axes: no bar hidden under it
 
 
 def test_frontier_axes_read_in_parameters_and_bytes():
