@@ -100,3 +100,14 @@ def recipe_ranking(run: Measured) -> dict[str, dict]:
     return {r["recipe"]: {"tokens_per_s": r["tokens_per_s"], "memory_bytes": r["peak_memory_bytes"],
                           "dollars_per_billion_tokens": r[dollars]}
             for r in run.rows if "tokens_per_s" in r and dollars in r}
+
+
+def pipeline_bubbles(run: Measured) -> tuple[int, dict[str, dict[int, float]]]:
+    """Lesson 05: (stages, {schedule: {micro-batches: measured bubble fraction}}) of the committed pipeline runs."""
+    rows = [r for r in run.rows if r.get("part") == "pipeline" and "bubble_measured" in r]
+    if not rows:
+        raise ValueError(f"{run.file}: the model_parallel section has no pipeline rows with a measured bubble")
+    bubbles: dict[str, dict[int, float]] = {}
+    for r in rows:
+        bubbles.setdefault(r["schedule"], {})[r["m"]] = r["bubble_measured"]
+    return rows[0]["ranks"], bubbles

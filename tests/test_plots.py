@@ -279,3 +279,16 @@ def test_recipe_ranking_puts_the_fastest_first_in_units_and_colours_the_runs_the
     colours = [matplotlib.colors.to_hex(b.get_facecolor()) for b in speed.patches]
     assert colours[2] == matplotlib.colors.to_hex("C2") and colours[0] == colours[1] == "#bbbbbb"
     assert all(t.get_text().endswith(" K") for t in speed.get_xticklabels()[1:] if t.get_text())
+
+
+def test_bubble_vs_formula_draws_the_committed_gpu_bubble_beside_the_live_one():
+    live = {"gpipe": {1: 0.51, 2: 0.33, 4: 0.40, 8: 0.57}}
+    gpu = dict(title="2× H200, 2026-11-22 (committed)", n_stages=2, measured={"1f1b": {1: 0.504, 16: 0.104}})
+    fig = plots.bubble_vs_formula(live, 2, title="this machine", reference=gpu)
+    here, there = fig.axes
+    assert _drawn(fig) and (here.get_title(), there.get_title()) == ("this machine", gpu["title"])
+    formula, points = there.get_lines()
+    assert list(points.get_xdata()) == [1, 16] and list(points.get_ydata()) == [0.504, 0.104]
+    assert formula.get_ydata()[0] == pytest.approx(0.5) and formula.get_ydata()[-1] == pytest.approx(1 / 17)
+    assert [t.get_text() for t in there.get_xticklabels()] == ["1", "16"]
+    assert len(plots.bubble_vs_formula(live, 2).axes) == 1

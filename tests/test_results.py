@@ -52,6 +52,17 @@ def test_recipe_ranking_keeps_the_candidates_at_their_gpu_price_and_drops_the_pa
         "plain": {"tokens_per_s": 3e5, "memory_bytes": 3.6e10, "dollars_per_billion_tokens": 2.9}}
 
 
+def test_pipeline_bubbles_by_schedule_and_micro_batches(tmp_path):
+    run = _run(tmp_path, "model_parallel", [
+        dict(part="pipeline", ranks=2, schedule="gpipe", m=1, bubble_measured=0.504),
+        dict(part="pipeline", ranks=2, schedule="gpipe", m=4, bubble_measured=0.221),
+        dict(part="pipeline", ranks=2, schedule="1f1b", m=4, bubble_measured=0.216),
+        dict(part="tensor", ranks=2, step_ms=18.0)])
+    assert results.pipeline_bubbles(run) == (2, {"gpipe": {1: 0.504, 4: 0.221}, "1f1b": {4: 0.216}})
+    with pytest.raises(ValueError, match="pipeline rows"):
+        results.pipeline_bubbles(_run(tmp_path, "model_parallel", [dict(part="tensor", ranks=2)]))
+
+
 def test_the_repository_runs_the_lessons_read_are_there():
     """Lessons 02, 03 and 07 draw these committed runs beside their live ones."""
     curves = results.checkpointing_curves(results.newest("checkpointing"))
@@ -59,3 +70,5 @@ def test_the_repository_runs_the_lessons_read_are_there():
     alone, steps = results.data_parallel_steps(results.newest("data_parallel"))
     assert alone > 0 and {"naive", "bucket"} <= set(steps)
     assert "recompute full + fused CE B32" in results.recipe_ranking(results.newest("recipe"))
+    stages, bubbles = results.pipeline_bubbles(results.newest("model_parallel"))
+    assert stages >= 2 and {"gpipe", "1f1b"} <= set(bubbles)

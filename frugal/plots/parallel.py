@@ -234,9 +234,7 @@ def pipeline_gantt(timelines: dict[str, list[list[dict]]], unit: str = "ms", sca
     return fig
 
 
-def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int) -> Figure:
-    """Measured bubble fraction per schedule against the number of micro-batches m, over (p-1)/(m+p-1)."""
-    fig, ax = new_figure(5.5, 3.6)
+def _bubble_panel(ax, measured: dict[str, dict[int, float]], n_stages: int, title: str) -> None:
     ms = sorted({m for per_m in measured.values() for m in per_m})
     grid = [m / 4 for m in range(4, 4 * max(ms) + 1)]
     ax.plot(grid, [(n_stages - 1) / (m + n_stages - 1) for m in grid], color="grey", label="(p-1)/(m+p-1)")
@@ -247,8 +245,19 @@ def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int) -> F
     ax.set_xlabel("micro-batches m")
     ax.set_ylabel("bubble fraction")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Pipeline bubble, p={n_stages} stages")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+
+
+def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int, title: str | None = None,
+                      reference: dict | None = None) -> Figure:
+    """Measured bubble fraction per schedule against the number of micro-batches m, over (p-1)/(m+p-1).
+    reference: {'title', 'measured', 'n_stages'} of a committed GPU run, drawn as a panel beside."""
+    fig, axes = new_figure(11.0 if reference else 5.5, 3.6, ncols=2 if reference else 1)
+    ax = axes[0] if reference else axes
+    _bubble_panel(ax, measured, n_stages, title or f"Pipeline bubble, p={n_stages} stages")
+    if reference:
+        _bubble_panel(axes[1], reference["measured"], reference["n_stages"], reference["title"])
     return fig
 
 
