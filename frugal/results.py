@@ -59,3 +59,55 @@ def newest(section: str, results_dir: str | Path | None = None) -> Measured | No
     """The newest committed run of a bench section, or None."""
     runs = measured(section, results_dir)
     return runs[0] if runs else None
+
+
+# ----------------------------------------------------------------------------- what each lesson draws from a run
+
+def checkpointing_curves(run: Measured) -> dict:
+    """Lesson 02: the committed checkpointing run as plots.recompute_tradeoff's reference, ours and torch's
+    curve over 0..L checkpointed blocks (as the bench draws it), selective recompute and √n as points."""
+    none = run.row(policy="none")
+    if none is None:
+        raise ValueError(f"{run.file}: the checkpointing section has no policy='none' row to start the curves from")
+    firsts = [r for r in run.rows if str(r.get("policy", "")).startswith("first:")]
+    n_layer = max((int(r["policy"].split(":")[1]) for r in firsts), default=0) + 1
+    series = {}
+    for impl, name in (("frugal", "ours"), ("torch", "torch.utils.checkpoint")):
+        steps = sorted((r for r in firsts if r["impl"] == impl), key=lambda r: int(r["policy"].split(":")[1]))
+        full = run.row(policy="full", impl=impl)
+        series[name] = ([dict(none, label="0")] + [dict(r, label=r["policy"].split(":")[1]) for r in steps]
+                        + ([dict(full, label=str(n_layer))] if full else []))
+    selective = [dict(r, label=r.get("label") or "sel") for r in run.rows if r.get("policy") == "selective"]
+    sqrt = [dict(r, label="√n") for r in run.rows if r.get("policy") == "sqrt"]
+    return {"series": series, "alternatives": {"ours, selective": selective, "√n segments": sqrt}}
+
+
+def data_parallel_steps(run: Measured, world_size: int = 2) -> tuple[float, dict[str, float]]:
+    """Lesson 03: (step ms of one GPU without data parallel, {flavour: step ms on world_size GPUs}) from the
+    committed data_parallel run; the difference is the communication backward did not hide."""
+    alone = run.row(flavour="none", world_size=1)
+    if alone is None:
+        raise ValueError(f"{run.file}: the data_parallel section has no flavour='none' world_size=1 row")
+    steps = {r["flavour"]: r["step_ms"] for r in run.rows
+             if r.get("world_size") == world_size and r.get("flavour") not in (None, "none")}
+    return alone["step_ms"], steps
+
+
+def recipe_ranking(run: Measured) -> dict[str, dict]:
+    """Lesson 07: the committed recipe candidates as plots.recipe_runs draws them (tokens/s, peak memory,
+    US$ per billion tokens at the GPU's catalog price), the pairs' summary rows left out."""
+    dollars = next((k for r in run.rows for k in r if k.startswith("usd_per_billion_tokens")), None)
+    return {r["recipe"]: {"tokens_per_s": r["tokens_per_s"], "memory_bytes": r["peak_memory_bytes"],
+                          "dollars_per_billion_tokens": r[dollars]}
+            for r in run.rows if "tokens_per_s" in r and dollars in r}
+
+
+def pipeline_bubbles(run: Measured) -> tuple[int, dict[str, dict[int, float]]]:
+    """Lesson 05: (stages, {schedule: {micro-batches: measured bubble fraction}}) of the committed pipeline runs."""
+    rows = [r for r in run.rows if r.get("part") == "pipeline" and "bubble_measured" in r]
+    if not rows:
+        raise ValueError(f"{run.file}: the model_parallel section has no pipeline rows with a measured bubble")
+    bubbles: dict[str, dict[int, float]] = {}
+    for r in rows:
+        bubbles.setdefault(r["schedule"], {})[r["m"]] = r["bubble_measured"]
+    return rows[0]["ranks"], bubbles

@@ -75,6 +75,56 @@ def test_recompute_tradeoff_joins_the_curves_and_leaves_alternatives_as_points()
     assert sorted(t.get_text() for t in ax.texts) == ["+proj", "0", "1", "sel"]
 
 
+def test_recompute_tradeoff_draws_the_repeats_spread_and_the_committed_gpu_panel_beside():
+    def pt(label, ms, mib, lo, hi):
+        return dict(label=label, step_s=ms / 1e3, step_min_s=lo / 1e3, step_max_s=hi / 1e3,
+                    saved_bytes=mib * 2 ** 20, peak_memory_bytes=None)
+
+    live = {"ours": [pt("0", 60, 30, 50, 90), pt("1", 240, 20, 55, 900)]}
+    gpu = {"title": "H200, 2026-12-02 (committed)",
+           "series": {"ours": [dict(label="0", step_s=0.090, saved_bytes=17 * 2 ** 30),
+                               dict(label="12", step_s=0.105, saved_bytes=8 * 2 ** 30)]},
+           "alternatives": {"ours, selective": [dict(label="sel", step_s=0.094, saved_bytes=13 * 2 ** 30)]}}
+    fig = plots.recompute_tradeoff(live, title="this CPU", reference=gpu)
+    here, there = fig.axes
+    assert _drawn(fig) and len(fig.axes) == 2
+    (bars,) = [c for c in here.containers if c.has_xerr]            # one min-max bar per live point
+    segments = [seg[:, 0].tolist() for seg in bars.lines[2][0].get_segments()]
+    assert segments == [pytest.approx([50.0, 90.0]), pytest.approx([55.0, 900.0])]
+    assert "min-max of the repeats" in _texts(fig)
+    assert there.get_title() == "H200, 2026-12-02 (committed)" and there.get_ylabel() == "saved activations (GiB)"
+    assert [list(line.get_xdata()) for line in there.get_lines()][:2] == [[90.0, 105.0], [94.0]]
+    assert list(there.get_lines()[0].get_ydata()) == [17, 8]
+    assert not [c for c in there.containers if getattr(c, "has_xerr", False)]   # the run kept medians only
+    assert here.get_ylabel() == "saved activations (MiB)"
+
+
+# ----------------------------------------------------------------------------- lesson 03
+
+def test_overlap_timeline_puts_the_committed_gpu_steps_beside_and_writes_what_was_not_hidden():
+    timeline = [(0, 0.004, 0.020, 50_000), (1, 0.007, 0.030, 50_000)]
+    gpu = dict(title="2× H200, 2026-11-22 (committed)", alone_ms=26.9, steps_ms={"naive": 32.3, "bucket": 28.7})
+    fig = plots.overlap_timeline(timeline, 0.010, title="this machine", reference=gpu)
+    live, there = fig.axes
+    assert _drawn(fig) and live.get_title() == "this machine" and there.get_title() == gpu["title"]
+    compute, hidden_not = there.containers                          # one bar of each kind per row
+    assert [b.get_width() for b in compute] == [26.9, 26.9, 26.9]
+    assert [b.get_width() for b in hidden_not] == pytest.approx([0.0, 5.4, 1.8])
+    assert {"26.9 ms", "32.3 ms (+5.4)", "28.7 ms (+1.8)"} <= {t.get_text().strip() for t in there.texts}
+    assert [t.get_text() for t in there.get_yticklabels()][2] == "ours, bucketed\n(during backward)"
+    assert "communication not hidden" in _texts(fig)
+    alone = plots.overlap_timeline(timeline, 0.010)                 # without a committed run: the live panel only
+    assert len(alone.axes) == 1 and [p.get_width() for p in alone.axes[0].patches][:1] == [10.0]
+
+
+def test_scaling_reads_tokens_per_second_in_thousands_and_draws_the_ideal_from_one_rank():
+    fig = plots.scaling({"bucket": {1: 300_000.0, 2: 571_000.0}}, ideal_from="bucket")
+    ax = fig.axes[0]
+    assert _drawn(fig) and list(ax.lines[1].get_ydata()) == [300_000.0, 600_000.0]
+    ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ticks and all(t.endswith(" K") for t in ticks), ticks
+
+
 # ----------------------------------------------------------------------------- the package
 
 def test_every_public_figure_of_every_lesson_module_is_reexported():
@@ -191,6 +241,10 @@ def test_gradient_histogram_counts_like_the_table_one_denominator():
 def test_predicted_vs_measured_labels_bytes_with_units():
     fig = plots.predicted_vs_measured({"mlp": 3 * 2 ** 20}, 3 * 2 ** 20)
     assert _texts(fig).count("3 MiB") == 2
+    ax = fig.axes[0]
+    assert _drawn(fig) and [t.get_text() for t in ax.get_xticklabels()] == ["estimated", "counted"]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1                   # beside the axes: no bar hidden under it
 
 
 def test_frontier_axes_read_in_parameters_and_bytes():
@@ -208,3 +262,33 @@ def test_recipe_runs_write_each_measured_value_in_its_unit():
                predicted_memory_bytes=1.33 * 2 ** 20, predicted_dollars_per_billion_tokens=0.01)
     fig = plots.recipe_runs({"plain bf16": run})
     assert {"777", "1.71 MiB", "$0.64"} <= set(_texts(fig))
+    assert {"estimator", "estimator, at its assumed MFU"} <= set(_texts(fig))   # the ticks say what they assume
+
+
+def test_recipe_ranking_puts_the_fastest_first_in_units_and_colours_the_runs_the_lesson_names():
+    runs = {"plain bf16 B32": dict(tokens_per_s=363_000.0, memory_bytes=33.5 * 2 ** 30, dollars_per_billion_tokens=2.9),
+            "recipe B32": dict(tokens_per_s=300_000.0, memory_bytes=4.29 * 2 ** 30, dollars_per_billion_tokens=3.51),
+            "compile B32": dict(tokens_per_s=484_000.0, memory_bytes=21.3 * 2 ** 30, dollars_per_billion_tokens=2.18)}
+    fig = plots.recipe_ranking(runs, title="H200, 2026-12-02 (committed)", highlight={"recipe B32": "C2"})
+    speed, memory, dollars = fig.axes
+    assert _drawn(fig) and fig._suptitle.get_text() == "H200, 2026-12-02 (committed)"
+    assert [t.get_text() for t in speed.get_yticklabels()] == ["compile B32", "plain bf16 B32", "recipe B32"]
+    assert [b.get_width() for b in memory.patches] == pytest.approx([21.3, 33.5, 4.29])
+    assert memory.get_xlabel() == "peak memory (GiB)"
+    assert {"484 K", "4.29 GiB", "$3.51"} <= {t.get_text().strip() for t in fig.findobj(matplotlib.text.Text)}
+    colours = [matplotlib.colors.to_hex(b.get_facecolor()) for b in speed.patches]
+    assert colours[2] == matplotlib.colors.to_hex("C2") and colours[0] == colours[1] == "#bbbbbb"
+    assert all(t.get_text().endswith(" K") for t in speed.get_xticklabels()[1:] if t.get_text())
+
+
+def test_bubble_vs_formula_draws_the_committed_gpu_bubble_beside_the_live_one():
+    live = {"gpipe": {1: 0.51, 2: 0.33, 4: 0.40, 8: 0.57}}
+    gpu = dict(title="2× H200, 2026-11-22 (committed)", n_stages=2, measured={"1f1b": {1: 0.504, 16: 0.104}})
+    fig = plots.bubble_vs_formula(live, 2, title="this machine", reference=gpu)
+    here, there = fig.axes
+    assert _drawn(fig) and (here.get_title(), there.get_title()) == ("this machine", gpu["title"])
+    formula, points = there.get_lines()
+    assert list(points.get_xdata()) == [1, 16] and list(points.get_ydata()) == [0.504, 0.104]
+    assert formula.get_ydata()[0] == pytest.approx(0.5) and formula.get_ydata()[-1] == pytest.approx(1 / 17)
+    assert [t.get_text() for t in there.get_xticklabels()] == ["1", "16"]
+    assert len(plots.bubble_vs_formula(live, 2).axes) == 1

@@ -15,7 +15,7 @@ from frugal.plots.parallel import (
     sharding_memory_bars, comm_volume_bars, max_model_bars, pipeline_gantt, bubble_vs_formula,
     activation_per_stage, rank_grid)
 from frugal.plots.kernels import kernel_grid, bandwidth_vs_size, fused_vs_unfused, cross_entropy_memory
-from frugal.plots.recipe import model_size_frontiers, recipe_runs
+from frugal.plots.recipe import model_size_frontiers, recipe_ranking, recipe_runs
 
 __all__ = ["GIB", "COLORS", "human_bytes", "memory_bars", "cost_bars", "loss_curve", "predicted_vs_measured",
            "val_loss_overlay", "dollars_to_target",
@@ -25,4 +25,4 @@ __all__ = ["GIB", "COLORS", "human_bytes", "memory_bars", "cost_bars", "loss_cur
            "ring_steps", "bytes_per_rank", "overlap_timeline", "scaling", "bus_bandwidth",
            "sharding_memory_bars", "comm_volume_bars", "max_model_bars", "pipeline_gantt", "bubble_vs_formula",
            "activation_per_stage", "rank_grid", "kernel_grid", "bandwidth_vs_size", "fused_vs_unfused",
-           "cross_entropy_memory", "model_size_frontiers", "recipe_runs"]
+           "cross_entropy_memory", "model_size_frontiers", "recipe_ranking", "recipe_runs"]

@@ -105,16 +105,17 @@ def loss_curve(series: dict[str, list[float]], title: str = "Training loss", yla
 
 def predicted_vs_measured(predicted: dict[str, float], measured: float, title: str = "Activation memory",
                           unit: str = "MiB", scale: float = 2 ** 20) -> Figure:
-    """A stacked bar of the prediction by kind beside a bar of the measured total."""
-    fig, ax = new_figure(5.0, 4.0)
+    """A stacked bar of the prediction by kind beside a bar of the counted total (the legend beside the axes,
+    where it hides no bar)."""
+    fig, ax = new_figure(6.0, 4.0)
     bottom = 0.0
     for kind, value in predicted.items():
         ax.bar("estimated", value / scale, bottom=bottom, label=kind)
         bottom += value / scale
-    ax.bar("measured", measured / scale, color="black")
+    ax.bar("counted", measured / scale, color="black")
     ax.text(1, measured / scale, human_bytes(measured), ha="center", va="bottom", fontsize=8)
     ax.text(0, bottom, human_bytes(bottom * scale), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(unit)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from frugal.plots._common import COLORS, human_bytes, human_count, new_figure
+from frugal.plots._common import COLORS, _unit_axis, human_bytes, human_count, new_figure
 from frugal.units import human_rate
 
 
@@ -51,11 +51,38 @@ def bytes_per_rank(measured: dict[str, list[float]], predicted: dict[str, list[f
     return fig
 
 
+FLAVOUR_NAMES = {"naive": "ours, naive\n(after backward)", "bucket": "ours, bucketed\n(during backward)",
+                 "ddp": "torch DDP"}
+
+
+def _exposed_panel(ax, alone_ms: float, steps_ms: dict[str, float], title: str) -> None:
+    """One bar per data-parallel flavour: its step on N GPUs split into one GPU's step alone (compute) and the
+    rest, the communication that backward did not hide, written in ms."""
+    names = ["1 GPU alone\n(no communication)"] + [FLAVOUR_NAMES.get(f, f) for f in steps_ms]
+    totals = [alone_ms] + list(steps_ms.values())
+    ys = range(len(names))
+    ax.barh(ys, [min(t, alone_ms) for t in totals], color="#55A868", label="one GPU's step (compute)")
+    ax.barh(ys, [max(t - alone_ms, 0) for t in totals], left=alone_ms, color="#DD8452",
+            label="communication not hidden")
+    for y, t in zip(ys, totals):
+        ax.text(t, y, f" {t:.1f} ms" + (f" (+{t - alone_ms:.1f})" if y else ""), va="center", fontsize=7)
+    ax.set_yticks(list(ys), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("step time (ms, median)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
+    ax.margins(x=0.25)
+
+
 def overlap_timeline(timeline: list[tuple], backward_end_s: float,
-                     title: str = "Backward compute and bucket all-reduces") -> Figure:
+                     title: str = "Backward compute and bucket all-reduces", reference: dict | None = None) -> Figure:
     """Gantt of one backward: compute from 0 to backward_end_s, then one bar per bucket's all-reduce
-    from launch to done (timeline rows: (bucket, launched_s, done_s, bytes), as DataParallelBucket keeps)."""
-    fig, ax = new_figure(6.4, 1.2 + 0.3 * len(timeline))
+    from launch to done (timeline rows: (bucket, launched_s, done_s, bytes), as DataParallelBucket keeps).
+    reference: {'title', 'alone_ms', 'steps_ms'} of a committed GPU run (results.data_parallel_steps), drawn
+    beside as each flavour's step against one GPU's alone: what overlap hides where it can."""
+    height = 1.2 + 0.3 * max(len(timeline), 2 + 2 * len(reference["steps_ms"]) if reference else 0)
+    fig, axes = new_figure(12.0 if reference else 6.4, height, ncols=2 if reference else 1)
+    ax = axes[0] if reference else axes
     ax.barh(0, backward_end_s * 1e3, left=0, color="#55A868", label="backward (compute)")
     for i, (b, t0, t1, nbytes) in enumerate(timeline, start=1):
         ax.barh(i, (t1 - t0) * 1e3, left=t0 * 1e3, color="#DD8452",
@@ -65,9 +92,11 @@ def overlap_timeline(timeline: list[tuple], backward_end_s: float,
     ax.set_yticks(range(len(timeline) + 1), ["compute"] + [f"bucket {t[0]}" for t in timeline], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("ms after forward")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10 if reference else None)
     ax.legend(fontsize=7, loc="upper right")
     ax.margins(x=0.15)
+    if reference:
+        _exposed_panel(axes[1], reference["alone_ms"], reference["steps_ms"], reference["title"])
     return fig
 
 
@@ -85,6 +114,7 @@ def scaling(tokens_per_s: dict[str, dict[int, float]], title: str = "Data parall
         ax.plot(ns, [base[1] * n for n in ns], ls="--", color="grey", label=f"ideal ({base_name} x N)")
     ax.set_xlabel("ranks (world size)")
     ax.set_ylabel("tokens / s")
+    _unit_axis(ax.yaxis, human_count)                 # '550 K', not 550000
     ax.set_xticks(sorted({n for by_n in tokens_per_s.values() for n in by_n}))
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -204,9 +234,7 @@ def pipeline_gantt(timelines: dict[str, list[list[dict]]], unit: str = "ms", sca
     return fig
 
 
-def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int) -> Figure:
-    """Measured bubble fraction per schedule against the number of micro-batches m, over (p-1)/(m+p-1)."""
-    fig, ax = new_figure(5.5, 3.6)
+def _bubble_panel(ax, measured: dict[str, dict[int, float]], n_stages: int, title: str) -> None:
     ms = sorted({m for per_m in measured.values() for m in per_m})
     grid = [m / 4 for m in range(4, 4 * max(ms) + 1)]
     ax.plot(grid, [(n_stages - 1) / (m + n_stages - 1) for m in grid], color="grey", label="(p-1)/(m+p-1)")
@@ -217,8 +245,19 @@ def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int) -> F
     ax.set_xlabel("micro-batches m")
     ax.set_ylabel("bubble fraction")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Pipeline bubble, p={n_stages} stages")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+
+
+def bubble_vs_formula(measured: dict[str, dict[int, float]], n_stages: int, title: str | None = None,
+                      reference: dict | None = None) -> Figure:
+    """Measured bubble fraction per schedule against the number of micro-batches m, over (p-1)/(m+p-1).
+    reference: {'title', 'measured', 'n_stages'} of a committed GPU run, drawn as a panel beside."""
+    fig, axes = new_figure(11.0 if reference else 5.5, 3.6, ncols=2 if reference else 1)
+    ax = axes[0] if reference else axes
+    _bubble_panel(ax, measured, n_stages, title or f"Pipeline bubble, p={n_stages} stages")
+    if reference:
+        _bubble_panel(axes[1], reference["measured"], reference["n_stages"], reference["title"])
     return fig
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from matplotlib.ticker import LogLocator, NullFormatter
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
 from frugal.plots._common import _unit_axis, human_bytes, human_count, human_dollars, new_figure
 
@@ -66,10 +66,37 @@ def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGP
             ys = [(i, runs[n][predicted] * scale) for i, n in enumerate(names) if runs[n].get(predicted) is not None]
             if ys:
                 ax.plot([i for i, _ in ys], [y for _, y in ys], "_", color="black", ms=28, mew=2,
-                        label="estimator")
+                        label="estimator, at its assumed MFU" if key.startswith("dollars") else "estimator")
                 ax.legend(fontsize=8)
         ax.set_ylabel(label)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
     fig.suptitle(title)
+    return fig
+
+
+def recipe_ranking(runs: dict[str, dict], title: str, highlight: dict[str, str] | None = None) -> Figure:
+    """Runs ranked fastest first as horizontal bars: tokens/s, peak memory and US$ per billion tokens side by
+    side, one row per run (runs: name -> 'tokens_per_s', 'memory_bytes', 'dollars_per_billion_tokens', as
+    results.recipe_ranking gives them); highlight: run name -> colour (the live figure's), the others grey."""
+    highlight = highlight or {}
+    names = sorted(runs, key=lambda n: -runs[n]["tokens_per_s"])
+    fig, axes = new_figure(12.0, 1.2 + 0.32 * len(names), ncols=3)
+    big = max(runs[n]["memory_bytes"] for n in names) >= 2 * 2 ** 30
+    panels = [("tokens_per_s", "tokens/s", 1.0, human_count),
+              ("memory_bytes", f"peak memory ({'GiB' if big else 'MiB'})", 2 ** (-30 if big else -20), human_bytes),
+              ("dollars_per_billion_tokens", "US$ per billion tokens", 1.0, human_dollars)]
+    colors = [highlight.get(n, "#BBBBBB") for n in names]
+    for ax, (key, label, scale, fmt) in zip(axes, panels):
+        ax.barh(range(len(names)), [runs[n][key] * scale for n in names], color=colors)
+        for i, n in enumerate(names):
+            ax.text(runs[n][key] * scale, i, f" {fmt(runs[n][key])}", va="center", fontsize=7)
+        ax.set_yticks(range(len(names)), names if ax is axes[0] else [], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.margins(x=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        if key != "memory_bytes":                      # '300 K', '$2', not 300000 and 2
+            _unit_axis(ax.xaxis, fmt)
+    fig.suptitle(title, fontsize=10)
     return fig

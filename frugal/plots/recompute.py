@@ -5,39 +5,64 @@ from matplotlib.figure import Figure
 
 from frugal.plots._common import new_figure
 
+MIB, GIB = 2 ** 20, 2 ** 30
+
+
+def _tradeoff_panel(ax, series: dict, alternatives: dict, key: str, label: str, title: str) -> None:
+    """One panel of recompute_tradeoff: `key` (bytes) against the median step time, the repeats' min-max as a
+    horizontal bar through each point where measured, one label where two series' points coincide."""
+    everything = [p for pts in (*series.values(), *alternatives.values()) for p in pts if p.get(key) is not None]
+    scale, unit = (GIB, "GiB") if max(p[key] for p in everything) >= 2 * GIB else (MIB, "MiB")
+    xs = [p["step_s"] * 1e3 for p in everything]
+    ys = [p[key] / scale for p in everything]
+    near = (0.05 * (max(xs) - min(xs) or 1), 0.05 * (max(ys) - min(ys) or 1))
+    placed: list[tuple] = []
+    drawn = [(n, pts, "-") for n, pts in series.items()] + [(n, pts, "none") for n, pts in alternatives.items()]
+    spread_labelled = False
+    for (name, pts, line), marker in zip(drawn, "os^Dv*"):
+        pts = [p for p in pts if p.get(key) is not None]
+        px, py = [p["step_s"] * 1e3 for p in pts], [p[key] / scale for p in pts]
+        (drawn_line,) = ax.plot(px, py, marker=marker, linestyle=line, label=name, alpha=0.8)
+        spread = [p for p in pts if p.get("step_min_s") is not None and p.get("step_max_s") is not None]
+        if spread:                                   # min and max of the repeats around the median
+            ax.errorbar([p["step_s"] * 1e3 for p in spread], [p[key] / scale for p in spread],
+                        xerr=[[(p["step_s"] - p["step_min_s"]) * 1e3 for p in spread],
+                              [(p["step_max_s"] - p["step_s"]) * 1e3 for p in spread]],
+                        fmt="none", ecolor=drawn_line.get_color(), elinewidth=1, capsize=2, alpha=0.6,
+                        label=None if spread_labelled else "min-max of the repeats")
+            spread_labelled = True
+        for p, x, y in zip(pts, px, py):
+            if any(t == p["label"] and abs(x - qx) < near[0] and abs(y - qy) < near[1] for t, qx, qy in placed):
+                continue
+            placed.append((p["label"], x, y))
+            ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("step time (ms, median)")
+    ax.set_ylabel(f"{label} ({unit})")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
 
 def recompute_tradeoff(series: dict[str, list[dict]], title: str = "Memory for time",
-                       alternatives: dict[str, list[dict]] | None = None) -> Figure:
+                       alternatives: dict[str, list[dict]] | None = None,
+                       reference: dict | None = None) -> Figure:
     """Saved-activation bytes (and, when measured, peak CUDA memory) against step time, one line per
-    implementation; each point is a dict with 'label', 'step_s', 'saved_bytes' and optional 'peak_memory_bytes'.
+    implementation; each point is a dict with 'label', 'step_s', 'saved_bytes' and optional 'peak_memory_bytes',
+    'step_min_s' and 'step_max_s' (the spread of the repeats, drawn as a bar through the point).
     alternatives: points that are separate choices, not steps along a curve (what selective recompute keeps),
-    drawn as markers without a line."""
+    drawn as markers without a line. reference: {'title', 'series', 'alternatives'} measured elsewhere (the
+    committed GPU run), drawn as one more panel of saved bytes against its step time."""
     alternatives = alternatives or {}
     everything = [p for pts in (*series.values(), *alternatives.values()) for p in pts]
     has_peak = any(p.get("peak_memory_bytes") for p in everything)
-    fig, axes = new_figure(11.0 if has_peak else 6.4, 4.2, ncols=2 if has_peak else 1)
-    axes = list(axes) if has_peak else [axes]
     keys = [("saved_bytes", "saved activations")] + ([("peak_memory_bytes", "peak CUDA memory")] if has_peak else [])
-    drawn = [(name, pts, "-") for name, pts in series.items()] + [(name, pts, "none") for name, pts in alternatives.items()]
+    ncols = len(keys) + (reference is not None)
+    fig, axes = new_figure(5.6 * ncols if ncols > 1 else 6.4, 4.2, ncols=ncols)
+    axes = list(axes) if ncols > 1 else [axes]
     for ax, (key, label) in zip(axes, keys):
-        xs = [p["step_s"] * 1e3 for p in everything if p.get(key) is not None]
-        ys = [p[key] / 2 ** 20 for p in everything if p.get(key) is not None]
-        near = (0.03 * (max(xs) - min(xs) or 1), 0.03 * (max(ys) - min(ys) or 1))
-        placed: list[tuple] = []                     # one label where two series' points coincide
-        for (name, pts, line), marker in zip(drawn, "os^Dv*"):
-            pts = [p for p in pts if p.get(key) is not None]
-            ax.plot([p["step_s"] * 1e3 for p in pts], [p[key] / 2 ** 20 for p in pts], marker=marker,
-                    linestyle=line, label=name, alpha=0.8)
-            for p in pts:
-                x, y = p["step_s"] * 1e3, p[key] / 2 ** 20
-                if any(t == p["label"] and abs(x - px) < near[0] and abs(y - py) < near[1] for t, px, py in placed):
-                    continue
-                placed.append((p["label"], x, y))
-                ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("step time (ms, median)")
-        ax.set_ylabel(f"{label} (MiB)")
-        ax.set_title(f"{title}: {label}")
-        ax.legend(fontsize=8)
+        _tradeoff_panel(ax, series, alternatives, key, label, f"{title}: {label}")
+    if reference is not None:
+        _tradeoff_panel(axes[-1], reference["series"], reference.get("alternatives") or {}, "saved_bytes",
+                        "saved activations", reference["title"])
     return fig
 
 

@@ -1,0 +1,74 @@
+"""frugal.results' readers turn a committed run into what a lesson's figure draws beside its live measurement."""
+import json
+
+import pytest
+
+from frugal import results
+
+
+def _run(tmp_path, section, rows, device=None):
+    (tmp_path / "gpu.json").write_text(json.dumps({"device": device or {"catalog": "H200", "gpus": 1}, "sections": {
+        section: {"when": "2026-12-02 04:43 UTC", "rows": rows}}}))
+    return results.newest(section, tmp_path)
+
+
+def test_checkpointing_curves_run_from_no_recompute_to_every_block_with_the_choices_apart(tmp_path):
+    def row(policy, impl, saved, ms, **kw):
+        return dict(policy=policy, impl=impl, saved_bytes=saved, step_s=ms / 1e3, **kw)
+
+    run = _run(tmp_path, "checkpointing", [
+        row("none", "-", 100, 90), row("full", "frugal", 40, 104), row("full", "torch", 40, 105),
+        row("first:2", "frugal", 60, 98), row("first:1", "frugal", 80, 94), row("first:1", "torch", 80, 95),
+        row("first:2", "torch", 60, 99), row("selective", "frugal", 70, 93),
+        row("selective", "frugal", 72, 97, label="eager LN"), row("sqrt", "frugal", 55, 100)])
+    got = results.checkpointing_curves(run)
+    ours = got["series"]["ours"]
+    assert [p["label"] for p in ours] == ["0", "1", "2", "3"]            # 3 blocks: first:1, first:2, then full
+    assert [p["saved_bytes"] for p in ours] == [100, 80, 60, 40]
+    assert [p["step_s"] for p in got["series"]["torch.utils.checkpoint"]][-1] == pytest.approx(0.105)
+    assert [p["label"] for p in got["alternatives"]["ours, selective"]] == ["sel", "eager LN"]
+    assert [p["label"] for p in got["alternatives"]["√n segments"]] == ["√n"]
+    with pytest.raises(ValueError, match="policy='none'"):
+        results.checkpointing_curves(_run(tmp_path, "checkpointing", [row("full", "frugal", 40, 104)]))
+
+
+def test_data_parallel_steps_pair_two_ranks_with_one_gpu_alone(tmp_path):
+    run = _run(tmp_path, "data_parallel", [
+        dict(flavour="none", world_size=1, step_ms=27.0), dict(flavour="bucket", world_size=1, step_ms=27.3),
+        dict(flavour="bucket", world_size=2, step_ms=28.7), dict(flavour="naive", world_size=2, step_ms=32.3),
+        dict(algorithm="ring (ours)", world_size=2, time_ms=1.2)], device={"catalog": "H200", "gpus": 2})
+    alone, steps = results.data_parallel_steps(run)
+    assert alone == 27.0 and steps == {"bucket": 28.7, "naive": 32.3}
+    assert run.label == "2× H200, 2026-12-02"
+    with pytest.raises(ValueError, match="flavour='none'"):
+        results.data_parallel_steps(_run(tmp_path, "data_parallel", [dict(flavour="naive", world_size=2)]))
+
+
+def test_recipe_ranking_keeps_the_candidates_at_their_gpu_price_and_drops_the_pairs(tmp_path):
+    run = _run(tmp_path, "recipe", [
+        {"recipe": "plain", "tokens_per_s": 3e5, "peak_memory_bytes": 3.6e10, "usd_per_billion_tokens (H200)": 2.9},
+        {"recipe": "pair: recipe vs plain", "activation_bytes_less": 0.9}])
+    assert results.recipe_ranking(run) == {
+        "plain": {"tokens_per_s": 3e5, "memory_bytes": 3.6e10, "dollars_per_billion_tokens": 2.9}}
+
+
+def test_pipeline_bubbles_by_schedule_and_micro_batches(tmp_path):
+    run = _run(tmp_path, "model_parallel", [
+        dict(part="pipeline", ranks=2, schedule="gpipe", m=1, bubble_measured=0.504),
+        dict(part="pipeline", ranks=2, schedule="gpipe", m=4, bubble_measured=0.221),
+        dict(part="pipeline", ranks=2, schedule="1f1b", m=4, bubble_measured=0.216),
+        dict(part="tensor", ranks=2, step_ms=18.0)])
+    assert results.pipeline_bubbles(run) == (2, {"gpipe": {1: 0.504, 4: 0.221}, "1f1b": {4: 0.216}})
+    with pytest.raises(ValueError, match="pipeline rows"):
+        results.pipeline_bubbles(_run(tmp_path, "model_parallel", [dict(part="tensor", ranks=2)]))
+
+
+def test_the_repository_runs_the_lessons_read_are_there():
+    """Lessons 02, 03 and 07 draw these committed runs beside their live ones."""
+    curves = results.checkpointing_curves(results.newest("checkpointing"))
+    assert len(curves["series"]["ours"]) > 2 and curves["alternatives"]["ours, selective"]
+    alone, steps = results.data_parallel_steps(results.newest("data_parallel"))
+    assert alone > 0 and {"naive", "bucket"} <= set(steps)
+    assert "recompute full + fused CE B32" in results.recipe_ranking(results.newest("recipe"))
+    stages, bubbles = results.pipeline_bubbles(results.newest("model_parallel"))
+    assert stages >= 2 and {"gpipe", "1f1b"} <= set(bubbles)
