@@ -66,12 +66,34 @@ def short_name(impl: str) -> str | None:
     return impl.split(" ")[0] if impl.startswith("Liger") else "CCE" if impl.startswith("Cut") else impl
 
 
+def _kernel_headlines(rows: list[dict]) -> list[tuple[str, str]]:
+    """The vector-add rule against torch.add at the largest size; ours against each other add+RMSNorm per shape."""
+    out = []
+    rule = [r for r in rows if r.get("part") == "vector add" and r.get("impl") == "ours, the rule"]
+    if rule:
+        r = max(rule, key=lambda r: r["n"])
+        gpu = f", GPU {r['GPU vs torch.add']:.3f}x" if "GPU vs torch.add" in r else ""
+        out.append((f"vector add of 2^{r['n'].bit_length() - 1} floats, the rule ({r['config']}) vs torch.add",
+                    f"{r['vs torch.add']:.3f}x from idle{gpu}"))
+    norm = [r for r in rows if r.get("part") == "add+rmsnorm fwd+bwd"]
+    for shape in dict.fromkeys(r["shape"] for r in norm):
+        same = {r["impl"]: r for r in norm if r["shape"] == shape}
+        ours = same.get("fused (ours)")
+        if ours:
+            fmt = lambda r: f"{r['fwd+bwd ms']:.3f}" + (f" (GPU {r['GPU ms']:.3f})" if r.get("GPU ms") else "")
+            others = [k for k in same if k not in ("fused (ours)", "eager chain")]
+            out.append((f"residual add + RMSNorm {shape}, fwd+bwd ms: ours vs " + ", ".join(others),
+                        f"{fmt(ours)} vs " + ", ".join(fmt(same[k]) for k in others)))
+    return out
+
+
 def headlines(rows: list[dict]) -> list[tuple[str, str]]:
-    """Per head shape (bf16 where measured): the fastest of ours against the fastest of the others."""
+    """The kernels' headlines, then per head shape (bf16 where measured): the fastest of ours against the fastest
+    of the others."""
     ce = [r for r in rows if r.get("part") == "linear cross-entropy fwd+bwd"]
     keys = list(dict.fromkeys((r["tokens"], r["n_embd"], r["vocab"], r["dtype"]) for r in ce))
     keys = [k for k in keys if k[3] == "torch.bfloat16"] or keys
-    out = []
+    out = _kernel_headlines(rows)
     for key in keys:
         same = [r for r in ce if (r["tokens"], r["n_embd"], r["vocab"], r["dtype"]) == key]
         ours = [r for r in same if "(ours)" in r["impl"]]
