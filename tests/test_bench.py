@@ -229,3 +229,17 @@ def test_cross_entropy_figure_labels_are_short_and_leave_out_the_off_scale_bar()
     assert short_name("tiled (ours), Triton backward") is None
     assert short_name("Liger-Kernel 0.8.5") == "Liger-Kernel" and short_name("Cut Cross-Entropy 25.1.1") == "CCE"
     assert short_name("unfused head") == "eager"
+
+
+def test_kernel_headlines_set_the_vector_add_rule_and_ours_against_each_rms_norm():
+    from frugal.bench.kernels import headlines
+    rows = [{"part": "vector add", "n": 2 ** 28, "impl": "ours, the rule", "config": "BLOCK=1024 warps=4 grid=blocks",
+             "vs torch.add": 0.973, "GPU vs torch.add": 1.0}]
+    rows += [{"part": "add+rmsnorm fwd+bwd", "shape": "8x16", "impl": impl, "fwd+bwd ms": ms, "GPU ms": gpu}
+             for impl, ms, gpu in [("fused (ours)", 0.5, 0.07), ("eager chain", 0.6, 0.3),
+                                   ("add + F.rms_norm", 0.2, 0.1)]]
+    lines = dict(headlines(rows))
+    assert lines["vector add of 2^28 floats, the rule (BLOCK=1024 warps=4 grid=blocks) vs torch.add"] == \
+        "0.973x from idle, GPU 1.000x"
+    assert lines["residual add + RMSNorm 8x16, fwd+bwd ms: ours vs add + F.rms_norm"] == \
+        "0.500 (GPU 0.070) vs 0.200 (GPU 0.100)"

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
-from frugal.kernels.fused_add_rmsnorm import (add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
-                                              add_rmsnorm_reference, benchmark_add_rmsnorm)
+from frugal.kernels.fused_add_rmsnorm import (_sm_count, add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
+                                              add_rmsnorm_reference, benchmark_add_rmsnorm, row_tiles)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # fp32 tolerance: the kernel sums squares in another order than torch.mean (tree vs sequential), so
@@ -65,12 +65,63 @@ def test_bfloat16_within_bf16_rounding():
     torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
 
 
+def test_the_rule_packs_narrow_rows_into_one_tile_and_wide_rows_one_per_tile():
+    gpt2, llama = row_tiles(8192, 768, 132), row_tiles(16384, 4096, 132)
+    assert (gpt2.block_m, gpt2.block_n, gpt2.num_warps, gpt2.programs) == (4, 1024, 8, 264)
+    assert (llama.block_m, llama.block_n, llama.num_warps, llama.programs) == (1, 4096, 8, 264)
+    assert row_tiles(3, 33, 132).block_m == 4             # never more rows per tile than the tensor rounded up
+    assert row_tiles(5, 65536, 132).num_warps == 16 and row_tiles(0, 8, 132).programs == 1
+
+
+# (rows, cols): several rows per tile with the last tile partial; tiles walked by fewer persistent programs
+# than there are tiles (2 SMs on a CPU: 4 programs); one row wider than a tile.
+@pytest.mark.parametrize("shape", [(37, 100), (300, 64), (9, 5000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_several_rows_per_program_match_autograd(shape, dtype):
+    tiles = row_tiles(*shape, _sm_count(torch.device(DEVICE)))
+    if shape == (37, 100):
+        assert tiles.block_m > 1 and shape[0] % tiles.block_m
+    if shape == (300, 64) and DEVICE == "cpu":
+        assert tiles.programs < -(-shape[0] // tiles.block_m)
+    x, r, w = _inputs(*shape, dtype=dtype)
+    gy, gh = torch.randn_like(x), torch.randn_like(x)
+    ours = add_rmsnorm(x, r, w)
+    ref = add_rmsnorm_reference(x, r, w)
+    grads = [torch.autograd.grad(out, (x, r, w), (gy, gh)) for out in (ours, ref)]
+    if dtype == torch.float32:
+        # sums in another order (tile rows, then programs' dw rows): a few ulps, and dw adds up to 300 terms
+        tol = dict(rtol=1e-4, atol=1e-4)
+        pairs = zip(ours + grads[0], ref + grads[1])
+    else:
+        # bf16 keeps 8 significant bits: outputs and gx within a few rounding steps (2**-8 relative). dw sums
+        # n_rows products of h, and h may differ from torch's by one step (the interpreter's bf16 cast rounds
+        # otherwise), so dw is held to the exact sum over ours' own h, in fp64: one bf16 rounding of the result
+        tol = dict(rtol=2e-2, atol=2e-2)
+        h = ours[1].double()
+        n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        dw = (gy.double() * n).reshape(-1, shape[-1]).sum(0)
+        torch.testing.assert_close(grads[0][2].double(), dw, rtol=2 ** -7, atol=1e-3)
+        pairs = zip(ours + grads[0][:2], ref + grads[1][:2])
+    for a, b in pairs:
+        torch.testing.assert_close(a.float(), b.float(), **tol, msg=lambda m: f"{shape} {dtype}: {m}")
+    assert grads[0][2].dtype == dtype
+
+
 def test_fused_moves_fewer_bytes_than_the_eager_chain():
     rows = benchmark_add_rmsnorm([(32, 64)], DEVICE, repeats=1)
     fused, eager = (next(r for r in rows if r["impl"] == name) for name in ("fused (ours)", "eager chain"))
-    assert fused["bytes moved"] == add_rmsnorm_bytes(32, 64, 4)
+    programs = row_tiles(32, 64, _sm_count(torch.device(DEVICE))).programs
+    assert fused["bytes moved"] == add_rmsnorm_bytes(32, 64, 4, programs=programs)
+    assert add_rmsnorm_bytes(32, 64, 4, programs=3) - add_rmsnorm_bytes(32, 64, 4, programs=1) == 2 * 2 * 4 * 64
     assert eager["bytes moved"] > 2.5 * fused["bytes moved"]
     assert eager["kernels"] > 10
+
+
+def test_a_peer_is_timed_beside_ours_and_its_bytes_left_blank():
+    rows = benchmark_add_rmsnorm([(8, 16)], DEVICE, repeats=1, extra={"eager again": add_rmsnorm_reference})
+    peer = next(r for r in rows if r["impl"] == "eager again")
+    assert peer["fwd+bwd ms"] > 0 and peer["bytes moved"] is None and peer["GB/s"] is None
+    assert {r["impl"] for r in rows} == {"fused (ours)", "eager chain", "add + F.rms_norm", "eager again"}
 
 
 def test_shape_mismatch_is_refused():

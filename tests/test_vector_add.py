@@ -3,7 +3,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
-from frugal.kernels.vector_add import CONFIGS, vector_add, vector_add_bytes, vector_add_reference  # noqa: E402
+from frugal.kernels.vector_add import (CONFIGS, vector_add, vector_add_bytes, vector_add_config,  # noqa: E402
+                                       vector_add_reference)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -19,6 +20,29 @@ def test_equals_torch_add_for_sizes_off_the_block(n):
 def test_every_benchmark_config_is_exact(block, warps, programs):
     x, y = torch.randn(5000, device=DEVICE), torch.randn(5000, device=DEVICE)
     assert torch.equal(vector_add(x, y, block, warps, programs), x + y)
+
+
+def test_the_rule_gives_each_thread_two_16_byte_loads_per_input():
+    assert vector_add_config(2 ** 28, 4) == (1024, 4)     # 4 warps x 32 threads x 8 floats
+    assert vector_add_config(2 ** 28, 2) == (2048, 4)     # bf16: 8 per 16 bytes
+    assert vector_add_config(2 ** 28, 8) == (512, 4)
+    assert vector_add_config(100, 4) == (128, 4) and vector_add_config(0, 4) == (1, 4)
+
+
+# float16 for the 2-byte case: Triton's interpreter adds bfloat16 wrongly (NumPy has no bfloat16)
+@pytest.mark.parametrize("n,dtype", [(1, torch.float32), (1000, torch.float32), (5 * 1024 + 3, torch.float32),
+                                     (3000, torch.float16)])
+def test_the_rule_is_what_vector_add_uses_by_default_and_is_exact(n, dtype):
+    x, y = torch.randn(n, device=DEVICE).to(dtype), torch.randn(n, device=DEVICE).to(dtype)
+    block, warps = vector_add_config(n, x.element_size())
+    assert torch.equal(vector_add(x, y), x + y)
+    assert torch.equal(vector_add(x, y, block, warps), vector_add(x, y))
+
+
+def test_graph_timing_needs_cuda():
+    from frugal.kernels.roofline import measure_graph_time
+    with pytest.raises(ValueError, match="CUDA"):
+        measure_graph_time(lambda: None, "cpu")
 
 
 def test_persistent_grid_of_one_program_covers_everything():

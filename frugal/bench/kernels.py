@@ -13,13 +13,17 @@ TABLES = [
     Table("Vector add, fp32", [
         Column("n", "elements", "int"), Column("impl", "implementation"), Column("config", "config"),
         Column("GB/s", "GB/s", "GB/s"), Column("% of copy", "of copy", "%raw"), Column("vs torch.add", "vs torch.add", "x"),
+        Column("GPU GB/s", "GPU GB/s", "GB/s"), Column("GPU vs torch.add", "GPU vs torch.add", "x"),
         Column("best of ours", "best of ours")],
-        where=_PART("vector add"), note="GB/s: bytes read + written over the time; a copy is the roofline."),
+        where=_PART("vector add"), note="GB/s: bytes read + written over the time of one call from an idle GPU; "
+                                        "GPU GB/s: 10 calls replayed from a CUDA graph. A copy is the roofline."),
     Table("Residual add + RMSNorm, forward + backward", [
         Column("shape", "shape"), Column("impl", "implementation"), Column("fwd+bwd ms", "time (ms)", "ms"),
-        Column("bytes moved", "moved (GB)", "GB"), Column("kernels", "kernels"), Column("GB/s", "GB/s", "GB/s"),
-        Column("speedup vs eager", "vs eager chain", "x")],
-        where=_PART("add+rmsnorm fwd+bwd")),
+        Column("GPU ms", "GPU time (ms)", "ms"), Column("bytes moved", "moved (GB)", "GB"), Column("kernels", "kernels"),
+        Column("GB/s", "GB/s", "GB/s"), Column("speedup vs eager", "vs eager chain", "x"),
+        Column("vs add + F.rms_norm", "vs add + F.rms_norm", "x")],
+        where=_PART("add+rmsnorm fwd+bwd"), note="time: one call from Python, the GPU idle before it; GPU time: "
+                                                 "the same step replayed from a CUDA graph (the kernels alone)."),
     Table("Linear + cross-entropy head, forward + backward", [
         Column("tokens", "tokens", "int"), Column("vocab", "vocab", "int"), Column("n_embd", "n_embd"),
         Column("dtype", "dtype"), Column("impl", "implementation"), Column("fwd+bwd ms", "time (ms)", "ms"),
@@ -62,12 +66,34 @@ def short_name(impl: str) -> str | None:
     return impl.split(" ")[0] if impl.startswith("Liger") else "CCE" if impl.startswith("Cut") else impl
 
 
+def _kernel_headlines(rows: list[dict]) -> list[tuple[str, str]]:
+    """The vector-add rule against torch.add at the largest size; ours against each other add+RMSNorm per shape."""
+    out = []
+    rule = [r for r in rows if r.get("part") == "vector add" and r.get("impl") == "ours, the rule"]
+    if rule:
+        r = max(rule, key=lambda r: r["n"])
+        gpu = f", GPU {r['GPU vs torch.add']:.3f}x" if "GPU vs torch.add" in r else ""
+        out.append((f"vector add of 2^{r['n'].bit_length() - 1} floats, the rule ({r['config']}) vs torch.add",
+                    f"{r['vs torch.add']:.3f}x from idle{gpu}"))
+    norm = [r for r in rows if r.get("part") == "add+rmsnorm fwd+bwd"]
+    for shape in dict.fromkeys(r["shape"] for r in norm):
+        same = {r["impl"]: r for r in norm if r["shape"] == shape}
+        ours = same.get("fused (ours)")
+        if ours:
+            fmt = lambda r: f"{r['fwd+bwd ms']:.3f}" + (f" (GPU {r['GPU ms']:.3f})" if r.get("GPU ms") else "")
+            others = [k for k in same if k not in ("fused (ours)", "eager chain")]
+            out.append((f"residual add + RMSNorm {shape}, fwd+bwd ms: ours vs " + ", ".join(others),
+                        f"{fmt(ours)} vs " + ", ".join(fmt(same[k]) for k in others)))
+    return out
+
+
 def headlines(rows: list[dict]) -> list[tuple[str, str]]:
-    """Per head shape (bf16 where measured): the fastest of ours against the fastest of the others."""
+    """The kernels' headlines, then per head shape (bf16 where measured): the fastest of ours against the fastest
+    of the others."""
     ce = [r for r in rows if r.get("part") == "linear cross-entropy fwd+bwd"]
     keys = list(dict.fromkeys((r["tokens"], r["n_embd"], r["vocab"], r["dtype"]) for r in ce))
     keys = [k for k in keys if k[3] == "torch.bfloat16"] or keys
-    out = []
+    out = _kernel_headlines(rows)
     for key in keys:
         same = [r for r in ce if (r["tokens"], r["n_embd"], r["vocab"], r["dtype"]) == key]
         ours = [r for r in same if "(ours)" in r["impl"]]
@@ -83,9 +109,10 @@ def headlines(rows: list[dict]) -> list[tuple[str, str]]:
 
 @section("kernels", TABLES, headlines)
 def bench_kernels(ctx: BenchContext) -> dict:
-    """Vector add GB/s (every config of ours, torch.add, copy) at 2^20..2^28 floats; fused add+RMSNorm against
-    the eager chain, fwd+bwd; linear cross-entropy heads (ours chunked and tiled, eager, compiled, Liger-Kernel and
-    Cut Cross-Entropy where installed): time and peak memory."""
+    """Vector add GB/s (the rule's config and every other of ours, torch.add, copy) at 2^20..2^28 floats; fused
+    add+RMSNorm against the eager chain, torch's F.rms_norm and torch's add + Liger-Kernel's RMSNorm, fwd+bwd;
+    linear cross-entropy heads (ours chunked and tiled, eager, compiled, Liger-Kernel and Cut Cross-Entropy
+    where installed): time and peak memory."""
     try:                     # importing frugal.kernels switches Triton to its interpreter where there is no GPU
         from frugal.kernels import fused_add_rmsnorm as frms, fused_linear_cross_entropy as fce, vector_add as va
     except ImportError as e:
@@ -102,8 +129,11 @@ def bench_kernels(ctx: BenchContext) -> dict:
         ours = [r for r in add_rows if r["n"] == n and r["impl"] == "ours"]
         torch_add = next(r for r in add_rows if r["n"] == n and r["impl"] == "torch.add")
         best[n] = max(ours, key=lambda r: r["GB/s"])
-        for r in ours + [torch_add]:
-            r["vs torch.add"] = r["GB/s"] / torch_add["GB/s"]
+        for r in add_rows:
+            if r["n"] == n and r["impl"] != "copy":
+                r["vs torch.add"] = r["GB/s"] / torch_add["GB/s"]
+                if "GPU GB/s" in r:
+                    r["GPU vs torch.add"] = r["GPU GB/s"] / torch_add["GPU GB/s"]
     for r in add_rows:
         rows.append({"part": "vector add", **r, "best of ours": r is best.get(r["n"])})
     series = {"ours (best config per size)": (sizes, [best[n]["GB/s"] for n in sizes])}
@@ -113,9 +143,13 @@ def bench_kernels(ctx: BenchContext) -> dict:
                                                     + ("" if on_gpu else " (Triton interpreter)"))
 
     shapes = [(8192, 768), (16384, 4096)] if big else [(64, 128)]
-    fused_rows = frms.benchmark_add_rmsnorm(shapes, ctx.device, repeats=20 if big else 2)
+    fused_rows = frms.benchmark_add_rmsnorm(shapes, ctx.device, repeats=20 if big else 2,
+                                            extra=frms.peer_rms_norms() if on_gpu else None)
+    for r in fused_rows:
+        torch_rms = next(t for t in fused_rows if t["shape"] == r["shape"] and t["impl"] == "add + F.rms_norm")
+        r["vs add + F.rms_norm"] = torch_rms["fwd+bwd ms"] / r["fwd+bwd ms"]
     rows += [{"part": "add+rmsnorm fwd+bwd", **r} for r in fused_rows]
-    last = [r for r in fused_rows if r["shape"] == f"{shapes[-1][0]}x{shapes[-1][1]}"]
+    last = [r for r in fused_rows if r["shape"] == f"{shapes[-1][0]}x{shapes[-1][1]}" and r["bytes moved"]]
     figures["fused"] = plots.fused_vs_unfused({r["impl"]: r["fwd+bwd ms"] for r in last},
                                               {r["impl"]: r["bytes moved"] for r in last},
                                               title=f"Residual add + RMSNorm {last[0]['shape']}, fwd+bwd, {ctx.slug}")

@@ -2,63 +2,94 @@
 
 h = x + residual; y = h / sqrt(mean(h²) + eps) · weight (RMSNorm: Zhang & Sennrich 2019, eq. 4).
 Eager PyTorch runs this as ~6 kernels forward and ~12 backward, each streaming whole tensors through
-memory; the fused kernels read each input once and write each output once.
+memory; the fused kernels read each input once and write each output once. A program takes a tile of
+BLOCK_M whole rows (`row_tiles` says how many), so narrow rows still give each program enough bytes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from frugal.kernels import check_reachable
 
-from frugal.kernels.roofline import count_bytes_moved, gbps
+from frugal.kernels.roofline import count_bytes_moved, gbps, measure_graph_time
 from frugal.measure import measure_time
 
 
 @triton.jit
-def add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, h_ptr, rstd_ptr, n_cols, eps, BLOCK_N: tl.constexpr):
-    """One program per row: h = x + r, rstd = 1/sqrt(mean(h²) + eps), y = h · rstd · w."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = cols < n_cols
-    offsets = row * n_cols + cols
+def add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, h_ptr, rstd_ptr, n_rows, n_cols, eps,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One tile of BLOCK_M rows per program: h = x + r, rstd = 1/sqrt(mean(h²) + eps), y = h · rstd · w."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)             # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)                                           # (BLOCK_N,)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)             # (BLOCK_M, BLOCK_N)
+    offsets = rows[:, None] * n_cols + cols[None, :]       # int32: add_rmsnorm refuses >= 2**31 elements
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     r = tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     h = (x + r).to(h_ptr.dtype.element_ty)                 # rounded to the stored dtype, as eager's add
     tl.store(h_ptr + offsets, h, mask=mask)
     h = h.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / n_cols + eps)
-    tl.store(rstd_ptr + row, rstd)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offsets, (h * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+    rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / n_cols + eps)            # (BLOCK_M,): one per row
+    tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offsets, (h * rstd[:, None] * w[None, :]).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def add_rmsnorm_backward_kernel(gy_ptr, gh_ptr, h_ptr, w_ptr, rstd_ptr, gx_ptr, dw_ptr, n_rows, n_cols,
-                                HAS_GH: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Rows pid, pid + P, ...: gx = rstd·(gy·w − n·mean(gy·w·n)) + gh with n = h·rstd; dw summed per program."""
+                                HAS_GH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tiles pid, pid + P, ...: gx = rstd·(gy·w − n·mean(gy·w·n)) + gh with n = h·rstd; dw = Σ gy·n kept in
+    registers over all of this program's rows, then written once as row pid of a (P, n_cols) buffer."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < n_cols
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for row in range(pid, n_rows, tl.num_programs(0)):
-        offsets = row * n_cols + cols                      # int32: add_rmsnorm refuses >= 2**31 elements
+    col_ok = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows[:, None] < n_rows) & col_ok[None, :]
+        offsets = rows[:, None] * n_cols + cols[None, :]
         gy = tl.load(gy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         h = tl.load(h_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(rstd_ptr + row)
-        n = h * rstd
+        rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)    # rows past the end: all zeros
+        n = h * rstd[:, None]
         dw += gy * n
-        dn = gy * w
-        gx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / n_cols))
+        dn = gy * w[None, :]
+        gx = rstd[:, None] * (dn - n * (tl.sum(dn * n, axis=1) / n_cols)[:, None])
         if HAS_GH:
             gx += tl.load(gh_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(gx_ptr + offsets, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-    tl.store(dw_ptr + pid * n_cols + cols, dw, mask=mask)
+    tl.store(dw_ptr + pid * n_cols + cols, tl.sum(dw, axis=0), mask=col_ok)
 
 
-def _warps(block_n: int) -> int:
-    return 4 if block_n <= 2048 else 8 if block_n <= 8192 else 16
+@dataclass
+class RowTiles:
+    """How both kernels cut an (n_rows, n_cols) tensor, as `row_tiles` chooses."""
+    block_m: int      # rows per tile (a power of two)
+    block_n: int      # columns per tile: the next power of two >= n_cols, so a tile holds whole rows
+    num_warps: int    # warps per program
+    programs: int     # backward's persistent grid: each program walks tiles p, p + P, ... and keeps one dw row
+
+
+TILE_ELEMENTS = 4096       # elements per tensor per tile: 16 KB of fp32, four 16-byte loads per thread at 8 warps
+PROGRAMS_PER_SM = 2        # backward: 2 tiles of 3 tensors in flight per SM, ~96 KB, cover HBM's latency
+
+
+def row_tiles(n_rows: int, n_cols: int, sms: int, tile_elements: int = TILE_ELEMENTS,
+              programs_per_sm: int = PROGRAMS_PER_SM) -> RowTiles:
+    """The rule: whole rows per tile, as many as fit in `tile_elements` (768 columns: 4 rows, 4096: one), one warp
+    per 512 elements (4 to 16), and a backward grid of programs_per_sm · SMs, each summing dw over its rows."""
+    block_n = 1 << max(n_cols - 1, 0).bit_length()       # plain ints: triton.next_power_of_2 costs ~40x more
+    block_m = min(max(1, tile_elements // block_n), 1 << max(n_rows - 1, 0).bit_length())
+    num_warps = min(16, max(4, block_m * block_n // 512))
+    programs = max(1, min(-(-n_rows // block_m), programs_per_sm * sms))
+    return RowTiles(block_m, block_n, num_warps, programs)
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
 class AddRMSNormFunction(torch.autograd.Function):
@@ -67,15 +98,17 @@ class AddRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, eps):
         n_cols = x.shape[-1]
-        x2, r2 = x.reshape(-1, n_cols), residual.reshape(-1, n_cols)      # (N, C)
+        x2, r2 = x.view(-1, n_cols), residual.view(-1, n_cols)               # (N, C)
+        n_rows = x2.shape[0]
         y, h = torch.empty_like(x2), torch.empty_like(x2)
-        rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
-        block = triton.next_power_of_2(n_cols)
-        if x2.shape[0]:
-            add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight, y, h, rstd, n_cols, eps,
-                                               BLOCK_N=block, num_warps=_warps(block))
+        rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+        tiles = row_tiles(n_rows, n_cols, _sm_count(x.device))
+        if n_rows:
+            add_rmsnorm_kernel[(-(-n_rows // tiles.block_m),)](
+                x2, r2, weight, y, h, rstd, n_rows, n_cols, eps,
+                BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps)
         ctx.save_for_backward(h, weight, rstd)
-        ctx.shape = x.shape
+        ctx.tiles, ctx.shape = tiles, x.shape
         ctx.set_materialize_grads(False)        # an unused output's gradient stays None: gh is then not read
         return y.view_as(x), h.view_as(x)
 
@@ -83,20 +116,20 @@ class AddRMSNormFunction(torch.autograd.Function):
     def backward(ctx, gy, gh):
         h, weight, rstd = ctx.saved_tensors
         n_rows, n_cols = h.shape
+        tiles = ctx.tiles
         gy = torch.zeros_like(h) if gy is None else gy.reshape(n_rows, n_cols).contiguous()
         gh = None if gh is None else gh.reshape(n_rows, n_cols).contiguous()
         gx = torch.empty_like(h)
-        on_gpu = h.device.type == "cuda"
-        sms = torch.cuda.get_device_properties(h.device).multi_processor_count if on_gpu else 2
-        programs = max(1, min(n_rows, 4 * sms))
-        dw = torch.zeros(programs, n_cols, dtype=torch.float32, device=h.device)   # one partial sum per program
-        block = triton.next_power_of_2(n_cols)
+        dw = torch.empty(tiles.programs, n_cols, dtype=torch.float32, device=h.device)  # every program writes its row
         if n_rows:
-            add_rmsnorm_backward_kernel[(programs,)](gy, gh if gh is not None else gy, h, weight, rstd, gx, dw,
-                                                     n_rows, n_cols, HAS_GH=gh is not None, BLOCK_N=block,
-                                                     num_warps=_warps(block))
+            add_rmsnorm_backward_kernel[(tiles.programs,)](
+                gy, gh if gh is not None else gy, h, weight, rstd, gx, dw, n_rows, n_cols,
+                HAS_GH=gh is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps)
+            dw = dw.sum(0)                      # (n_cols,): P partial rows, summed by torch (one small kernel)
+        else:
+            dw = torch.zeros(n_cols, dtype=torch.float32, device=h.device)
         gx = gx.view(ctx.shape)
-        return gx, gx, dw.sum(0).to(weight.dtype), None
+        return gx, gx, dw.to(weight.dtype), None
 
 
 def _check(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> None:
@@ -137,20 +170,38 @@ def add_rmsnorm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch
     return (y * weight.float()).to(x.dtype), h
 
 
-def add_rmsnorm_bytes(n_rows: int, n_cols: int, element_size: int = 4, backward: bool = True) -> int:
+def add_rmsnorm_bytes(n_rows: int, n_cols: int, element_size: int = 4, backward: bool = True,
+                      programs: int = 1) -> int:
     """Bytes the fused kernels move: forward reads x, r, w, writes y, h, rstd; backward reads gy, gh, h, w,
-    rstd, writes gx and the per-program dw partial sums (counted at one row per program, a lower bound)."""
+    rstd, writes gx and `programs` fp32 partial rows of dw, which the sum reads back before writing dw."""
     nc, s = n_rows * n_cols, element_size
     fwd = 4 * nc * s + n_cols * s + 4 * n_rows
-    bwd = 4 * nc * s + n_cols * s + 4 * n_rows + 4 * n_cols
+    bwd = 4 * nc * s + n_cols * s + 4 * n_rows + 2 * 4 * programs * n_cols + 4 * n_cols
     return fwd + (bwd if backward else 0)
 
 
-def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | str,
-                          dtype: torch.dtype = torch.float32, repeats: int = 20) -> list[dict]:
-    """Forward + backward time and bytes of fused against eager (and against torch's F.rms_norm).
+def peer_rms_norms() -> dict:
+    """torch's add, then Liger-Kernel's RMSNorm (it has no residual add of its own), if installed; as a user gets it:
+    its defaults, which write the input gradient over the output gradient (in_place=True)."""
+    try:
+        import importlib.metadata as md
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+    except ImportError:
+        return {}
 
-    Eager bytes are counted op by op (roofline.count_bytes_moved); fused bytes by add_rmsnorm_bytes.
+    def liger(x, r, w, eps: float = 1e-6):
+        h = x + r
+        return LigerRMSNormFunction.apply(h, w, eps), h
+    return {f"add + Liger-Kernel {md.version('liger-kernel')} RMSNorm": liger}
+
+
+def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | str,
+                          dtype: torch.dtype = torch.float32, repeats: int = 20, extra: dict | None = None) -> list[dict]:
+    """Forward + backward time and bytes of fused against eager, torch's F.rms_norm and `extra` (name -> fn).
+
+    "fwd+bwd ms" is one call from Python, the GPU idle before it (launches included); on a GPU, "GPU ms" replays
+    the same step from a CUDA graph: the kernels alone. Eager bytes are counted op by op
+    (roofline.count_bytes_moved); fused bytes by add_rmsnorm_bytes.
     """
     device = torch.device(device)
     rows = []
@@ -158,26 +209,30 @@ def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | 
         g = torch.Generator(device=device).manual_seed(0)
         x, r = (torch.randn(n_rows, n_cols, device=device, generator=g).to(dtype).requires_grad_() for _ in range(2))
         w = (1 + 0.1 * torch.randn(n_cols, device=device, generator=g)).to(dtype).requires_grad_()
-        gy, gh = (torch.randn(n_rows, n_cols, device=device, generator=g).to(dtype) for _ in range(2))
+        grads = [torch.randn(n_rows, n_cols, device=device, generator=g).to(dtype) for _ in range(2)]
         impls = {"fused (ours)": add_rmsnorm, "eager chain": add_rmsnorm_reference,
-                 "add + F.rms_norm": lambda x, r, w: _torch_rms_norm(x, r, w)}
-
-        def step(fn):
-            y, h = fn(x, r, w)
-            return torch.autograd.grad((y, h), (x, r, w), (gy, gh))
-
+                 "add + F.rms_norm": _torch_rms_norm, **(extra or {})}
         for name, fn in impls.items():
-            t = measure_time(lambda: step(fn), device, warmup=3, repeats=repeats).median_s
+            gy, gh = (t.clone() for t in grads)        # a peer may write its gradients over gy (in place)
+            step = lambda: torch.autograd.grad(fn(x, r, w), (x, r, w), (gy, gh))
+            t = measure_time(step, device, warmup=3, repeats=repeats).median_s
+            row = {"shape": f"{n_rows}x{n_cols}", "impl": name, "fwd+bwd ms": t * 1e3}
+            if device.type == "cuda":
+                row["GPU ms"] = measure_graph_time(step, device, repeats=repeats) * 1e3
             if name == "fused (ours)":     # counted by hand: the interpreter's own aten calls would pollute a count
-                moved, launches = add_rmsnorm_bytes(n_rows, n_cols, x.element_size()), 4   # 2 Triton + zeros + sum
-            else:
+                programs = row_tiles(n_rows, n_cols, _sm_count(device)).programs
+                moved, launches = add_rmsnorm_bytes(n_rows, n_cols, x.element_size(), programs=programs), 3
+            elif name in (extra or {}):    # a peer's Triton kernels are not aten ops: uncounted, left blank
+                moved = launches = None
+            else:                          # (ours launches 2 Triton kernels and torch's sum of the dw rows)
                 with count_bytes_moved() as rec:
-                    step(fn)
+                    step()
                 moved, launches = rec.total, rec.launches
-            rows.append({"shape": f"{n_rows}x{n_cols}", "impl": name, "fwd+bwd ms": t * 1e3,
-                         "bytes moved": moved, "kernels": launches, "GB/s": gbps(moved, t)})
-        eager = next(rw for rw in rows[-3:] if rw["impl"] == "eager chain")["fwd+bwd ms"]
-        for rw in rows[-3:]:
+            rows.append({**row, "bytes moved": moved, "kernels": launches,
+                         "GB/s": None if moved is None else gbps(moved, t)})
+        mine = rows[-len(impls):]
+        eager = next(rw for rw in mine if rw["impl"] == "eager chain")["fwd+bwd ms"]
+        for rw in mine:
             rw["speedup vs eager"] = eager / rw["fwd+bwd ms"]
     return rows
 

@@ -38,6 +38,28 @@ def measure_copy_bandwidth(n: int, device: torch.device | str, dtype: torch.dtyp
     return 2 * n * src.element_size() / t.median_s
 
 
+def measure_graph_time(fn, device: torch.device | str, calls: int = 1, repeats: int = 20) -> float:
+    """Seconds per call of fn() replayed from a CUDA graph: the GPU's own time, without Python or launch gaps.
+
+    `calls` calls are captured back to back in one graph (after a warm-up on a side stream, as CUDA graphs need),
+    and five replays are queued per timed repeat, so the GPU never waits for the CPU.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device={device}: CUDA graphs need a CUDA device; use measure_time on a CPU")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return measure_time(graph.replay, device, warmup=2, repeats=repeats, inner=5).median_s / calls
+
+
 def _tensors(tree) -> list[torch.Tensor]:
     out = []
     if isinstance(tree, torch.Tensor):
