@@ -84,7 +84,7 @@ def bench_dollars_to_target(ctx: BenchContext) -> dict:
     gpu = dev.catalog_name() if ctx.device.type == "cuda" else None
     price = estimate.get_gpu(gpu).price_per_hour if gpu else estimate.get_gpu("H100").price_per_hour
     if on_gpu:                      # up to GPT-2 small's shape; warm-up and a cosine, so neither plan stalls
-        budget, max_params, target, cap = torch.cuda.get_device_properties(ctx.device).total_memory, 90e6, 1.6, 800
+        budget, max_params, target, cap = torch.cuda.get_device_properties(ctx.device).total_memory, 90e6, 2.3, 800
         shared = dict(batch_size=8, seq_len=1024, lr=1e-3, warmup_steps=100, lr_decay="cosine", eval_every=50,
                       eval_batches=4)
     else:
