@@ -138,6 +138,9 @@ def markdown_report(results_dir: str | Path = "results") -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+MAX_HEADLINES = 12   # README's table: every section's first headline, then the others while room is left
+
+
 def headline_report(results_dir: str | Path = "results", link: str = "results/README.md") -> str:
     """The headline lines of every section as one short markdown table, linking to the full tables. A section
     measured on several devices gives the headlines of its newest measurement; every run stays in the full tables."""
@@ -147,12 +150,24 @@ def headline_report(results_dir: str | Path = "results", link: str = "results/RE
             if name not in newest or sec.get("when", "") > newest[name][0].get("when", ""):
                 newest[name] = (sec, device_label(data.get("device", {})))
     order = {name: i for i, name in enumerate(SECTIONS)}
-    lines = ["| what | measured | where |", "|---|---|---|"]
-    for name in sorted(newest, key=lambda n: order.get(n, len(order))):   # the lessons' order
-        sec, where = newest[name]
+    names = sorted(newest, key=lambda n: order.get(n, len(order)))        # the lessons' order
+    found = {}
+    for name in names:
         spec = REPORTS.get(name)
+        found[name] = spec.headlines(newest[name][0].get("rows", [])) if spec and spec.headlines else []
+    # every section's first headline, then second ones in the lessons' order while the table stays short
+    kept = {name: found[name][:1] for name in names}
+    room = MAX_HEADLINES - sum(len(v) for v in kept.values())
+    for name in names:
+        for extra in found[name][1:]:
+            if room > 0:
+                kept[name].append(extra)
+                room -= 1
+    lines = ["| what | measured | where |", "|---|---|---|"]
+    for name in names:
+        sec, where = newest[name]
         day = sec.get("when", "")[:10]
-        for what, measured in (spec.headlines(sec.get("rows", [])) if spec and spec.headlines else []):
+        for what, measured in kept[name]:
             lines.append(f"| {what} | {measured} | {where}, {day}, [`{name}`]({link}) |")
     return "\n".join(lines) + f"\n\nEvery table, per device, with its figures: [{link}]({link}).\n"
 
