@@ -8,6 +8,7 @@ mantissa: it must agree within a looser tolerance, MIXED_REL_TOL, the figure les
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from frugal.model import GPTConfig
@@ -17,6 +18,9 @@ from frugal.train import TrainConfig, TrainResult, train
 # and 2 ranks or ZeRO 3.5-5e-5 (relative) from fp32: rounding carried by Adam. 1e-3 keeps 4x room above that,
 # and 10x below the mixed tolerance, so a real error (a gradient averaged wrongly, a step dropped) shows.
 EXACT_REL_TOL = 1e-3
+# On a GPU the same fp32 run twice lands apart (atomic adds sum in any order, and 1000 steps carry the bits
+# forward): the noise floor is measured there, and an exact technique must sit within NOISE_SIGMAS of it.
+NOISE_SIGMAS = 3
 # The acceptance figure for a long run on a GPU: bf16 and fp16 + LossScaler within 1% of fp32's final loss.
 MIXED_REL_TOL = 0.01
 
@@ -80,3 +84,37 @@ def parity_table(results: dict[str, TrainResult], world_size: int = 2, exact_rel
 def curves(results: dict[str, TrainResult]) -> dict[str, list[tuple[int, float]]]:
     """Validation loss against tokens trained on, per run: what the overlay plot draws."""
     return {n: [(s * r.config.batch_size * r.config.seq_len, v) for s, v in r.val_loss] for n, r in results.items()}
+
+
+def parity_over_seeds(model_cfg: GPTConfig, base: TrainConfig, names: list[str] | None = None,
+                      seeds: tuple[int, ...] = (0, 1), world_size: int = 2) -> tuple[list[dict], dict]:
+    """The table averaged over seeds, with its noise floor measured: fp32 trained twice on each seed.
+
+    A row's rel_diff is the mean over seeds of its gap to that seed's fp32. 'fp32, again' is the rerun: its
+    spread, sigma (the root mean square of its gaps), is how far two runs of the same math land apart, so an
+    exact technique is within when |rel_diff| <= NOISE_SIGMAS * sigma / sqrt(len(seeds)), or EXACT_REL_TOL if
+    larger (a CPU reruns bit for bit). Returns (rows, the first seed's results, for curves)."""
+    if not seeds:
+        raise ValueError("seeds=(): give at least one seed, e.g. seeds=(0, 1)")
+    per_seed, gaps = [], {}
+    for seed in seeds:
+        cfg = replace(base, seed=seed)
+        results = run_parity(model_cfg, cfg, names, world_size)
+        results["fp32, again"] = train(model_cfg, replace(cfg, precision="fp32"))
+        per_seed.append(results)
+        baseline = results["fp32"].val_loss[-1][1]
+        for name, r in results.items():
+            gaps.setdefault(name, []).append((r.val_loss[-1][1] - baseline) / baseline)
+    sigma = math.sqrt(sum(g * g for g in gaps["fp32, again"]) / len(seeds))
+    exact_tol = max(EXACT_REL_TOL, NOISE_SIGMAS * sigma / math.sqrt(len(seeds)))
+    table = {**techniques(world_size), "fp32, again": Technique("precision", "noise", {})}
+    rows = []
+    for name, g in gaps.items():
+        t = table[name]
+        rel = sum(g) / len(g)
+        tol = MIXED_REL_TOL if t.kind == "mixed" else exact_tol
+        loss = sum(r[name].val_loss[-1][1] for r in per_seed) / len(seeds)
+        rows.append({"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss, "rel_diff": rel,
+                     "rel_diffs": g, "seeds": len(seeds), "tolerance": tol, "within": abs(rel) <= tol,
+                     "noise_sigma": sigma, "train_time_s": sum(r[name].train_time_s for r in per_seed) / len(seeds)})
+    return rows, per_seed[0]

@@ -243,3 +243,10 @@ def test_kernel_headlines_set_the_vector_add_rule_and_ours_against_each_rms_norm
         "0.973x from idle, GPU 1.000x"
     assert lines["residual add + RMSNorm 8x16, fwd+bwd ms: ours vs add + F.rms_norm"] == \
         "0.500 (GPU 0.070) vs 0.200 (GPU 0.100)"
+
+
+def test_quick_parity_has_the_rerun_row(tmp_path):
+    rows = {r["technique"]: r for r in _quick("parity", tmp_path)["rows"]}
+    assert set(rows) == {"fp32", "bf16", "recompute full", "fp32, again"}
+    assert rows["fp32, again"]["kind"] == "noise" and rows["fp32, again"]["rel_diff"] == 0.0   # CPU: bit for bit
+    assert rows["recompute full"]["within"] and rows["recompute full"]["seeds"] == 1

@@ -81,3 +81,37 @@ def test_bad_arguments_are_refused():
         parity.run_parity(preset("tiny"), TrainConfig(steps=2))
     with pytest.raises(ValueError, match="unknown techniques"):
         parity.run_parity(preset("tiny"), BASE, names=["fp64"])
+
+
+def test_parity_over_seeds_averages_the_gaps_and_measures_the_noise_floor():
+    base = TrainConfig(steps=6, batch_size=4, seq_len=32, eval_every=3, eval_batches=2, progress=False)
+    rows, first = parity.parity_over_seeds(preset("tiny"), base, ["fp32", "recompute full", "bf16"], seeds=(0, 1))
+    rows = {r["technique"]: r for r in rows}
+    assert list(rows) == ["fp32", "recompute full", "bf16", "fp32, again"]
+    assert first["fp32"].config.seed == 0 and set(first) == set(rows)
+    for r in rows.values():
+        assert r["seeds"] == 2 and len(r["rel_diffs"]) == 2
+        assert r["rel_diff"] == pytest.approx(sum(r["rel_diffs"]) / 2, abs=0)
+    # a CPU reruns fp32 bit for bit: no noise, so the exact tolerance is EXACT_REL_TOL's floor
+    assert rows["fp32, again"]["rel_diffs"] == [0.0, 0.0] and rows["fp32, again"]["noise_sigma"] == 0.0
+    assert rows["recompute full"]["tolerance"] == parity.EXACT_REL_TOL and rows["recompute full"]["within"]
+    assert rows["bf16"]["tolerance"] == parity.MIXED_REL_TOL
+    assert rows["bf16"]["rel_diffs"][0] != rows["bf16"]["rel_diffs"][1]       # two seeds, two trajectories
+
+
+def test_the_exact_tolerance_grows_with_the_measured_noise(monkeypatch):
+    """Where a rerun lands apart (a GPU), the exact tolerance is 3 sigma of a mean over the seeds."""
+    class R:
+        def __init__(self, loss):
+            self.val_loss, self.train_time_s = [(10, loss)], 0.0
+    gaps = {0: 0.004, 1: -0.002}                       # the reruns' gaps on seeds 0 and 1
+    monkeypatch.setattr(parity, "run_parity",
+                        lambda m, cfg, names, ws: {"fp32": R(2.0), "recompute full": R(2.0 * (1 + 0.003))})
+    monkeypatch.setattr(parity, "train", lambda m, cfg: R(2.0 * (1 + gaps[cfg.seed])))
+    rows = {r["technique"]: r for r in parity.parity_over_seeds(None, BASE, seeds=(0, 1))[0]}
+    sigma = ((0.004 ** 2 + 0.002 ** 2) / 2) ** 0.5
+    assert rows["fp32, again"]["noise_sigma"] == pytest.approx(sigma)
+    assert rows["recompute full"]["tolerance"] == pytest.approx(3 * sigma / 2 ** 0.5)   # 0.0067
+    assert rows["recompute full"]["within"]                                             # 0.3% < 0.67%
+    with pytest.raises(ValueError, match="at least one seed"):
+        parity.parity_over_seeds(None, BASE, seeds=())
