@@ -4,7 +4,7 @@ from matplotlib.figure import Figure
 
 from frugal import parity
 from frugal.model import preset
-from frugal.plots.economics_quality import val_loss_overlay
+from frugal.plots.economics_quality import parity_gaps, val_loss_overlay
 from frugal.train import TrainConfig
 
 BASE = TrainConfig(steps=40, batch_size=8, seq_len=64, eval_every=10, eval_batches=4, progress=False)
@@ -115,3 +115,17 @@ def test_the_exact_tolerance_grows_with_the_measured_noise(monkeypatch):
     assert rows["recompute full"]["within"]                                             # 0.3% < 0.67%
     with pytest.raises(ValueError, match="at least one seed"):
         parity.parity_over_seeds(None, BASE, seeds=())
+
+
+def test_parity_gaps_draws_each_gap_over_its_tolerance():
+    rows = [{"technique": "fp32", "rel_diff": 0.0, "tolerance": 1e-3, "within": True},
+            {"technique": "recompute full", "rel_diff": -0.0007, "tolerance": 0.005, "within": True},
+            {"technique": "bf16", "rel_diff": 0.013, "tolerance": 0.01, "within": False}]
+    ax = parity_gaps(rows).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["recompute full (±0.5%)", "bf16 (±1%)"]                # fp32, the baseline, is no bar
+    bands, gaps = ax.patches[0::2], ax.patches[1::2]
+    assert [b.get_width() for b in bands] == pytest.approx([1.0, 2.0])      # ±tolerance, in percent
+    assert [g.get_width() for g in gaps] == pytest.approx([-0.07, 1.3])
+    assert gaps[1].get_facecolor() != gaps[0].get_facecolor()              # outside: another colour
+    assert "%" in ax.get_xlabel()

@@ -5,7 +5,7 @@ every figure is re-exported here, so `from frugal import plots; plots.memory_bar
 """
 from frugal.plots._common import GIB, COLORS, human_bytes
 from frugal.plots.economics import memory_bars, cost_bars, loss_curve, predicted_vs_measured
-from frugal.plots.economics_quality import val_loss_overlay, dollars_to_target
+from frugal.plots.economics_quality import val_loss_overlay, dollars_to_target, parity_gaps
 from frugal.plots.precision import (
     FORMAT_COLORS, format_ranges, gradient_histogram, scale_history, precision_runs, step_time_bars)
 from frugal.plots.fp8 import crossover_size, fp8_distribution, fp8_speedup, recipe_trace
@@ -18,7 +18,7 @@ from frugal.plots.kernels import kernel_grid, bandwidth_vs_size, fused_vs_unfuse
 from frugal.plots.recipe import model_size_frontiers, recipe_ranking, recipe_runs
 
 __all__ = ["GIB", "COLORS", "human_bytes", "memory_bars", "cost_bars", "loss_curve", "predicted_vs_measured",
-           "val_loss_overlay", "dollars_to_target",
+           "val_loss_overlay", "dollars_to_target", "parity_gaps",
            "FORMAT_COLORS", "format_ranges", "gradient_histogram", "scale_history", "precision_runs",
            "step_time_bars", "fp8_distribution", "fp8_speedup", "crossover_size", "recipe_trace", "recompute_tradeoff",
            "saved_bytes_by_block", "largest_batch_bars", "PIPE_COLORS",

@@ -42,3 +42,21 @@ def dollars_to_target(runs: dict[str, list[tuple[float, float]]], target: float,
     ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+def parity_gaps(rows: list[dict], title: str = "Final validation loss against fp32's") -> Figure:
+    """One bar per technique: its gap to fp32's final validation loss in percent, over a band of its
+    tolerance (grey), green within it and red outside; the rerun of fp32 itself is the noise floor."""
+    rows = [r for r in rows if r["technique"] != "fp32"]
+    fig, ax = new_figure()
+    ys = range(len(rows))
+    for y, r in zip(ys, rows):
+        tol = 100 * r["tolerance"]
+        ax.barh(y, 2 * tol, left=-tol, height=0.8, color="0.88", zorder=0)
+        ax.barh(y, 100 * r["rel_diff"], height=0.5, color="tab:green" if r["within"] else "tab:red", zorder=2)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(list(ys), [f"{r['technique']} (±{100 * r['tolerance']:.2g}%)" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gap to fp32's final validation loss (%); grey: the tolerance")
+    ax.set_title(title)
+    return fig
