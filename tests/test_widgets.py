@@ -145,6 +145,24 @@ def test_cross_entropy_live_count_follows_the_tokens_slider(capsys):
     assert "512 tokens" in live(second) and live(first) != live(second)
 
 
+def test_cross_entropy_sliders_move_the_marked_point_on_both_panels(monkeypatch):
+    pytest.importorskip("triton")
+    import frugal.widgets.kernels as kern
+
+    shown = _figures(monkeypatch, kern)
+    c = _controls(widgets.cross_entropy_memory_explorer(TinyGPT(preset("tiny")), live_tokens=512))
+    marker = lambda ax: next(l for l in ax.lines if l.get_label().startswith("chosen")).get_xdata()[0]
+    by_vocab, by_tokens = shown[-1].axes
+    assert (marker(by_vocab), marker(by_tokens)) == (2 ** 16, 2 ** 13)
+    assert by_vocab.get_title() == "at 8,192 tokens" and by_tokens.get_title() == "at vocab 65,536"
+    c["vocab"].value = 2 ** 12                                  # the left marker moves, the right panel says so
+    by_vocab, by_tokens = shown[-1].axes
+    assert marker(by_vocab) == 2 ** 12 and by_tokens.get_title() == "at vocab 4,096"
+    c["tokens"].value = 2 ** 10
+    by_vocab, by_tokens = shown[-1].axes
+    assert marker(by_tokens) == 2 ** 10 and by_vocab.get_title() == "at 1,024 tokens"
+
+
 # ----------------------------------------------------------------------------- feedback on slow work
 
 def test_progress_disables_the_controls_while_work_runs_and_advances_per_report():
