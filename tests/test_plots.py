@@ -259,6 +259,25 @@ def test_frontier_stars_are_labelled_with_the_real_parameter_count():
     assert "438 K" in _texts(fig) and "0M" not in _texts(fig)
 
 
+def test_format_ranges_name_the_value_inside_the_axes_and_read_the_top_axis_in_powers_of_ten():
+    import math
+
+    from frugal import numerics
+    table = numerics.format_table()
+    fig = plots.format_ranges(table, value=1e-6, highlight="fp16")
+    assert _drawn(fig)
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    label = next(t for t in ax.texts if t.get_text().strip() == "|x| = 1e-06")
+    box, title = label.get_window_extent(renderer), ax.title.get_window_extent(renderer)
+    assert ax.get_window_extent(renderer).contains(box.x0, box.y0) and not box.overlaps(title)
+    top = next(a for a in fig.axes[0].child_axes)
+    ticks = [t.get_text() for t in top.get_xticklabels()]
+    assert "1e-10" in ticks and "1" in ticks and "1e30" in ticks and "powers of ten" in top.get_xlabel()
+    assert top.get_xlim()[0] == pytest.approx(ax.get_xlim()[0] / math.log2(10))          # log2 axis / log2(10)
+    lanes = [p for p in ax.patches]
+    assert all(not box.overlaps(p.get_window_extent(renderer)) for p in lanes)          # under the lanes
+
+
 def test_gradient_histogram_counts_like_the_table_one_denominator():
     import torch
     from frugal import numerics

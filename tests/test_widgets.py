@@ -163,6 +163,26 @@ def test_cross_entropy_sliders_move_the_marked_point_on_both_panels(monkeypatch)
     assert marker(by_tokens) == 2 ** 10 and by_vocab.get_title() == "at 1,024 tokens"
 
 
+def test_precision_dashboard_greys_out_the_scaler_unless_fp16_and_each_fp16_setting_is_its_own_run(monkeypatch):
+    import frugal.widgets.precision as prec
+
+    shown = _figures(monkeypatch, prec)
+    c = _controls(widgets.precision_dashboard(steps=1, batch_size=2, seq_len=8))
+    assert c["precision"].value == "fp32" and c["fp16 scaler"].disabled and c["init scale"].disabled
+    c["precision"].value = "fp16"
+    assert not c["fp16 scaler"].disabled and not c["init scale"].disabled
+    c["init scale"].value = 2.0 ** 40                           # a new bar, not the fp32 one redrawn
+    names = [t.get_text() for t in shown[-1].axes[1].get_xticklabels()]
+    assert names == ["fp32", "fp16/frugal 2^16", "fp16/frugal 2^40"]
+    c["precision"].value = "bf16"
+    assert c["fp16 scaler"].disabled and c["init scale"].disabled
+
+
+def test_format_explorer_reads_its_value_in_powers_of_ten_and_fits_the_readout():
+    c = _controls(widgets.format_explorer("fp16", 1e-6))
+    assert c["|x|"].readout_format == ".2e"                     # "1.00e-6"; ".3g" read 0.00000100, clipped
+
+
 # ----------------------------------------------------------------------------- feedback on slow work
 
 def test_progress_disables_the_controls_while_work_runs_and_advances_per_report():
