@@ -62,7 +62,10 @@ def measure_recompute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 def train_with_reports(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig, on_report=None,
                        timeout: float = 120.0) -> TrainResult:
     """train(model_cfg, cfg), with cfg.world_size > 1 launched here so that on_report(rank, message) hears each
-    rank join and finish (dist.launch's reports); one process trains through train() itself."""
-    if cfg.world_size == 1 or on_report is None:
+    rank join and finish (dist.launch's reports) and rank 0 end each step, ('step', k); one process trains
+    through train() itself and reports its steps as rank 0's."""
+    if on_report is None:
         return train(model_cfg, cfg)
+    if cfg.world_size == 1:
+        return train(model_cfg, cfg, on_step=lambda r: on_report(0, ("step", r.step + 1)))
     return train_data_parallel(model_cfg, cfg, timeout, on_report)

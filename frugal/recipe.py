@@ -311,7 +311,8 @@ def measure_recipe(model_cfg: GPTConfig, cfg: TrainConfig, gpu: str = "T4", cpu_
     Memory: the fullest rank's CUDA peak on a GPU; on CPU the bytes one forward saves for backward, counted.
     MFU: against the GPU's catalog peak on a GPU, this CPU's measured matmul peak on CPU. Price: on a GPU
     the measured speed at `gpu`'s catalog price; on CPU the measured MFU carried to `gpu` (a CPU has no price).
-    on_report(rank, message): hears the ranks of a cfg.world_size > 1 run join and finish (a progress bar).
+    on_report(rank, message): hears each step end and the ranks of a cfg.world_size > 1 run join and finish (a
+    progress bar).
     """
     card = get_gpu(gpu)
     result = train_with_reports(model_cfg, cfg, on_report)

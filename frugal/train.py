@@ -21,7 +21,7 @@ from frugal.config import (COMPILE, DATA_PARALLEL, LR_DECAYS, PRECISIONS, SCALER
 from frugal.evaluate import Validation, bits_per_byte, validation_rows
 from frugal.data_parallel import wrap
 from frugal.device import pick_device
-from frugal.dist import launch, max_and_mean, share_cpu_threads
+from frugal.dist import launch, max_and_mean, report, share_cpu_threads
 from frugal.loss_scaler import LossScaler
 from frugal.measure import Timing, measure_time, synchronize
 from frugal.model import GPTConfig, TinyGPT
@@ -250,9 +250,10 @@ def validation(cfg: TrainConfig, device: torch.device, rank: int = 0, show: bool
 
 
 def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainConfig, scaler=None,
-                 show: bool = True, val: Validation | None = None) -> list[StepRecord]:
+                 show: bool = True, val: Validation | None = None, on_step=None) -> list[StepRecord]:
     """The training loop: cfg.steps train_steps, each synchronized and recorded (loss, time, peak memory);
-    with val, held-out loss at step 0 and every val.every steps, stopping early once val.target is reached."""
+    with val, held-out loss at step 0 and every val.every steps, stopping early once val.target is reached.
+    on_step(record), if given, hears each step as it ends (a progress bar)."""
     history = []
     tokens = cfg.batch_size * cfg.seq_len
     if val is not None:
@@ -276,13 +277,16 @@ def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainC
         if val is not None and val.due(step + 1, step + 1 == cfg.steps):
             shown["val"] = f"{val(model, step + 1):.3f}"
         bar.set_postfix(loss=f"{history[-1].loss:.3f}", **shown)
+        if on_step is not None:
+            on_step(history[-1])
         if val is not None and val.reached:
             break
     return history
 
 
-def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> TrainResult:
-    """Train for cfg.steps steps, recording loss, time and memory of each step."""
+def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None, on_step=None) -> TrainResult:
+    """Train for cfg.steps steps, recording loss, time and memory of each step; on_step(record) hears each
+    step of one process as it ends (ranks report theirs to dist.launch's on_report instead)."""
     cfg = TrainConfig() if cfg is None else cfg
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train(model, cfg): cfg must be a TrainConfig, got {type(cfg).__name__}; "
@@ -292,7 +296,8 @@ def train(model_cfg: GPTConfig | TinyGPT, cfg: TrainConfig | None = None) -> Tra
     model, optimizer, next_batch, device = build(model_cfg, cfg)
     model.train()
     val = validation(cfg, device, show=cfg.progress)
-    history = _timed_steps(model, optimizer, next_batch, device, cfg, make_scaler(cfg, device), cfg.progress, val)
+    history = _timed_steps(model, optimizer, next_batch, device, cfg, make_scaler(cfg, device), cfg.progress, val,
+                           on_step)
     return TrainResult(model, cfg, history, val_loss=val.losses if val else [], eval_time_s=val.time_s if val else 0)
 
 
@@ -312,7 +317,8 @@ def train_rank(rank: int, world_size: int, model_cfg: GPTConfig | TinyGPT, cfg: 
     else:
         dp, scaler = wrap(model, cfg.data_parallel, cfg.bucket_cap_mb), make_scaler(cfg, device)
     val = validation(cfg, device, rank)                  # each rank evaluates its rows; the mean is all-reduced
-    local = _timed_steps(dp, optimizer, next_batch, device, cfg, scaler, show=False, val=val)
+    steps = (lambda r: report(("step", r.step + 1))) if rank == 0 else None   # launch's on_report hears them
+    local = _timed_steps(dp, optimizer, next_batch, device, cfg, scaler, show=False, val=val, on_step=steps)
     slowest, _ = max_and_mean([r.time_s for r in local], device)       # a step lasts as long as its slowest rank
     _, mean_loss = max_and_mean([r.loss for r in local], device)       # equal shards: the global loss is the mean
     top, _ = max_and_mean([float(r.peak_memory_bytes or 0) for r in local], device)   # the fullest rank's peak

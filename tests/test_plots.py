@@ -189,6 +189,39 @@ def test_memory_bars_wrap_long_plan_names_so_labels_do_not_overlap():
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
 
 
+def test_gpt3_layouts_memory_bars_are_log_stacked_by_kind_with_no_kind_hidden_and_the_80_gb_line_named():
+    from frugal import estimate
+    gpt3 = dict(n_layer=96, hidden=12288, heads=96, vocab=51200, seq=2048, micro_batch=1)   # lesson 05's figure
+    layouts = {"1 GPU": (1, 1, 1), "tp=8": (1, 8, 1), "tp=8 pp=8": (1, 8, 8), "tp=8 pp=16": (1, 8, 16),
+               "dp=8 tp=8 pp=16 ZeRO-1": (8, 8, 16)}
+    plans = {k: estimate.estimate_parallel_memory(**gpt3, layout=estimate.ParallelLayout(*v), n_micro=64,
+                                                  schedule="1f1b", zero_stage=1 if v[0] > 1 else 0).as_dict()
+             for k, v in layouts.items()}
+    fig = plots.memory_bars(plans, {"H100": 80})
+    ax = fig.axes[0]
+    assert _drawn(fig) and ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()    # 3 TB beside 64 GB
+    kinds = ["weights", "gradients", "optimizer", "activations"]
+    assert fig.legends[0].get_texts() and [t.get_text() for t in fig.legends[0].get_texts()] == kinds
+    bottom = ax.get_ylim()[0]
+    patches = iter(ax.patches)                      # drawn kind by kind, plan by plan
+    for kind in kinds:
+        for name in plans:
+            p = next(patches)
+            want = plans[name][kind] / 1e9
+            assert p.get_y() + p.get_height() > bottom and p.get_height() > 0.2 * want, (name, kind)
+    dp8 = [p for p in ax.patches if round(p.get_x() + p.get_width() / 2) == 4]
+    assert [round(p.get_y() + p.get_height(), 1) for p in dp8] == [2.9, 5.9, 8.0, 63.6]   # ZeRO-1's stack
+    texts = _texts(fig)
+    assert {"3.07 TB", "405 GB", "101 GB", "79 GB", "63.6 GB", "H100 80 GB"} <= set(texts)
+    line = next(l for l in ax.lines if l.get_ydata()[0] == 80)
+    assert line.get_zorder() > max(p.get_zorder() for p in ax.patches)                 # drawn over the bars
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
+    totals = [t for t in ax.texts if t.get_text().endswith("B")]
+    assert all(t.get_bbox_patch() is not None for t in totals)                          # a white box over the line
+
+
 def test_max_model_bars_say_billion_not_b_and_mark_the_chosen_stage():
     fig = plots.max_model_bars({"DP": 5e9, "stage 1": 19e9, "stage 3": 320e9}, 80, 64, highlight="stage 3")
     texts = _texts(fig)
@@ -224,6 +257,25 @@ def test_frontier_stars_are_labelled_with_the_real_parameter_count():
     rows = [dict(params=p, estimated_bytes=b) for p, b in ((200_000, 5e6), (437_760, 9e6), (834_304, 30e6))]
     fig = plots.model_size_frontiers({"plan": rows}, 20e6)
     assert "438 K" in _texts(fig) and "0M" not in _texts(fig)
+
+
+def test_format_ranges_name_the_value_inside_the_axes_and_read_the_top_axis_in_powers_of_ten():
+    import math
+
+    from frugal import numerics
+    table = numerics.format_table()
+    fig = plots.format_ranges(table, value=1e-6, highlight="fp16")
+    assert _drawn(fig)
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    label = next(t for t in ax.texts if t.get_text().strip() == "|x| = 1e-06")
+    box, title = label.get_window_extent(renderer), ax.title.get_window_extent(renderer)
+    assert ax.get_window_extent(renderer).contains(box.x0, box.y0) and not box.overlaps(title)
+    top = next(a for a in fig.axes[0].child_axes)
+    ticks = [t.get_text() for t in top.get_xticklabels()]
+    assert "1e-10" in ticks and "1" in ticks and "1e30" in ticks and "powers of ten" in top.get_xlabel()
+    assert top.get_xlim()[0] == pytest.approx(ax.get_xlim()[0] / math.log2(10))          # log2 axis / log2(10)
+    lanes = [p for p in ax.patches]
+    assert all(not box.overlaps(p.get_window_extent(renderer)) for p in lanes)          # under the lanes
 
 
 def test_gradient_histogram_counts_like_the_table_one_denominator():

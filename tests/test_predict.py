@@ -132,3 +132,9 @@ def test_these_tests_pass_under_ipywidgets_7(env7):
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
                            __file__], cwd=Path(__file__).parents[1], env=env7, capture_output=True, text=True)
     assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
+
+
+def test_the_empty_box_suggests_no_magnitude_and_each_example_it_shows_reads_as_a_number():
+    box = predict.ask("Forward + backward: the eager chain's bytes over the fused pair's?").box
+    examples = box.placeholder.split(":", 1)[1].split(",")      # a ratio, a fraction, a percent, a count of FLOPs
+    assert [predict.parse_number(e.strip(), "") for e in examples] == [4.0, 0.3, 0.25, 1e24]

@@ -55,6 +55,8 @@ def test_activation_meter_redraws_on_a_live_model(capsys):
 
 def test_recipe_dashboard_trains_and_refuses_a_bad_plan(capsys):
     box = widgets.recipe_dashboard(steps=2, batch_size=4, seq_len=16)
+    bar, status = box.children[2].children                   # under the two rows of controls
+    assert bar.value == bar.max == 2 and status.value.startswith("done in")   # one process: a tick per step
     first = capsys.readouterr().out
     assert "tokens/s" in first and "estimator" in first and "US$ per billion tokens" in first
     controls = _controls(box)
@@ -143,6 +145,44 @@ def test_cross_entropy_live_count_follows_the_tokens_slider(capsys):
     assert "512 tokens" in live(second) and live(first) != live(second)
 
 
+def test_cross_entropy_sliders_move_the_marked_point_on_both_panels(monkeypatch):
+    pytest.importorskip("triton")
+    import frugal.widgets.kernels as kern
+
+    shown = _figures(monkeypatch, kern)
+    c = _controls(widgets.cross_entropy_memory_explorer(TinyGPT(preset("tiny")), live_tokens=512))
+    marker = lambda ax: next(l for l in ax.lines if l.get_label().startswith("chosen")).get_xdata()[0]
+    by_vocab, by_tokens = shown[-1].axes
+    assert (marker(by_vocab), marker(by_tokens)) == (2 ** 16, 2 ** 13)
+    assert by_vocab.get_title() == "at 8,192 tokens" and by_tokens.get_title() == "at vocab 65,536"
+    c["vocab"].value = 2 ** 12                                  # the left marker moves, the right panel says so
+    by_vocab, by_tokens = shown[-1].axes
+    assert marker(by_vocab) == 2 ** 12 and by_tokens.get_title() == "at vocab 4,096"
+    c["tokens"].value = 2 ** 10
+    by_vocab, by_tokens = shown[-1].axes
+    assert marker(by_tokens) == 2 ** 10 and by_vocab.get_title() == "at 1,024 tokens"
+
+
+def test_precision_dashboard_greys_out_the_scaler_unless_fp16_and_each_fp16_setting_is_its_own_run(monkeypatch):
+    import frugal.widgets.precision as prec
+
+    shown = _figures(monkeypatch, prec)
+    c = _controls(widgets.precision_dashboard(steps=1, batch_size=2, seq_len=8))
+    assert c["precision"].value == "fp32" and c["fp16 scaler"].disabled and c["init scale"].disabled
+    c["precision"].value = "fp16"
+    assert not c["fp16 scaler"].disabled and not c["init scale"].disabled
+    c["init scale"].value = 2.0 ** 40                           # a new bar, not the fp32 one redrawn
+    names = [t.get_text() for t in shown[-1].axes[1].get_xticklabels()]
+    assert names == ["fp32", "fp16/frugal 2^16", "fp16/frugal 2^40"]
+    c["precision"].value = "bf16"
+    assert c["fp16 scaler"].disabled and c["init scale"].disabled
+
+
+def test_format_explorer_reads_its_value_in_powers_of_ten_and_fits_the_readout():
+    c = _controls(widgets.format_explorer("fp16", 1e-6))
+    assert c["|x|"].readout_format == ".2e"                     # "1.00e-6"; ".3g" read 0.00000100, clipped
+
+
 # ----------------------------------------------------------------------------- feedback on slow work
 
 def test_progress_disables_the_controls_while_work_runs_and_advances_per_report():
@@ -156,7 +196,7 @@ def test_progress_disables_the_controls_while_work_runs_and_advances_per_report(
         p.on_report(0, "joined")
         p.on_report(1, ("gpipe", 4))
         seen.append((progress.bar.value, progress.status.value))
-    assert seen[0] == (True, True, "training...", 0)
+    assert seen[0] == (True, True, "training…", 0)
     assert seen[1] == (2, "2 of 3: rank 1 finished ('gpipe', 4)")
     assert not button.disabled and not slider.disabled and button.description == "train"
     assert progress.bar.value == 3 and progress.status.value.startswith("done in")
@@ -181,7 +221,7 @@ def test_sharding_live_button_is_busy_while_the_ranks_run():
     button = box.children[0].children[2]
     bar = box.children[1].children[0]
     button.click()
-    assert seen[0] == (True, "training 2 plans on 2 ranks...") and seen[1] == 2
+    assert seen[0] == (True, "training…") and seen[1] == 2                 # short enough not to be clipped
     assert bar.max == 2 * (2 + 2) and not button.disabled
 
 
@@ -192,9 +232,17 @@ def test_data_parallel_trainer_moves_its_bar_as_each_rank_joins_and_finishes(mon
     original = Progress.on_report
     monkeypatch.setattr(Progress, "on_report", lambda self, rank, msg: (heard.append((rank, msg)),
                                                                          original(self, rank, msg)))
+    values = []
+    original_step = Progress.step
+    monkeypatch.setattr(Progress, "step", lambda self, note="": (original_step(self, note),
+                                                                 values.append((self.bar.value, note))))
     box = widgets.data_parallel_trainer(preset("tiny"), steps=2, batch_size=4)
     bar, status = box.children[1].children                   # the progress line under the controls
-    assert sorted(heard) == [(0, "done"), (0, "joined"), (1, "done"), (1, "joined")]
-    assert bar.value == bar.max == 1 + 2 * 2 and status.value.startswith("done in")   # reference + 2 per rank
+    assert sorted(heard, key=str) == sorted([(0, "joined"), (0, ("step", 1)), (0, ("step", 2)), (0, "done"),
+                                             (1, "joined"), (1, "done")], key=str)   # rank 0 reports its steps
+    assert bar.value == bar.max == 2 + 2 * 2 + 2 and status.value.startswith("done in")  # reference, ranks, steps
+    assert [v for v, _ in values] == list(range(1, bar.max + 1))          # one tick at a time, as the work goes
+    assert values[0][1] == "the single-process reference ended step 1"
+    assert "rank 0 ended step 2" in [note for _, note in values]
     assert not any(c.disabled for c in _controls(box).values() if hasattr(c, "disabled") and c is not bar)
     assert "largest loss gap" in capsys.readouterr().out

@@ -22,7 +22,9 @@ def memory_bars(breakdowns: dict[str, dict[str, float]], gpu_memory_gb: dict[str
     totals = [sum(breakdowns[n].get(k, 0.0) for k in COLORS) / 1e9 for n in names]
     span = [t for t in totals + list((gpu_memory_gb or {}).values()) if t > 0]
     log = (max(span) / min(span) > 20) if log is None and span else bool(log)
-    floor = 10 ** math.floor(math.log10(min(span) / 2)) if log and span else 0.0
+    parts = [v / 1e9 for n in names for k, v in breakdowns[n].items() if k in COLORS and v > 0]
+    smallest = max(min(parts + span), max(span) / 1e4) if span else 1.0   # no component hidden under the floor
+    floor = 10 ** math.floor(math.log10(min(smallest, min(span) / 2))) if log and span else 0.0
     xs = list(range(len(names)))
     tops = [0.0] * len(names)
     for kind, color in COLORS.items():
@@ -35,13 +37,14 @@ def memory_bars(breakdowns: dict[str, dict[str, float]], gpu_memory_gb: dict[str
                    edgecolor="black" if highlight == n else None)
     for x, total in zip(xs, totals):
         ax.text(x, max(total, floor), human_bytes(total * 1e9, binary=False), ha="center", va="bottom", fontsize=8,
-                fontweight="bold" if highlight == names[x] else None)
+                fontweight="bold" if highlight == names[x] else None, zorder=4,   # over a GPU's line, not under
+                bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
     by_size: dict[float, list[str]] = {}
     for gpu, gb in (gpu_memory_gb or {}).items():         # one line per size: A100-80GB and H100 share 80 GB
         by_size.setdefault(gb, []).append(gpu)
     for gb, gpus in by_size.items():
         chosen = highlight in gpus
-        ax.axhline(gb, color="#C44E52" if chosen else "grey", ls="--", lw=2 if chosen else 1)
+        ax.axhline(gb, color="#C44E52" if chosen else "#444444", ls="--", lw=2 if chosen else 1.2, zorder=3)
     ax.set_xticks(xs, [textwrap.fill(n, 14) for n in names], fontsize=8)
     if log:
         ax.set_yscale("log")
@@ -54,7 +57,7 @@ def memory_bars(breakdowns: dict[str, dict[str, float]], gpu_memory_gb: dict[str
         right.yaxis.set_major_locator(FixedLocator(list(by_size)))
         right.yaxis.set_major_formatter(FixedFormatter([f"{' / '.join(g)} {gb:g} GB" for gb, g in by_size.items()]))
         right.yaxis.set_minor_locator(NullLocator())
-        right.tick_params(labelsize=7)
+        right.tick_params(labelsize=8)
         for label, gpus in zip(right.get_yticklabels(), by_size.values()):
             if highlight in gpus:
                 label.set_color("#C44E52")

@@ -72,12 +72,20 @@ def fused_vs_unfused(times_ms: dict[str, float], bytes_moved: dict[str, float],
 
 def cross_entropy_memory(by_vocab: dict[str, tuple[list[int], list[float]]],
                          by_tokens: dict[str, tuple[list[int], list[float]]],
-                         title: str = "Output head + cross-entropy: peak memory") -> Figure:
-    """Peak bytes of the head with and without chunking, against vocabulary (left) and tokens (right)."""
+                         title: str = "Output head + cross-entropy: peak memory",
+                         vocab: int | None = None, tokens: int | None = None) -> Figure:
+    """Peak bytes of the head with and without chunking, against vocabulary (left) and tokens (right); the
+    chosen vocab and tokens marked on each panel (each panel holds the other one fixed at its value)."""
     fig, axes = new_figure(9.0, 3.6, ncols=2)
-    for ax, series, xlabel in ((axes[0], by_vocab, "vocabulary size"), (axes[1], by_tokens, "tokens per step")):
+    panels = ((axes[0], by_vocab, "vocabulary size", vocab, f"at {tokens:,} tokens" if tokens else ""),
+              (axes[1], by_tokens, "tokens per step", tokens, f"at vocab {vocab:,}" if vocab else ""))
+    for ax, series, xlabel, chosen, fixed in panels:
         for name, (xs, ys) in series.items():
             ax.plot(xs, [y / GIB for y in ys], marker="o", label=name)
+        if chosen:
+            ax.axvline(chosen, color="black", lw=1, ls=":", label=f"chosen: {chosen:,}")
+        if fixed:
+            ax.set_title(fixed, fontsize=9)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)

@@ -32,8 +32,13 @@ def format_ranges(table: dict, value: float | None = None, highlight: str | None
     ax.invert_yaxis()
     if value is not None and value > 0:
         ax.axvline(math.log2(value), color="black", lw=1.5)
-        ax.text(math.log2(value), -0.6, f" {value:.3g}", fontsize=8, va="bottom")
+        ax.text(math.log2(value), len(table) - 0.42, f" |x| = {value:.3g}", fontsize=8, va="center",
+                bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))   # inside, under the lanes
+    ax.set_ylim(len(table) - 0.2, -0.5)
     ax.set_xlabel("log2 |x|   (light: subnormal, dark: normal; left of the bar rounds to 0, right overflows)")
+    top = ax.secondary_xaxis("top", functions=(lambda b: b / math.log2(10), lambda d: d * math.log2(10)))
+    top.set_xticks(range(-40, 40, 10), [f"1e{k}" if k else "1" for k in range(-40, 40, 10)], fontsize=8)
+    top.set_xlabel("|x| in powers of ten", fontsize=8)
     ax.set_title(title)
     return fig
 

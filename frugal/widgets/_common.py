@@ -30,8 +30,8 @@ class Progress:
         saved = [(c, c.disabled, c.description) for c in self.controls]
         for c in self.controls:
             c.disabled = True
-            if isinstance(c, W.Button):
-                c.description = f"{what}..."
+            if isinstance(c, W.Button):                  # its first word fits the button: "training…"
+                c.description = f"{what.split()[0]}…"
         self.bar.max, self.bar.value, self.bar.bar_style = max(int(total), 1), 0, "info"
         self.bar.description, self.status.value = what, f"0 of {total}"
         t0 = time.perf_counter()
@@ -52,8 +52,12 @@ class Progress:
         self.status.value = f"{self.bar.value} of {self.bar.max}" + (f": {note}" if note else "")
 
     def on_report(self, rank: int, message) -> None:
-        """dist.launch's on_report: every rank's 'joined', report() and 'done' moves the bar one step."""
-        self.step(f"rank {rank} {message if isinstance(message, str) else 'finished ' + str(message)}")
+        """dist.launch's on_report: every rank's 'joined', report() and 'done' moves the bar one step
+        (('step', k) from a training rank: it ended step k)."""
+        if isinstance(message, tuple) and len(message) == 2 and message[0] == "step":
+            self.step(f"rank {rank} ended step {message[1]}")
+        else:
+            self.step(f"rank {rank} {message if isinstance(message, str) else 'finished ' + str(message)}")
 
 
 def _dashboard(controls: dict, draw, columns: int = 2, progress: Progress | None = None) -> W.Widget:

@@ -41,7 +41,9 @@ def fp8_recipe_explorer(recipe: str = "delayed", history: int = 16, spike: float
     def draw(recipe, history, spike):
         profile = amax_profile(spike=spike)
         fill, clamped = run_recipe(recipe, history, profile)
-        print(f"recipe={recipe}: {sum(c > 0 for c in clamped)} steps clamp some values (max {max(clamped):.2f}%); "
+        n = sum(c > 0 for c in clamped)
+        print(f"recipe={recipe}: {n} step{'' if n == 1 else 's'} clamp{'s' if n == 1 else ''} some values "
+              f"(max {max(clamped):.2f}%); "
               f"the emptiest step uses {min(fill):.2g} of e5m2's range at its top")
         display(plots.recipe_trace(profile, fill, clamped, recipe))
 

@@ -84,6 +84,6 @@ def cross_entropy_memory_explorer(model, device: str | None = None, live_tokens:
         u, c = est(tokens, vocab, None), est(tokens, vocab, default_chunk_size(tokens, vocab))
         print(f"estimate at vocab {vocab:,}, {tokens:,} tokens, n_embd {n_embd} (fp32): unfused "
               f"{plots.human_bytes(u)}, chunked {plots.human_bytes(c)} ({c / u:.2f}x)")
-        display(plots.cross_entropy_memory(by_vocab, by_tokens))
+        display(plots.cross_entropy_memory(by_vocab, by_tokens, vocab=vocab, tokens=tokens))
 
     return _dashboard(controls, draw, columns=3)

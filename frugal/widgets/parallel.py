@@ -17,7 +17,7 @@ from frugal.widgets._common import Progress, _dashboard, _log_slider
 def data_parallel_trainer(model_cfg, steps: int = 15, batch_size: int = 8) -> W.Widget:
     """World size, flavour and bucket size in; ranks really launched (train()), loss against the
     single-process run on the same global batch, and the last backward's bucket timeline out. While the ranks
-    train the controls are disabled and the bar moves as each rank joins and finishes."""
+    train the controls are disabled and the bar moves with each step and as each rank joins and finishes."""
     single_cache: dict = {}
 
     controls = {
@@ -29,15 +29,14 @@ def data_parallel_trainer(model_cfg, steps: int = 15, batch_size: int = 8) -> W.
 
     def draw(world_size, flavour, bucket_cap_mb):
         kw = dict(steps=steps, batch_size=batch_size, seq_len=32, progress=False)
-        total = ("loss" not in single_cache) + (2 * world_size if world_size > 1 else 1)
+        # the bar: each step of the single-process reference (once), each rank's join and finish, rank 0's steps
+        total = steps * ("loss" not in single_cache) + (2 * world_size if world_size > 1 else 0) + steps
         with progress.running(f"training {steps} steps on {world_size} rank(s)", total) as p:
             if "loss" not in single_cache:
-                single_cache["loss"] = train(model_cfg, TrainConfig(**kw)).column("loss")
-                p.step("the single-process reference")
+                single_cache["loss"] = train(model_cfg, TrainConfig(**kw), on_step=lambda r: p.step(
+                    f"the single-process reference ended step {r.step + 1}")).column("loss")
             run = train_with_reports(model_cfg, TrainConfig(**kw, world_size=world_size, data_parallel=flavour,
                                                             bucket_cap_mb=bucket_cap_mb), p.on_report)
-            if world_size == 1:
-                p.step("one process")
         gap = max(abs(a - b) for a, b in zip(run.column("loss"), single_cache["loss"]))
         print(f"{world_size} rank(s) x {batch_size // world_size} sequences, {flavour}: largest loss gap to "
               f"single-process = {gap:.2e}")

@@ -21,7 +21,7 @@ def format_explorer(fmt: str = "fp16", value: float = 1e-6) -> W.Widget:
     controls = {
         "fmt": W.Dropdown(options=list(table), value=fmt, description="format"),
         "value": W.FloatLogSlider(value=value, base=10, min=-45, max=38.5, step=0.1, description="|x|",
-                                  readout_format=".3g", continuous_update=False),
+                                  readout_format=".2e", continuous_update=False),   # 1.00e-6 fits; 0.000001 not
     }
 
     def draw(fmt, value):
@@ -50,6 +50,12 @@ def precision_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8
         "init_scale": W.FloatLogSlider(value=2.0 ** 16, base=2, min=0, max=40, step=1, description="init scale",
                                        readout_format=".3g", continuous_update=False),
     }
+
+    def fp16_only(change=None):                         # the scaler is fp16's: greyed out for the others
+        controls["scaler"].disabled = controls["init_scale"].disabled = controls["precision"].value != "fp16"
+
+    controls["precision"].observe(fp16_only, names="value")
+    fp16_only()
 
     def draw(precision, scaler, init_scale):
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, precision=precision, scaler=scaler,

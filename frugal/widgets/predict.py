@@ -98,7 +98,7 @@ class Guess:
         self.question, self.unit = question, unit
         self.choices = dict(choices) if isinstance(choices, dict) else list(choices) if choices else None
         if self.choices is None:
-            self.box = W.Text(value="", placeholder="e.g. 1e24" if not unit else f"a number of {unit}",
+            self.box = W.Text(value="", placeholder="a number: 4, 0.3, 25%, 1e24" if not unit else f"a number of {unit}",
                               layout=W.Layout(width="16em"))
         else:
             self.box = W.RadioButtons(options=list(self.choices), index=None)

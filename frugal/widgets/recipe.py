@@ -16,7 +16,7 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
                      mfu: float = 0.4) -> W.Widget:
     """Every TrainConfig switch in; a live TinyGPT trained with them out: tokens/s, memory, MFU and US$ per
     billion tokens at the chosen GPU's price, beside estimate.py's prediction for the same plan (at `mfu`).
-    While it trains the controls are disabled and the bar moves as each rank joins and finishes."""
+    While it trains the controls are disabled and the bar moves with each step and as each rank joins and finishes."""
     runs: dict[str, dict] = {}
     cpu_peak: list[float] = []
     cuda = torch.cuda.is_available()
@@ -44,11 +44,9 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
             cpu_peak.append(measure_cpu_peak_flops(0.3))
         mcfg = preset(model, block_size=max(seq_len, preset(model).block_size))
         what = f"training {steps} steps on {world_size} rank(s)"
-        with progress.running(what, 2 * world_size if world_size > 1 else 1) as p:   # ranks: joined, done
+        with progress.running(what, steps + (2 * world_size if world_size > 1 else 0)) as p:  # steps; joined, done
             got = recipe.measure_recipe(mcfg, cfg, gpu, cpu_peak_flops=cpu_peak[0] if cpu_peak else None,
                                         on_report=p.on_report)
-            if world_size == 1:
-                p.step("one process")
         pred = recipe.estimate_recipe(mcfg, cfg, gpu, mfu)
         got["predicted_memory_bytes"] = pred["total_bytes"] if cuda else pred["activation_bytes"]
         got["predicted_dollars_per_billion_tokens"] = pred["dollars_per_billion_tokens"]

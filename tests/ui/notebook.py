@@ -30,6 +30,19 @@ CELLS_JS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod
   };
 })"""
 
+# What a dashboard shows about work in progress: its progress bar's fill and status, and its controls.
+BUSY_JS = """d => {
+  const bar = d.querySelector('.widget-hprogress .progress-bar, .widget-progress .progress-bar');
+  const line = bar ? bar.closest('.widget-hbox') : null;
+  return {
+    progress: bar ? parseFloat(bar.style.width) : null,
+    status: line ? line.textContent.trim() : '',
+    controls: [...d.querySelectorAll('button, select')].map(e => ({
+      text: e.tagName === 'SELECT' ? (e.value || '') : e.textContent.trim(), disabled: e.disabled,
+      button: e.tagName === 'BUTTON', clipped: e.tagName === 'BUTTON' && e.scrollWidth > e.clientWidth + 1})),
+  };
+}"""
+
 # The top-level widget view of every cell output that holds an Output widget (where a dashboard draws its
 # plots): the notebook's dashboards, whether or not their plot is there.
 DASHBOARDS = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output > .jupyter-widgets:has(.widget-output)"
@@ -195,6 +208,32 @@ class NotebookPage:
         errors = dash.locator(".jp-OutputArea-output").evaluate_all(errors_js)
         return {"state": (before_state, after_state), "changed": bool(imgs) and imgs != before_imgs,
                 "n_images": (len(before_imgs), len(imgs)), "errors": errors}
+
+    def watch_busy(self, index: int, op: Op, timeout_s: float = 300, every_s: float = 0.1) -> list[dict]:
+        """Do `op` on dashboard `index` and sample what the page shows every `every_s` seconds until the work
+        ends: each sample has the progress bar's fill (%), its status text, and every button and dropdown of
+        the dashboard (text, disabled, clipped)."""
+        dash = self.dashboards().nth(index)
+        dash.scroll_into_view_if_needed()
+        control = self._control(dash, op)
+        if op.kind == "click":
+            control.click()
+        elif op.kind == "pick":
+            control.locator("select").select_option(str(op.value))
+        else:
+            raise ValueError(f"watch_busy does {op.kind!r}? use click or pick (a run the dashboard starts)")
+        samples, busy_seen, deadline = [], False, time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            s = dash.evaluate(BUSY_JS)
+            samples.append(s)
+            busy_seen = busy_seen or any(c["disabled"] for c in s["controls"])
+            if busy_seen and not any(c["disabled"] for c in s["controls"]) and \
+                    self._session()["kernel"]["execution_state"] == "idle":
+                break
+            if not busy_seen and len(samples) * every_s > 20:   # the change never started a run
+                break
+            time.sleep(every_s)
+        return samples
 
     # ------------------------------------------------------------------ evidence
     def screenshot(self, path: Path) -> None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .notebook import NotebookPage, Op, expected
+from .notebook import BUSY_JS, NotebookPage, Op, expected
 
 # What a person does to each dashboard (notebook -> [(dashboard index, Op)]). A dashboard listed nowhere
 # gets its first slider nudged one step with the arrow key; every dashboard is operated at least once.
@@ -95,3 +95,41 @@ def test_dashboards_redraw_when_a_person_moves_their_controls(notebook, timings)
             assert result["state"][0] != result["state"][1], f"dashboard {index}: {op} did not move the control"
         assert result["changed"], f"dashboard {index}: {op} did not redraw the plot ({result})"
     timings.setdefault(notebook.name, {})["operations"] = json.loads(json.dumps(done, default=str))
+
+
+# The dashboards that train when a control moves: (dashboard index, the control). Busy feedback is checked on
+# screen: the controls disabled while the run goes, a button saying what it does without being clipped, the
+# bar filling as the work reports (steps, ranks) and the controls back afterwards.
+RETRAIN = {
+    "03_data_parallel.ipynb": (0, Op("pick", "flavour")),
+    "04_sharding.ipynb": (1, Op("click", "train and count")),
+    "07_frugal_recipe.ipynb": (0, Op("pick", "recompute")),
+}
+
+
+def test_a_retrain_shows_it_is_busy_and_its_bar_fills_with_the_work(notebook, artifacts):
+    if notebook.name not in RETRAIN:
+        pytest.skip(f"{notebook.name} has no dashboard that retrains")
+    index, op = RETRAIN[notebook.name]
+    if op.kind == "pick":                             # another option than the one shown, whatever ran before
+        select = notebook._control(notebook.dashboards().nth(index), op).locator("select")
+        options = select.locator("option").evaluate_all("os => os.map(o => o.value)")
+        op = Op("pick", op.label, next(o for o in options if o != select.input_value()))
+    before = notebook.dashboards().nth(index).evaluate(BUSY_JS)
+    samples = notebook.watch_busy(index, op)
+    busy = [s for s in samples if s["controls"] and all(c["disabled"] for c in s["controls"])]
+    assert busy, f"{notebook.name}: the controls were never disabled while it trained ({samples[-3:]})"
+    for s in busy:
+        for c in s["controls"]:
+            assert not c["clipped"], f"a busy button's text is clipped: {c['text']!r}"
+            assert not c["button"] or c["text"].endswith("…"), f"a busy button says {c['text']!r}"
+    fills = [s["progress"] for s in busy]
+    assert fills == sorted(fills), f"the bar went back while it trained: {fills}"
+    assert any(0 < f < 100 for f in fills), f"the bar never stood between empty and full: {fills}"
+    assert any(" of " in s["status"] for s in busy), f"no 'k of n' status while busy: {busy[-1]['status']}"
+    end = samples[-1]
+    assert not any(c["disabled"] for c in end["controls"]) and end["progress"] == 100, end
+    assert "done in" in end["status"], end["status"]
+    assert [c["text"] for c in end["controls"] if c["button"]] == \
+        [c["text"] for c in before["controls"] if c["button"]]             # the button's own name is back
+    (artifacts / f"{notebook.name[:2]}_busy.json").write_text(json.dumps(samples[::max(1, len(samples) // 40)]))
