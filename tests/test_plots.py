@@ -1,4 +1,5 @@
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 import pytest
 from matplotlib.figure import Figure
 
@@ -315,6 +316,20 @@ def test_recipe_runs_write_each_measured_value_in_its_unit():
     fig = plots.recipe_runs({"plain bf16": run})
     assert {"777", "1.71 MiB", "$0.64"} <= set(_texts(fig))
     assert {"estimator", "estimator, at its assumed MFU"} <= set(_texts(fig))   # the ticks say what they assume
+
+
+def test_recipe_runs_legends_sit_above_the_bars_not_on_them():
+    runs = {n: dict(tokens_per_s=t, memory_bytes=m * 2 ** 20, dollars_per_billion_tokens=d,
+                    predicted_memory_bytes=m * 2 ** 20, predicted_dollars_per_billion_tokens=d)
+            for n, t, m, d in (("plain", 900.0, 3.0, 0.5), ("recipe", 400.0, 1.0, 1.4))}
+    fig = plots.recipe_runs(runs)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes[1:]:
+        box = ax.get_legend().get_window_extent(renderer)
+        assert box.y0 >= ax.get_window_extent(renderer).y1 - 1            # over the axes' top edge
+        for bar in ax.patches:
+            assert not box.overlaps(bar.get_window_extent(renderer))
 
 
 def test_recipe_ranking_puts_the_fastest_first_in_units_and_colours_the_runs_the_lesson_names():

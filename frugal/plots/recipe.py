@@ -67,8 +67,8 @@ def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGP
             if ys:
                 ax.plot([i for i, _ in ys], [y for _, y in ys], "_", color="black", ms=28, mew=2,
                         label="estimator, at its assumed MFU" if key.startswith("dollars") else "estimator")
-                ax.legend(fontsize=8)
-        ax.set_ylabel(label)
+                ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # over
+        ax.set_ylabel(label)                                                  # the axes, never on a bar
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
     fig.suptitle(title)
