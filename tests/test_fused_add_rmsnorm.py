@@ -73,6 +73,18 @@ def test_the_rule_packs_narrow_rows_into_one_tile_and_wide_rows_one_per_tile():
     assert row_tiles(5, 65536, 132).num_warps == 16 and row_tiles(0, 8, 132).programs == 1
 
 
+def test_a_repeated_shape_reuses_its_tiles_and_a_new_shape_computes_them():
+    x, r, w = _inputs(6, 40)
+    add_rmsnorm(x, r, w)
+    before = row_tiles.cache_info()
+    y, _ = add_rmsnorm(x, r, w)
+    after = row_tiles.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)    # the step's shape: no recompute
+    add_rmsnorm(*_inputs(13, 29))                                           # a shape no other test uses
+    assert row_tiles.cache_info().misses == after.misses + 1
+    torch.testing.assert_close(y, add_rmsnorm_reference(x, r, w)[0], **TOL)
+
+
 # (rows, cols): several rows per tile with the last tile partial; tiles walked by fewer persistent programs
 # than there are tiles (2 SMs on a CPU: 4 programs); one row wider than a tile.
 @pytest.mark.parametrize("shape", [(37, 100), (300, 64), (9, 5000)])

@@ -8,6 +8,7 @@ BLOCK_M whole rows (`row_tiles` says how many), so narrow rows still give each p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import triton
@@ -64,7 +65,7 @@ def add_rmsnorm_backward_kernel(gy_ptr, gh_ptr, h_ptr, w_ptr, rstd_ptr, gx_ptr, 
     tl.store(dw_ptr + pid * n_cols + cols, tl.sum(dw, axis=0), mask=col_ok)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RowTiles:
     """How both kernels cut an (n_rows, n_cols) tensor, as `row_tiles` chooses."""
     block_m: int      # rows per tile (a power of two)
@@ -77,6 +78,7 @@ TILE_ELEMENTS = 4096       # elements per tensor per tile: 16 KB of fp32, four 1
 PROGRAMS_PER_SM = 2        # backward: 2 tiles of 3 tensors in flight per SM, ~96 KB, cover HBM's latency
 
 
+@lru_cache(maxsize=256)            # a training step asks for the same few shapes on every call
 def row_tiles(n_rows: int, n_cols: int, sms: int, tile_elements: int = TILE_ELEMENTS,
               programs_per_sm: int = PROGRAMS_PER_SM) -> RowTiles:
     """The rule: whole rows per tile, as many as fit in `tile_elements` (768 columns: 4 rows, 4096: one), one warp
@@ -88,6 +90,7 @@ def row_tiles(n_rows: int, n_cols: int, sms: int, tile_elements: int = TILE_ELEM
     return RowTiles(block_m, block_n, num_warps, programs)
 
 
+@lru_cache(maxsize=16)             # the properties call costs microseconds on every step; the count never changes
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
