@@ -58,5 +58,5 @@ def parity_gaps(rows: list[dict], title: str = "Final validation loss against fp
     ax.set_yticks(list(ys), [f"{r['technique']} (±{100 * r['tolerance']:.2g}%)" for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("gap to fp32's final validation loss (%); grey: the tolerance")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     return fig
