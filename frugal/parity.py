@@ -114,7 +114,9 @@ def parity_over_seeds(model_cfg: GPTConfig, base: TrainConfig, names: list[str] 
         rel = sum(g) / len(g)
         tol = MIXED_REL_TOL if t.kind == "mixed" else exact_tol
         loss = sum(r[name].val_loss[-1][1] for r in per_seed) / len(seeds)
-        rows.append({"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss, "rel_diff": rel,
+        diff = loss - sum(r["fp32"].val_loss[-1][1] for r in per_seed) / len(seeds)
+        rows.append({"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss,
+                     "diff_from_fp32": diff, "rel_diff": rel,
                      "rel_diffs": g, "seeds": len(seeds), "tolerance": tol, "within": abs(rel) <= tol,
                      "noise_sigma": sigma, "train_time_s": sum(r[name].train_time_s for r in per_seed) / len(seeds)})
     return rows, per_seed[0]

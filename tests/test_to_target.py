@@ -89,7 +89,8 @@ def test_quick_bench_sections_train_on_the_standard_library(tmp_path, monkeypatc
         assert r["reached"] and r["final_val_loss"] <= r["target"] == 3.5 and r["dollars"] > 0
     assert set(out["dollars_to_target"]["curves"]) == set(rows)
     assert all(0 < r["dollars_to_common_loss"] <= r["dollars"] for r in rows.values())
-    assert [r["technique"] for r in out["parity"]["rows"]] == ["fp32", "bf16", "recompute full"]
+    assert [r["technique"] for r in out["parity"]["rows"]] == ["fp32", "bf16", "recompute full",
+                                                          "fp32, again"]
     assert out["parity"]["rows"][2]["diff_from_fp32"] == 0.0            # recompute: the same fp32 ops
     for section in out.values():
         for f in section["figures"]:
