@@ -256,9 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
                 dt = time.perf_counter() - t0
                 tps = tokens_per_step * (step - t0_step) / dt
                 rates.append(tps)
-                mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+                mem = (f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB" if device.type == "cuda"
+                       else "not counted on a CPU")
                 log(f"step {step:6d}  loss {last_loss:.4f}  tokens/s {tps:12,.0f}  "
-                    f"MFU {measure.mfu(tps, flops_per_token, peak * world):6.1%}  peak mem {mem:.2f} GiB")
+                    f"MFU {measure.mfu(tps, flops_per_token, peak * world):6.1%}  peak mem {mem}")
                 t0, t0_step = time.perf_counter(), step
             if args.save_every and step % args.save_every == 0 and step != args.steps:
                 save(step)

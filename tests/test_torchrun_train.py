@@ -70,13 +70,16 @@ def _run(args: list[str], timeout: float = 60) -> str:
     return out.stdout
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_parameters(workdir):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_killed_run_resumes_to_exactly_the_uninterrupted_parameters(workdir, parallel):
+    """DDP replicates, FSDP shards weights and Adam over the ranks: either way a killed run resumes bit for bit."""
     reference = workdir / "reference.pt"
     resumable = workdir / "resumable.pt"
-    _run(["--save", str(reference)])
+    _run(["--save", str(reference), "--parallel", parallel])
 
     # The run to interrupt: killed with SIGKILL (no chance to clean up) once a save has landed.
-    proc = subprocess.Popen(_torchrun(["--save", str(resumable), "--save-every", "5"]), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_torchrun(["--save", str(resumable), "--save-every", "5", "--parallel", parallel]),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO, start_new_session=True)
     lines = []
     try:
@@ -94,7 +97,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_parameters(workdir):
     killed_at = serialization.read_verified(resumable)["step"]
     assert 10 <= killed_at < STEPS
 
-    out = _run(["--save", str(resumable), "--save-every", "5", "--resume"])
+    out = _run(["--save", str(resumable), "--save-every", "5", "--resume", "--parallel", parallel])
     assert f"resumed from {resumable} after step {killed_at}" in out
 
     # Same data, same order of float operations, state restored bit for bit: exactly equal, no tolerance.
