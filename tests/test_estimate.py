@@ -14,7 +14,7 @@ def test_llama2_70b_needs_about_8_4e23_flops():
 
 
 def test_llama2_70b_gpu_hours_imply_about_44_percent_mfu():
-    """8.4e23 / (1,720,320 h · 3600 s · 312 TFLOPS bf16) = 0.435: the 'about 44%' of the issue, to a point."""
+    """8.4e23 / (1,720,320 h · 3600 s · 312 TFLOPS bf16) = 0.435: the 'about 44%' quoted for that run, to a point."""
     mfu = E.implied_mfu(**LLAMA2_70B, gpu_hours=LLAMA2_70B_GPU_HOURS, gpu="A100-80GB", dtype="bf16")
     assert mfu == pytest.approx(0.44, abs=0.01)
     assert E.get_gpu("A100-80GB").peak_flops("bf16") == 312e12
