@@ -32,7 +32,8 @@ def parity_headlines(rows: list[dict]) -> list[tuple[str, str]]:
     if exact:
         worst = max(exact, key=lambda r: abs(r["rel_diff"]))
         out.append(("largest gap of an exact technique to fp32's validation loss",
-                    f"{100 * worst['rel_diff']:+.3f}% ({worst['technique']})"))
+                    f"{100 * worst['rel_diff']:+.3f}% ({worst['technique']}), "
+                    f"{'within' if worst['within'] else 'outside'} ±{100 * worst['tolerance']:.2f}%"))
     out += [(f"{r['technique']} validation loss against fp32's", f"{100 * r['rel_diff']:+.2f}%") for r in mixed]
     out += [("fp32 rerun on the same seeds (the noise floor)",
              f"{100 * r['rel_diff']:+.3f}%; exact rows allowed ±{100 * r['tolerance']:.2f}%") for r in noise]
