@@ -161,3 +161,10 @@ def set_lr(optimizer, lr: float) -> None:
     """Set every parameter group's learning rate (a ZeRO wrapper: its inner optimizer's)."""
     for group in getattr(optimizer, "optimizer", optimizer).param_groups:
         group["lr"] = lr
+
+
+def schedule_lr(optimizer, cfg: TrainConfig, step: int) -> None:
+    """Give the optimizer lr_at(cfg, step) before optimizer step `step` (0-based); without warm-up or decay the
+    rate is constant and the optimizer is left as it was built."""
+    if cfg.warmup_steps or cfg.lr_decay != "none":
+        set_lr(optimizer, lr_at(cfg, step))

@@ -243,8 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0, t0_step = time.perf_counter(), start
         for step in range(start + 1, args.steps + 1):             # step = optimizer steps done after this one
             x, y = sampler.next_batch(device)
-            if tcfg.warmup_steps or tcfg.lr_decay != "none":
-                train.set_lr(optimizer, train.lr_at(tcfg, step - 1))
+            train.schedule_lr(optimizer, tcfg, step - 1)
             loss = train.train_step(model, optimizer, x, y, tcfg, scaler)
             if step % args.log_every == 0 or step == args.steps:
                 mean_loss = loss.float().clone()

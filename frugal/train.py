@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from frugal import data, fp8, recompute
 from frugal.config import (COMPILE, DATA_PARALLEL, LR_DECAYS, PRECISIONS, SCALERS,  # noqa: F401 (re-exported)
-                           TrainConfig, lr_at, set_lr)
+                           TrainConfig, lr_at, schedule_lr, set_lr)
 from frugal.evaluate import Validation, bits_per_byte, validation_rows
 from frugal.data_parallel import wrap
 from frugal.device import pick_device
@@ -265,8 +265,7 @@ def _timed_steps(model, optimizer, next_batch, device: torch.device, cfg: TrainC
             torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
         scale = scaler.get_scale() if scaler is not None else None
-        if cfg.warmup_steps or cfg.lr_decay != "none":
-            set_lr(optimizer, lr_at(cfg, step))
+        schedule_lr(optimizer, cfg, step)
         t0 = time.perf_counter()
         loss = train_step(model, optimizer, x, y, cfg, scaler)
         synchronize(device)
