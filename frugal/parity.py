@@ -68,17 +68,25 @@ def parity_table(results: dict[str, TrainResult], world_size: int = 2, exact_rel
     """One row per technique: final validation loss, its difference from fp32's, the tolerance, and whether
     it is within it."""
     table = techniques(world_size)
-    baseline = results["fp32"].val_loss[-1][1]
+    baseline = _final(results["fp32"])
     rows = []
     for name, r in results.items():
         t = table[name]
-        loss = r.val_loss[-1][1]
-        rel = (loss - baseline) / baseline
+        rel = (_final(r) - baseline) / baseline
         tol = exact_rel_tol if t.kind == "exact" else mixed_rel_tol
-        rows.append({"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss,
-                     "diff_from_fp32": loss - baseline, "rel_diff": rel, "tolerance": tol, "within": abs(rel) <= tol,
-                     "train_time_s": r.train_time_s})
+        rows.append(_row(name, t, _final(r), baseline, rel, tol, r.train_time_s))
     return rows
+
+
+def _final(result: TrainResult) -> float:
+    """The validation loss at the end of the run."""
+    return result.val_loss[-1][1]
+
+
+def _row(name: str, t: Technique, loss: float, baseline: float, rel: float, tol: float, train_time_s: float) -> dict:
+    return {"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss,
+            "diff_from_fp32": loss - baseline, "rel_diff": rel, "tolerance": tol, "within": abs(rel) <= tol,
+            "train_time_s": train_time_s}
 
 
 def curves(results: dict[str, TrainResult]) -> dict[str, list[tuple[int, float]]]:
@@ -96,27 +104,24 @@ def parity_over_seeds(model_cfg: GPTConfig, base: TrainConfig, names: list[str] 
     larger (a CPU reruns bit for bit). Returns (rows, the first seed's results, for curves)."""
     if not seeds:
         raise ValueError("seeds=(): give at least one seed, e.g. seeds=(0, 1)")
-    per_seed, gaps = [], {}
+    per_seed = []
     for seed in seeds:
         cfg = replace(base, seed=seed)
         results = run_parity(model_cfg, cfg, names, world_size)
         results["fp32, again"] = train(model_cfg, replace(cfg, precision="fp32"))
         per_seed.append(results)
-        baseline = results["fp32"].val_loss[-1][1]
-        for name, r in results.items():
-            gaps.setdefault(name, []).append((r.val_loss[-1][1] - baseline) / baseline)
-    sigma = math.sqrt(sum(g * g for g in gaps["fp32, again"]) / len(seeds))
+    mean = lambda xs: sum(xs) / len(xs)
+    finals = {name: [_final(r[name]) for r in per_seed] for name in per_seed[0]}
+    gaps = {name: [(loss - fp32) / fp32 for loss, fp32 in zip(losses, finals["fp32"])]
+            for name, losses in finals.items()}
+    sigma = math.sqrt(mean([g * g for g in gaps["fp32, again"]]))
     exact_tol = max(EXACT_REL_TOL, NOISE_SIGMAS * sigma / math.sqrt(len(seeds)))
     table = {**techniques(world_size), "fp32, again": Technique("precision", "noise", {})}
     rows = []
     for name, g in gaps.items():
         t = table[name]
-        rel = sum(g) / len(g)
         tol = MIXED_REL_TOL if t.kind == "mixed" else exact_tol
-        loss = sum(r[name].val_loss[-1][1] for r in per_seed) / len(seeds)
-        diff = loss - sum(r["fp32"].val_loss[-1][1] for r in per_seed) / len(seeds)
-        rows.append({"technique": name, "group": t.group, "kind": t.kind, "final_val_loss": loss,
-                     "diff_from_fp32": diff, "rel_diff": rel,
-                     "rel_diffs": g, "seeds": len(seeds), "tolerance": tol, "within": abs(rel) <= tol,
-                     "noise_sigma": sigma, "train_time_s": sum(r[name].train_time_s for r in per_seed) / len(seeds)})
+        row = _row(name, t, mean(finals[name]), mean(finals["fp32"]), mean(g), tol,
+                   mean([r[name].train_time_s for r in per_seed]))
+        rows.append({**row, "rel_diffs": g, "seeds": len(seeds), "noise_sigma": sigma})
     return rows, per_seed[0]
