@@ -47,7 +47,7 @@ def bench_parity(ctx: BenchContext) -> dict:
     """Every technique of the parity table trained on 'stdlib', and fp32 once more, on each seed (two on a GPU);
     the mean gap of the final validation loss to fp32's."""
     on_gpu = ctx.device.type == "cuda" and not ctx.quick
-    if on_gpu:                                              # eleven runs: a small model, long enough to flatten
+    if on_gpu:                                              # 8 runs a seed: a small model, long enough to flatten
         model, label = preset("medium"), "medium (6 x 256), byte tokens"
         shared = dict(batch_size=32, seq_len=256, lr=1e-3, warmup_steps=100, lr_decay="cosine", eval_every=100,
                       eval_batches=8)
@@ -77,8 +77,9 @@ TARGET_TABLES = [Table("Dollars to validation loss {target} on the standard libr
     Column("price_per_hour", "US$ per hour"), Column("saving", "naive's US$ over this plan's", "x"),
     Column("dollars_to_common_loss", "US$ to the lowest loss both reached")],
     note="Training time is the steps' wall time alone (evaluations apart), priced at the catalog's on-demand "
-         "hourly rate of the GPU measured. Same data, batch, sequence length and learning-rate schedule for both plans. The recipe is what "
-         "frugal.to_target.plan_race picks for the GPU's memory: bf16 and the fused head, recompute only if needed.")]
+         "hourly rate of the GPU measured. Same data, batch, sequence length and learning-rate schedule for both "
+         "plans. The recipe is what frugal.to_target.plan_race picks for the GPU's memory: bf16 and the fused head, "
+         "recompute only if needed.")]
 
 
 def target_headlines(rows: list[dict]) -> list[tuple[str, str]]:
@@ -111,7 +112,7 @@ def bench_dollars_to_target(ctx: BenchContext) -> dict:
     common = max(min(p["val_loss"] for p in r.curve) for r in runs.values())   # a loss every plan reached
     rows = [{**r.summary(), "model": label, "gpu": gpu or "this CPU (priced as an H100)", "saving": saved[n],
              "common_loss": common, "dollars_to_common_loss": dollars_to(r, common),
-             "recipe": "; ".join(race.reasons[1:2]) if n == "full recipe" else "fp32, recompute=none"}
+             "recipe": race.reasons[1] if n == "full recipe" else "fp32, recompute=none"}   # [1]: the recipe's line
             for n, r in runs.items()]
     fig = dollars_to_target({n: [(p["dollars"], p["val_loss"]) for p in r.curve] for n, r in runs.items()}, target,
                             title=f"US$ to validation loss {target:g}, {label}")
