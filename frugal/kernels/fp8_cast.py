@@ -54,10 +54,12 @@ def _finish(tile_amax_bits, state_ptr, meta_ptr, hist_ptr, scale, fp8_max, ROLE:
     if tl.atomic_add(state_ptr + 1, 1) == tl.num_programs(0) * tl.num_programs(1) - 1:
         a = tl.atomic_xchg(state_ptr, 0).to(tl.float32, bitcast=True)
         tl.atomic_xchg(state_ptr + 1, 0)
-        if FROM_AMAX:
-            scale = _scale_of(a, fp8_max)
-        tl.store(meta_ptr, scale)
-        tl.store(meta_ptr + 1, tl.math.div_rn(1.0, scale))     # torch's s.reciprocal(), for _scaled_mm
+        if FROM_AMAX:                                             # constexpr: one branch is compiled
+            s = _scale_of(a, fp8_max)
+        else:
+            s = scale
+        tl.store(meta_ptr, s)
+        tl.store(meta_ptr + 1, tl.math.div_rn(1.0, s))         # torch's s.reciprocal(), for _scaled_mm
         tl.store(meta_ptr + 2, a)
         if (a != a) | (a > 3.4028234663852886e38):                # NaN or inf
             tl.store(state_ptr + 4 + ROLE, a.to(tl.int32, bitcast=True))
