@@ -87,13 +87,13 @@ def _state(layer, device: torch.device) -> _State:
 def _cast(layer, st: _State, t: torch.Tensor, role: str, rows: bool, transposed: bool):
     """(1/scale, q, qᵀ) of t under the layer's recipe: current scaling's amax pass, then the cast; delayed
     scaling's cast pushes t's amax into the layer's history."""
-    from frugal.kernels.fp8_cast import fp8_cast, fp8_scale
+    from frugal.kernels.fp8_cast import META_INV, fp8_cast, fp8_scale
     dtype, slot = ROLES[role]
     history = getattr(layer, f"amax_history_{role}") if layer.recipe == "delayed" else None
     meta = fp8_scale(t, dtype, st.gpu, history, slot)
     q, qt = fp8_cast(t, meta, dtype, rows, transposed, history=history, state=st.gpu, role=slot,
                      wide_transpose=st.wide)
-    return meta[1], q, qt
+    return meta[META_INV], q, qt
 
 
 # ----------------------------------------------------------------------------- the inf/NaN check, without a sync

@@ -8,8 +8,8 @@ and B column-major only). This kernel reads x once and writes 1 byte per element
 
 fp32 multiply, clamp, then the round-to-nearest-even conversion: on a GPU the same bits as frugal.fp8.quantize.
 The scale comes from an amax, and so do the bytes a cast costs (a bf16 tensor of n elements, both layouts):
-- current scaling needs x's own amax before the cast: fp8_scale reads x (2n bytes) and writes the scale into a
-  4-float `meta` on the GPU; fp8_cast reads x again and writes q and qᵀ: 2n + 2n + 2n = 6n bytes;
+- current scaling needs x's own amax before the cast: fp8_scale reads x (2n bytes) and writes the scale into an
+  8-float `meta` on the GPU; fp8_cast reads x again and writes q and qᵀ: 2n + 2n + 2n = 6n bytes;
 - delayed scaling knows its scale from the amax history, so fp8_cast takes this tensor's amax in the same pass
   and pushes it into the history (its last program to finish): 2n read + 2n written = 4n bytes.
 The least any cast can move is 3n (read bf16 once, write one fp8 layout). At 8192² that is 201 MB, about 42 µs
@@ -26,6 +26,8 @@ from frugal.kernels import check_reachable
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP32_MAX = 3.4028234663852886e38
 AMAX_PROGRAMS = 512    # fp8_scale's grid at most: each program strides over x, then one atomic max each
+META_SIZE, META_INV = 8, 4   # meta = [scale, -, amax, -, 1/scale, -, -, -]: torch._scaled_mm's cuBLASLt refuses
+                             # scale pointers that are not 16-byte aligned, so 1/scale sits 16 bytes in
 STATE_SLOTS = 8        # int32 state a caller keeps per layer: [0] amax being reduced, [1] programs done,
                        # [4 + role] the last inf/NaN amax of that role (float bits), 0 while all were finite
 
@@ -49,7 +51,7 @@ def _history_max(hist_ptr, HIST_LEN: tl.constexpr, HIST_BLOCK: tl.constexpr):
 def _finish(tile_amax_bits, state_ptr, meta_ptr, hist_ptr, scale, fp8_max, ROLE: tl.constexpr,
             FROM_AMAX: tl.constexpr, HIST_LEN: tl.constexpr, HIST_BLOCK: tl.constexpr):
     """Each program adds its amax (an integer atomic max on float bits); the last to arrive writes meta =
-    [scale, 1/scale, amax], flags an inf/NaN amax, rolls the history (newest first) and clears the state."""
+    [scale, -, amax, -, 1/scale], flags an inf/NaN amax, rolls the history (newest first) and clears the state."""
     tl.atomic_max(state_ptr, tile_amax_bits)
     if tl.atomic_add(state_ptr + 1, 1) == tl.num_programs(0) * tl.num_programs(1) - 1:
         a = tl.atomic_xchg(state_ptr, 0).to(tl.float32, bitcast=True)
@@ -59,7 +61,7 @@ def _finish(tile_amax_bits, state_ptr, meta_ptr, hist_ptr, scale, fp8_max, ROLE:
         else:
             s = scale
         tl.store(meta_ptr, s)
-        tl.store(meta_ptr + 1, tl.math.div_rn(1.0, s))         # torch's s.reciprocal(), for _scaled_mm
+        tl.store(meta_ptr + 4, tl.math.div_rn(1.0, s))         # META_INV: torch's s.reciprocal(), for _scaled_mm
         tl.store(meta_ptr + 2, a)
         if (a != a) | (a > 3.4028234663852886e38):                # NaN or inf
             tl.store(state_ptr + 4 + ROLE, a.to(tl.int32, bitcast=True))
@@ -142,11 +144,11 @@ def new_state(device) -> torch.Tensor:
 
 def fp8_scale(x: torch.Tensor, dtype: torch.dtype, state: torch.Tensor, history: torch.Tensor | None = None,
               role: int = 0, block: int = 4096) -> torch.Tensor:
-    """meta = [scale, 1/scale, amax, -] of x on its device, no host sync: current scaling's amax pass. With a
+    """meta = [scale, -, amax, -, 1/scale, -, -, -] of x on its device, no host sync: current scaling's amax pass. With a
     delayed history it reads x only while the history is all zero (else fp8_cast finds the scale)."""
     _check(x, dtype, history, state)
     check_reachable(x, state)
-    meta = torch.empty(4, dtype=torch.float32, device=x.device)
+    meta = torch.empty(META_SIZE, dtype=torch.float32, device=x.device)
     n = x.numel()
     hist_len = 0 if history is None else history.numel()
     grid = (max(1, min(triton.cdiv(n, block), AMAX_PROGRAMS)),)
@@ -164,9 +166,9 @@ def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: boo
     (fp8_scale's meta). With history and state (delayed scaling), meta is filled and the history pushed.
     wide_transpose: swap the bytes as int32 (for fp32 input); without it, fp32's transpose is torch's copy."""
     _check(x, dtype, history, state)
-    if scale.dtype != torch.float32 or scale.numel() not in (1, 4) or (history is not None and scale.numel() != 4):
+    if scale.dtype != torch.float32 or scale.numel() not in (1, META_SIZE) or (history is not None and scale.numel() != META_SIZE):
         raise ValueError(f"scale has {scale.numel()} elements of {scale.dtype}: pass one float32 value (a tensor), "
-                         f"or with a history the 4-float meta fp8_scale returns")
+                         f"or with a history the {META_SIZE}-float meta fp8_scale returns")
     if history is not None and state is None:
         raise ValueError("history without state: pass state=new_state(device), kept between calls")
     check_reachable(x, scale)
@@ -205,7 +207,7 @@ def benchmark_fp8_cast(n: int = 8192, device: str = "cuda") -> dict:
              ("triton current (amax + cast)", 6,
               lambda: fp8_cast(x, fp8_scale(x, e4m3, state), e4m3, True, True)),
              ("triton delayed (one pass)", 4,
-              lambda: fp8_cast(x, torch.empty(4, device=device), e4m3, True, True, history=history, state=state)),
+              lambda: fp8_cast(x, torch.empty(META_SIZE, device=device), e4m3, True, True, history=history, state=state)),
              ("eager", 4, lambda: fp8_cast_reference(x, scale, e4m3)))
     out = {}
     for name, bytes_per_element, fn in cases:
