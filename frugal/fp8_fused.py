@@ -8,7 +8,9 @@ frugal/fp8.py is the lesson and reads without this module. Its eager path is slo
 - the backward matmuls need transposed operands (cuBLASLt takes A row-major, B column-major), which eager makes
   with .t().contiguous() copies: here the same pass writes qᵀ beside q (Transformer Engine's cast-transpose);
 - the fp32 master weight is re-cast on every call, and on every recomputed forward: here its fp8 copies (q and
-  qᵀ, 2 bytes a weight) are kept until the weight changes (its version counter moves at optimizer.step());
+  qᵀ, 2 bytes a weight) are kept until the weight changes. An in-place edit moves the weight's version counter,
+  but fused AdamW (train.make_optimizer's on CUDA) moves none, so a backward that computes grad_weight also
+  drops the copies: the optimizer step it feeds changes the weight before the next forward;
 - its inf/NaN check reads each amax on the host (a sync per cast, the GPU idle while the host catches up):
   here the kernels mark an inf/NaN amax in the layer's GPU state, one copy a call sends it to pinned host memory
   without waiting, and it is read on the layer's next call: still an error, raised a call or more late.
@@ -136,8 +138,8 @@ def check_arrived(layer, wait_oldest: bool = False) -> None:
 
 def weight_fp8(layer, st: _State, weight: torch.Tensor):
     """(1/scale, w_qᵀ view (K, N), w_qtᵀ view (N, K)) of the layer's weight, cast once per weight version and
-    kept on the layer (not saved by state_dict): the forward of every micro-batch, and a recomputed forward,
-    reuse it. The views are the column-major operands _scaled_mm takes."""
+    kept on the layer (not saved by state_dict) until a backward computes grad_weight: every forward without
+    gradients and a recomputed forward reuse it. The views are the column-major operands _scaled_mm takes."""
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
     cached = layer.__dict__.get("_fp8_weight")
     if cached is None or cached[0] != key:
@@ -189,6 +191,7 @@ class Float8MatmulFused(torch.autograd.Function):
             if want_w:
                 grad_w = torch._scaled_mm(g_qt, x_qt.t(), scale_a=inv_g, scale_b=inv_x,
                                           out_dtype=torch.bfloat16).to(ctx.w_dtype)         # (N, K)
+                layer.__dict__.pop("_fp8_weight", None)      # a step follows: the next forward re-casts
             _send_flags(layer, st)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.float().sum(0).to(ctx.w_dtype)

@@ -410,6 +410,31 @@ def test_delayed_cast_pushes_its_amax_into_the_history_as_delayed_scale_does():
     assert (core > 0).all() and core.max() < 40                         # filled; the spike has left the window
 
 
+def test_the_speed_path_recasts_the_weight_after_a_fused_adamw_step():
+    """Fused AdamW (train.make_optimizer's on CUDA) updates weights without moving their version counter, so the
+    cached fp8 weight must be dropped by the backward that feeds the step: after each step the layer's output
+    equals a fresh layer's with the same weights (Triton's interpreter on a CPU; on a GPU the test below)."""
+    from frugal import fp8_fused
+    if torch.cuda.is_available():
+        pytest.skip("test_the_cached_fp8_weight_follows_each_optimizer_step runs it on the GPU")
+    torch.manual_seed(0)
+    layer = Float8Linear(64, 96)
+    w = layer.weight
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-2, fused=True)
+    x = torch.randn(32, 64)
+    for _ in range(2):
+        before, version = fp8_fused.float8_linear(x, layer, torch.float32), w._version
+        before.square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        fresh = Float8Linear(64, 96)
+        fresh.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            after = fp8_fused.float8_linear(x, layer, torch.float32)
+            assert torch.equal(after, fp8_fused.float8_linear(x, fresh, torch.float32))
+        assert w._version == version and not torch.equal(after, before)  # the counter stayed, the output moved
+
+
 @pytest.mark.parametrize("recipe", ["current", "delayed"])
 def test_speed_path_off_a_gpu_matches_its_own_operands_and_the_core_histories(recipe):
     """float8_linear on a CPU (Triton's interpreter, torch._scaled_mm's CPU kernel): its output is _scaled_mm of
