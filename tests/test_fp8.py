@@ -515,7 +515,8 @@ def test_speed_path_is_the_eager_core_bit_for_bit(recipe):
             y = layer(xr)
         y.backward(g.bfloat16())
         outs.append((y, xr.grad, layer.weight.grad, layer.bias.grad))
-    assert hasattr(fused, "_fp8_weight") and not hasattr(core, "_fp8_weight")   # the speed path did run
+    assert hasattr(fused, "_fp8_state") and not hasattr(core, "_fp8_state")     # the speed path did run
+    assert not hasattr(fused, "_fp8_weight")           # and its backward dropped the weight's fp8 copy
     assert not fused._fp8_state.gpu.any()                                         # no inf/NaN marked
     for a, b in zip(*outs):
         assert torch.equal(a, b)
