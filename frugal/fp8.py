@@ -239,7 +239,12 @@ class Float8Linear(nn.Linear):
         kind = x.device.type
         out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
         m = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        backend = choose_backend(self.backend, x.device, m, self.in_features, self.out_features)
+        key = (x.device, m, self.backend)                      # choosing asks the hardware: once per shape
+        route = self.__dict__.get("_fp8_route")
+        if route is None or route[0] != key:
+            route = self._fp8_route = (key, choose_backend(self.backend, x.device, m, self.in_features,
+                                                           self.out_features))
+        backend = route[1]
         if backend == "scaled_mm" and self.fused and fp8_fused.fusable(x):
             return fp8_fused.float8_linear(x, self, out_dtype)      # the optional speed path
         return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype, backend)
