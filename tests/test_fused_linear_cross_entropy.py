@@ -101,8 +101,10 @@ def test_sum_reduction_and_large_logits():
         ref = linear_cross_entropy_reference(h50, w, t, reduction=reduction)
         assert torch.isfinite(loss)
         torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)   # fp32 at |logits| ~ 500: ulps of ~3e-5
+        # logits ~500 carry ~1e-4 of fp32 rounding that depends on the matmul's summation order (cuBLAS sums
+        # in another order than a CPU); the softmax turns it into a relative error of ~2e-4 in the gradients
         for a, b in zip(torch.autograd.grad(loss, (h50, w)), torch.autograd.grad(ref, (h50, w))):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
 def test_bad_reduction_and_chunk_are_refused():

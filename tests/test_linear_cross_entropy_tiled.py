@@ -5,9 +5,11 @@ import torch
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
 from frugal import measure  # noqa: E402
 from frugal.kernels.fused_linear_cross_entropy import linear_cross_entropy_reference  # noqa: E402
-from frugal.kernels.linear_cross_entropy_tiled import linear_cross_entropy_tiled  # noqa: E402
+from frugal.kernels.linear_cross_entropy_tiled import (INTERPRETER_TILES,  # noqa: E402
+                                                       linear_cross_entropy_tiled)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = INTERPRETER_TILES   # tiles of 16 on every device, so these shapes fall off them; a GPU's default is 128 wide
 
 
 def _inputs(n, v, c, dtype=torch.float32, ignore_every=0, scale=1.0):
@@ -34,7 +36,9 @@ def _reference(h, w, t, reduction="mean", ignore_index=-100):
 @pytest.mark.parametrize("vocab_chunk", [None, 7])          # the backward by tiles, or by chunks of 7 columns
 def test_fp32_loss_and_gradients_equal_eager(n, v, c, split, reduction, vocab_chunk):
     h, w, t = _inputs(n, v, c, ignore_every=3 if n > 1 else 0)
-    loss = linear_cross_entropy_tiled(h, w, t, reduction=reduction, vocab_per_split=split, vocab_chunk=vocab_chunk)
+    tiles = None if split == 4096 else SMALL                 # 4096: the device's own tiles
+    loss = linear_cross_entropy_tiled(h, w, t, reduction=reduction, vocab_per_split=split, vocab_chunk=vocab_chunk,
+                                      tiles=tiles)
     ref, ref_grads = _reference(h, w, t, reduction)
     # fp32 both: the tiles sum the logits' products and the gradients' shares in another order; ~100 ulps
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
@@ -45,7 +49,7 @@ def test_fp32_loss_and_gradients_equal_eager(n, v, c, split, reduction, vocab_ch
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_gradients_are_eager_within_one_rounding(dtype):
     h, w, t = _inputs(37, 50, 24, dtype, ignore_every=4)
-    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16)
+    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16, tiles=SMALL)
     ref, ref_grads = _reference(h, w, t)
     # logits in fp32 from the exact products of dtype inputs: the loss is fp32-accurate
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
@@ -58,7 +62,7 @@ def test_low_precision_gradients_are_eager_within_one_rounding(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_vocab_chunks_match_eager_in_the_same_dtype(dtype):
     h, w, t = _inputs(37, 50, 24, dtype, ignore_every=4)
-    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16, vocab_chunk=16)
+    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16, vocab_chunk=16, tiles=SMALL)
     ref = linear_cross_entropy_reference(h, w, t)               # eager: logits rounded to dtype, as our chunks are
     torch.testing.assert_close(loss, ref.float(), rtol=1e-3, atol=2e-2)   # ours from fp32 logits: ~|z| 2^-9 apart
     # both round the logits to dtype before the softmax; grad_hidden sums 4 chunks in dtype (eager 1)
@@ -69,7 +73,7 @@ def test_low_precision_vocab_chunks_match_eager_in_the_same_dtype(dtype):
 
 def test_large_logits_do_not_overflow():
     h, w, t = _inputs(20, 40, 16, ignore_every=3, scale=100.0)        # logits ~ ±2000: exp() overflows fp32 at 89
-    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16)
+    loss = linear_cross_entropy_tiled(h, w, t, vocab_per_split=16, tiles=SMALL)
     ref, ref_grads = _reference(h, w, t)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-2)       # fp32 ulp at 2000 is 1.2e-4
@@ -80,7 +84,7 @@ def test_large_logits_do_not_overflow():
 def test_other_ignore_index_and_all_ignored():
     h, w, t = _inputs(20, 40, 16)
     t[::2] = 7                                                        # a real class id used as the ignored one
-    loss = linear_cross_entropy_tiled(h, w, t, ignore_index=7, vocab_per_split=16)
+    loss = linear_cross_entropy_tiled(h, w, t, ignore_index=7, vocab_per_split=16, tiles=SMALL)
     ref, ref_grads = _reference(h, w, t, ignore_index=7)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(torch.autograd.grad(loss, (h, w)), ref_grads):
