@@ -98,6 +98,83 @@ def test_quick_model_parallel_measures_the_bubble(tmp_path):
     assert {r["ranks"] for r in rows if r["part"] == "tensor"} == {1, 2}
 
 
+@pytest.mark.parametrize("gpus,zero,dp,stages,tensor", [
+    (0, [2], [1, 2], [2], [1, 2]),             # CPU: 2 gloo ranks, as the quick tests above run
+    (1, [2], [1], [2], [1, 2]),                # one GPU: the multi-rank sections fall back to gloo on CPU
+    (2, [2], [1, 2], [2], [1, 2]),
+    (3, [3], [1, 2, 3], [3], [1, 2]),          # tensor ranks are powers of two: they divide 16 heads
+    (4, [4], [1, 2, 4], [4], [1, 4]),
+    (6, [4, 6], [1, 2, 4, 6], [4, 6], [1, 4]),
+    (8, [4, 8], [1, 2, 4, 8], [4, 8], [1, 4, 8]),
+    (16, [4, 8], [1, 2, 4, 8, 16], [4, 8], [1, 4, 8]),
+])
+def test_each_multi_rank_section_measures_at_4_and_at_every_gpu_up_to_8(gpus, zero, dp, stages, tensor):
+    from frugal.bench.data_parallel import data_parallel_worlds
+    from frugal.bench.model_parallel import pipeline_stages, tensor_ranks
+    from frugal.bench.zero import zero_worlds
+    assert zero_worlds(gpus) == zero
+    assert data_parallel_worlds(gpus) == dp
+    assert pipeline_stages(gpus) == stages
+    assert tensor_ranks(gpus) == tensor
+
+
+@pytest.mark.slow
+def test_quick_zero_at_two_world_sizes_on_gloo(tmp_path, monkeypatch):
+    """The loop an 8-GPU host runs (zero_worlds: [4, 8]), here on 2 and 4 gloo ranks: rows, figures and
+    peak_breakdown per world size, and a Speed table for each in the report."""
+    monkeypatch.setattr(bench.zero, "zero_worlds", lambda gpus: [2, 4])
+    section = _quick("zero", tmp_path)
+    rows = section["rows"]
+    assert not [r for r in rows if "error" in r]
+    plans = ("DDP", "DP (ours)", "stage 1", "stage 2", "stage 3", "FSDP")
+    assert {(r["plan"], r["world_size"]) for r in rows} == {(p, n) for n in (2, 4) for p in plans}
+    assert set(section["figures"]) == {f"cpu_zero_{f}_{n}ranks.png" for f in ("memory", "comm") for n in (2, 4)}
+    assert set(section["peak_breakdown"]) == {"2", "4"}
+    s3 = {r["world_size"]: r for r in rows if r["plan"] == "stage 3"}
+    assert s3[4]["state_bytes_counted"] < s3[2]["state_bytes_counted"]          # a quarter against a half
+    md = bench.markdown_report(tmp_path)
+    assert "**Speed, tiny fp32, 2 ranks**" in md and "**Speed, tiny fp32, 4 ranks**" in md
+
+
+@pytest.mark.slow
+def test_quick_model_parallel_at_two_stage_counts_on_gloo(tmp_path, monkeypatch):
+    """The loops an 8-GPU host runs (pipeline_stages: [4, 8], tensor_ranks: [1, 4, 8]), here at 2 and 4 stages
+    and 1, 2 and 4 tensor ranks on gloo."""
+    monkeypatch.setattr(bench.model_parallel, "pipeline_stages", lambda gpus: [2, 4])
+    monkeypatch.setattr(bench.model_parallel, "tensor_ranks", lambda gpus: [1, 2, 4])
+    section = _quick("model_parallel", tmp_path)
+    rows = section["rows"]
+    pipe = {(r["ranks"], r["schedule"], r["m"]): r for r in rows if r["part"] == "pipeline"}
+    assert set(pipe) == {(p, s, m) for p in (2, 4) for s in ("gpipe", "1f1b") for m in (1, 2, 4)}
+    assert pipe[(4, "gpipe", 4)]["stage0_in_flight"] == 4 and pipe[(4, "1f1b", 4)]["stage0_in_flight"] == 4
+    assert pipe[(2, "1f1b", 4)]["stage0_in_flight"] == 2
+    tensor = {r["ranks"]: r for r in rows if r["part"] == "tensor"}
+    assert set(tensor) == {1, 2, 4} and tensor[4]["params_per_rank"] < tensor[2]["params_per_rank"]
+    assert set(section["figures"]) == {f"cpu_model_parallel_{f}_{p}stages.png" for f in ("bubble", "gantt")
+                                       for p in (2, 4)}
+    md = bench.markdown_report(tmp_path)
+    assert "**Pipeline, 2 stages (gloo)**" in md and "**Pipeline, 4 stages (gloo)**" in md
+
+
+def test_report_writes_a_table_per_world_size_and_the_headline_of_the_largest(tmp_path):
+    from frugal.bench.zero import headlines
+    rows = [{"plan": plan, "world_size": n, "model": "gpt2-small", "dtype": "bf16", "tokens_per_s": 1e5 * n,
+             "state_bytes_counted": state / n if plan == "stage 3" else state, "peak_over_predicted": 1.01}
+            for n in (4, 8) for plan, state in (("DDP", 16e9), ("stage 3", 16e9))]
+    rows += [{"plan": "cap 7.00 GiB: gpt2-medium zero3", "world_size": 4, "n_params": 3e8, "fits": True}]
+    (tmp_path / "h200-x8.json").write_text(json.dumps(
+        {"device": {"name": "H200"}, "sections": {"zero": {"rows": rows, "figures": []}}}))
+    md = bench.markdown_report(tmp_path)
+    assert "**Speed, gpt2-small bf16, 4 ranks**" in md and "**Speed, gpt2-small bf16, 8 ranks**" in md
+    assert "**Memory per rank, gpt2-small bf16, 8 ranks**" in md and "Other rows" not in md
+    speed8 = md.split("**Speed, gpt2-small bf16, 8 ranks**")[1].split("**")[0]
+    assert "800,000" in speed8 and "400,000" not in speed8                    # only the 8-rank rows
+    cap = _table_rows(md.split("**Under a per-GPU memory cap**")[1].split("**")[0])
+    assert cap[0][:2] == ["plan", "ranks"] and cap[1][1] == "4"
+    (what, measured), = headlines(rows)
+    assert what.endswith("on 8 ranks") and measured.startswith("16.00 vs 2.00 GB")
+
+
 @NO_INTERPRETER
 def test_quick_kernels_measures_each_kernel(tmp_path):
     pytest.importorskip("triton")

@@ -1,5 +1,6 @@
-"""GPipe and 1F1B on 2 gloo ranks against single-process training (one launch for every schedule and m),
-plus the schedules' orders, the ideal simulator, and the estimator's model-parallel formulas."""
+"""GPipe and 1F1B on 2 gloo ranks against single-process training (one launch for every schedule and m), on 3
+and 4 ranks (one launch each), plus the schedules' orders, the ideal simulator, and the estimator's model-parallel
+formulas."""
 import pytest
 import torch
 
@@ -74,6 +75,30 @@ def test_three_stages_with_a_middle_stage(reference):
                 torch.testing.assert_close(g, grads[name], atol=ATOL, rtol=RTOL)
         m = run["m"]
         assert run["in_flight"] == ([m] * 3 if run["schedule"] == "gpipe" else [min(3, m), min(2, m), 1])
+
+
+@pytest.mark.slow
+def test_four_stages_match_single_process():
+    """bench_model_parallel's rank function at 4 stages (two middle ones; 5 blocks split 2, 1, 1, 1), m below, at
+    and above p. Same tolerances as at 2 stages, for the same reasons (ATOL, RTOL)."""
+    cfg = preset("tiny", n_layer=5)
+    torch.manual_seed(SEED)
+    model = TinyGPT(cfg)
+    x, y = synthetic_batch(cfg.vocab_size, BATCH, SEQ, torch.Generator().manual_seed(SEED + 1))
+    _, loss = model(x, y)
+    loss.backward()
+    runs = [(s, m) for s in ("gpipe", "1f1b") for m in (2, 4, 8)]
+    out = pp.gather_runs(launch(pp.pipeline_rank, 4, cfg, BATCH, SEQ, runs, SEED, 1, True, 1,
+                                backend="gloo", timeout=60))
+    assert [(r["schedule"], r["m"]) for r in out] == runs
+    for run in out:
+        assert run["loss"] == pytest.approx(loss.item(), rel=RTOL)
+        assert {n for n, _ in model.named_parameters()} == set(run["grads"])
+        for name, per_stage in run["grads"].items():
+            for g in per_stage:
+                torch.testing.assert_close(g, dict(model.named_parameters())[name].grad, atol=ATOL, rtol=RTOL)
+        m = run["m"]
+        assert run["in_flight"] == ([m] * 4 if run["schedule"] == "gpipe" else [min(4 - s, m) for s in range(4)])
 
 
 @pytest.mark.gpu

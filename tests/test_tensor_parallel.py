@@ -1,4 +1,5 @@
-"""Megatron tensor parallelism on 2 gloo ranks against the unsplit TinyGPT block (one launch for all checks)."""
+"""Megatron tensor parallelism on 2 gloo ranks against the unsplit TinyGPT block (one launch for all checks), and
+on 4 ranks (one more)."""
 import pytest
 import torch
 
@@ -64,6 +65,24 @@ def test_communication_is_four_all_reduces_per_layer(ranks):
     assert len(events) == pred["all_reduces"]
     assert all(e["bytes"] == pred["bytes_per_all_reduce"] == BATCH * SEQ * CFG.n_embd * 4 for e in events)
     assert [e["phase"] for e in ranks[0]["mlp"]["comm"]] == ["forward", "backward"]
+
+
+@pytest.mark.slow
+def test_four_ranks_match_the_unsplit_block():
+    """At 4 ranks each holds one of tiny's 4 heads and a quarter of the MLP; the all-reduces add 4 partial sums.
+    Same tolerances as at 2 ranks, for the same reason (ATOL, RTOL)."""
+    world = 4
+    out = launch(tp.tp_equivalence_rank, world, CFG, BATCH, SEQ, SEED, backend="gloo", timeout=60)
+    for what in ("mlp", "attn", "block"):
+        y, x_grad, params = _reference(what)
+        for rank, res in enumerate(out):
+            o = res[what]
+            torch.testing.assert_close(o["y"], y, atol=ATOL, rtol=RTOL)
+            torch.testing.assert_close(o["x_grad"], x_grad, atol=ATOL, rtol=RTOL)
+            for name, g in o["grads"].items():
+                torch.testing.assert_close(g, tp.shard_of(name, params[name].grad, rank, world), atol=ATOL, rtol=RTOL)
+    assert out[0]["block"]["shapes"]["attn.c_attn.weight"] == (3 * CFG.n_embd // world, CFG.n_embd)
+    assert len(out[0]["block"]["comm"]) == tp.comm_per_layer(CFG, BATCH, SEQ, world)["all_reduces"]
 
 
 def test_shard_helpers_split_q_k_v_by_head():

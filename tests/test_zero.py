@@ -1,4 +1,5 @@
-"""ZeRO stages 1-3 against plain data parallel (torch DDP) on gloo, 2 and 3 ranks: two launches in all."""
+"""ZeRO stages 1-3 against plain data parallel (torch DDP) on gloo, 2 and 3 ranks (two launches), and stage 3
+against DDP on 4 ranks through the benchmark's run_many (a third)."""
 import math
 
 import pytest
@@ -50,6 +51,24 @@ def test_each_stage_reaches_plain_data_parallel(world, two, three):
         # our three stages reduce the same per-unit buffers with the same collectives: bit for bit equal
         assert all(torch.equal(v, eq["zero1"]["params"][k]) for k, v in eq[stage]["params"].items()), stage
     assert ddp["losses"][0] != ddp["losses"][-1]                          # it trained
+
+
+@pytest.mark.slow
+def test_stage3_on_four_ranks_reaches_ddp_through_the_benchmarks_run_many():
+    """bench_zero's rank function at 4 ranks, where each unit is padded to a multiple of 4 and the gradients are
+    reduce-scattered into quarters. Same tolerance as at 2 and 3 ranks, for the same reason (ATOL_VS_DDP)."""
+    from frugal.zero_experiment import run_many
+    runs = {m: w.run(4, m, return_params=True) for m in ("ddp", "zero3")}
+    out = launch(run_many, 4, runs, backend="gloo", timeout=120)
+    assert not [(r, m) for r, res in enumerate(out) for m, v in res.items() if "error" in v]
+    ddp, z3 = out[0]["ddp"], out[0]["zero3"]
+    assert _max_diff(z3["params"], ddp["params"]) < ATOL_VS_DDP
+    assert all(abs(a - b) < 1e-5 for a, b in zip(z3["losses"], ddp["losses"]))
+    assert ddp["losses"][0] != ddp["losses"][-1]                          # it trained
+    for r in range(1, 4):                                                 # every rank ends with the same model
+        assert all(torch.equal(v, out[r]["zero3"]["params"][k]) for k, v in z3["params"].items())
+    shard = sum(math.ceil(u / 4) for u in _units_numel())
+    assert z3["state_bytes"] == {"weights": 4 * shard, "gradients": 4 * shard, "optimizer": 8 * shard}
 
 
 def test_bucketed_dp_in_the_same_harness_is_ddp(two):

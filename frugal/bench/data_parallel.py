@@ -69,12 +69,20 @@ def benchmark_rank(rank: int, world_size: int, preset_name: str, flavours: list[
     return rows
 
 
+def data_parallel_worlds(gpus: int) -> list[int]:
+    """The world sizes bench_data_parallel trains at with `gpus` GPUs: 1, the powers of two below the GPU count,
+    and every GPU (8 GPUs: [1, 2, 4, 8]; 6 GPUs: [1, 2, 4, 6]); with none, [1, 2] gloo ranks on CPU."""
+    n_max = gpus if gpus >= 1 else 2
+    return sorted({1, *[2 ** k for k in range(1, n_max.bit_length()) if 2 ** k <= n_max], n_max})
+
+
 @section("data_parallel", TABLES, headlines)
 def bench_data_parallel(ctx: BenchContext) -> dict:
     """One GPU per rank over NCCL (2 gloo ranks on CPU): each flavour's tokens/s at 1, 2, 4... ranks, then the
     bus bandwidth of each all-reduce."""
     on_gpu = ctx.device.type == "cuda"
-    n_max = dev.gpu_count() if on_gpu else 2
+    worlds = data_parallel_worlds(dev.gpu_count() if on_gpu else 0)
+    n_max = worlds[-1]
     backend = "nccl" if on_gpu else "gloo"
     if on_gpu:
         name, batch, seq, steps, warmup, bf16 = "gpt2-small", 8, 1024, (5 if ctx.quick else 20), 5, True
@@ -83,7 +91,6 @@ def bench_data_parallel(ctx: BenchContext) -> dict:
         name, batch, seq, steps, warmup, bf16 = "tiny", 4, 64, (3 if ctx.quick else 20), (1 if ctx.quick else 2), False
         nbytes, repeats = (2 ** 20 if ctx.quick else 2 ** 24), (3 if ctx.quick else 10)
     flavours = ["none", "ddp", "naive", "bucket"]
-    worlds = sorted({1, *[2 ** k for k in range(1, 8) if 2 ** k <= n_max], n_max})
     rows = []
     for n in worlds:
         flv = flavours if n == 1 else flavours[1:]

@@ -73,6 +73,7 @@ class Table:
     columns: list[Column]
     where: Callable[[dict], bool] | None = None  # which of the section's rows; None = every row
     note: str = ""                               # a line under the table: what the numbers are measured against
+    split: str | None = None                     # a row key: one table per value of it, in the rows' order
 
 
 class _Blank(dict):
@@ -89,6 +90,18 @@ def _table(title: str, columns: list[Column], rows: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _groups(t: Table, rows: list[dict]) -> list[list[dict]]:
+    """The rows table t picks: one group, or with t.split one per value of that key (rows without it together),
+    in the order the values first appear, so that a title filled from a group's first row holds for all of it."""
+    picked = [r for r in rows if t.where is None or t.where(r)]
+    if not t.split:
+        return [picked] if picked else []
+    groups: dict[object, list[dict]] = {}
+    for r in picked:
+        groups.setdefault(r.get(t.split), []).append(r)
+    return list(groups.values())
+
+
 def _in_lesson_order(sections: dict) -> list[tuple[str, dict]]:
     """A results file's sections in the order `run` runs them (the lessons' order); unknown ones last."""
     order = {name: i for i, name in enumerate(SECTIONS)}
@@ -102,13 +115,11 @@ def _section_markdown(name: str, sec: dict, slug: str) -> list[str]:
     spec = REPORTS.get(name)
     shown: set[int] = set()
     for t in (spec.tables if spec else []):
-        picked = [r for r in rows if t.where is None or t.where(r)]
-        if not picked:
-            continue
-        shown |= {id(r) for r in picked}
-        out += _table(t.title.format_map(_Blank(picked[0])), t.columns, picked)
-        if t.note:
-            out += [t.note, ""]
+        for picked in _groups(t, rows):
+            shown |= {id(r) for r in picked}
+            out += _table(t.title.format_map(_Blank(picked[0])), t.columns, picked)
+            if t.note:
+                out += [t.note, ""]
     rest = [r for r in rows if id(r) not in shown]
     if rest:                                     # rows no table claims: every column, as they were saved
         keys = list(dict.fromkeys(k for r in rest for k in r))

@@ -18,27 +18,33 @@ TABLES = [
         Column("plan", "plan"), Column("tokens_per_s", "tokens/s", "tok/s"), Column("step_ms", "step (ms)", "ms"),
         Column("vs_ddp", "vs torch DDP", "x"), Column("vs_bucket_dp", "vs our bucketed DP", "x"),
         Column("comm_bytes_per_step", "sent per rank per step (GB)", "GB"), Column("final_loss", "final loss")],
-        where=lambda r: not _CAPPED(r) and "error" not in r),
+        where=lambda r: not _CAPPED(r) and "error" not in r, split="world_size"),
     Table("Memory per rank, {model} {dtype}, {world_size} ranks", [
         Column("plan", "plan"), Column("n_params", "params", "M"),
         Column("state_bytes_zero_paper", "state, ZeRO paper (GB)", "GB"),
         Column("state_bytes_counted", "state, counted (GB)", "GB"),
         Column("peak_bytes_predicted", "peak, predicted (GB)", "GB"),
-        Column("peak_bytes_measured", "peak, measured (GB)", "GB"), Column("peak_over_predicted", "measured / predicted", "x")],
-        where=lambda r: not _CAPPED(r) and "error" not in r,
+        Column("peak_bytes_measured", "peak, measured (GB)", "GB"),
+        Column("peak_over_predicted", "measured / predicted", "x")],
+        where=lambda r: not _CAPPED(r) and "error" not in r, split="world_size",
         note="State: weights, gradients and Adam's moments. Peak: the most CUDA memory allocated during a step."),
     Table("Under a per-GPU memory cap", [
-        Column("plan", "plan"), Column("n_params", "params", "M"), Column("params_over_control", "params vs control", "x"),
-        Column("memory_cap_bytes", "cap (GB)", "GB"), Column("peak_bytes_predicted", "peak, predicted (GB)", "GB"),
+        Column("plan", "plan"), Column("world_size", "ranks"), Column("n_params", "params", "M"),
+        Column("params_over_control", "params vs control", "x"), Column("memory_cap_bytes", "cap (GB)", "GB"),
+        Column("peak_bytes_predicted", "peak, predicted (GB)", "GB"),
         Column("peak_bytes_measured", "peak, measured (GB)", "GB"),
         Column("peak_reserved_bytes", "peak reserved (GB)", "GB"), Column("fits", "trains")],
         where=_CAPPED),
-    Table("Plans that failed", [Column("plan", "plan"), Column("error", "error")], where=lambda r: "error" in r),
+    Table("Plans that failed", [Column("plan", "plan"), Column("world_size", "ranks"), Column("error", "error")],
+          where=lambda r: "error" in r),
 ]
 
 
 def headlines(rows: list[dict]) -> list[tuple[str, str]]:
-    by = {r["plan"]: r for r in rows if "state_bytes_counted" in r}
+    """DDP's training state per rank against ZeRO-3's at the largest world size measured; the memory cap's verdict."""
+    measured = [r for r in rows if "state_bytes_counted" in r]
+    n = max((r.get("world_size", 0) for r in measured), default=0)
+    by = {r["plan"]: r for r in measured if r.get("world_size", 0) == n}
     out = []
     if "DDP" in by and "stage 3" in by:
         d, s = by["DDP"], by["stage 3"]
@@ -55,14 +61,45 @@ def headlines(rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+MAX_WORLD = 8   # the most ranks a bench launches: one host's GPUs
+
+
+def zero_worlds(gpus: int) -> list[int]:
+    """The world sizes bench_zero measures with `gpus` GPUs: [2] gloo CPU ranks below 2 GPUs; every GPU up to 4;
+    on a larger host 4 and every GPU up to MAX_WORLD (8 GPUs: [4, 8]), so hosts of 4 and 8 compare at 4 ranks."""
+    if gpus < 2:
+        return [2]
+    return sorted({min(gpus, 4), min(gpus, MAX_WORLD)})
+
+
 @section("zero", TABLES, headlines)
 def bench_zero(ctx: BenchContext) -> dict:
-    """Every plan on every visible GPU up to 4 (NCCL; 2 gloo CPU ranks otherwise), with per-rank peak memory beside
-    zero_experiment.predict_peak_bytes (what lives at the peak, by name); the memory cap on 2+ GPUs only."""
+    """Every plan at each world size of zero_worlds (NCCL, one GPU per rank; 2 gloo CPU ranks otherwise), with
+    per-rank peak memory beside zero_experiment.predict_peak_bytes (what lives at the peak, by name); the memory
+    cap on 2+ GPUs only, at the smallest of those world sizes. Rows carry world_size; figures and peak_breakdown
+    are per world size ({world_size: {plan: parts}}), figures named memory/comm, with _<n>ranks when there are
+    several."""
     gpus = dev.gpu_count() if ctx.device.type == "cuda" else 0
     multi = gpus >= 2
-    world = min(gpus, 4) if multi else 2
+    worlds = zero_worlds(gpus)
     big = multi and not ctx.quick
+    dtype = "bf16" if big else "fp32"
+    rows, figures, breakdown, n_params = [], {}, {}, 0
+    for world in worlds:
+        out = _zero_plans(ctx, world, multi, big)
+        rows += out["rows"]
+        n_params = out["n_params"]
+        breakdown[str(world)] = out["peak_breakdown"]
+        suffix = f"_{world}ranks" if len(worlds) > 1 else ""
+        figures.update({f"{name}{suffix}": fig for name, fig in out["figures"].items()})
+    if big:
+        rows += _zero_memory_cap(worlds[0], dtype, n_params)
+    return {"rows": rows, "figures": figures, "peak_breakdown": breakdown}
+
+
+def _zero_plans(ctx: BenchContext, world: int, multi: bool, big: bool) -> dict:
+    """Every plan on `world` ranks (NCCL if multi, else gloo) in one launch: rows, memory and comm figures,
+    the predicted peak's parts per plan, and the model's parameter count."""
     model, dtype, batch, seq = ("gpt2-small", "bf16", 8, 1024) if big else ("tiny", "fp32", 4, 32)
     steps, warmup = (15, 5) if big else (3, 1)
     backend = "nccl" if multi else "gloo"
@@ -81,7 +118,7 @@ def bench_zero(ctx: BenchContext) -> dict:
     for m in modes:
         per_rank = [r[m] for r in results]
         if "error" in per_rank[0]:
-            rows.append({"plan": label(m), "error": per_rank[0]["error"][:200]})
+            rows.append({"plan": label(m), "world_size": world, "error": per_rank[0]["error"][:200]})
             continue
         state = estimate.estimate_state_memory(n_params, precision, "adam", stage_of(m), world)
         parts = predict_peak_bytes(m, cfg, batch, seq, world, dtype)
@@ -118,16 +155,16 @@ def bench_zero(ctx: BenchContext) -> dict:
             predicted, observed, unit=2 ** 30 if big else 2 ** 20, unit_name="GiB" if big else "MiB",
             title=f"Per rank, {model} {dtype}, {world} ranks ({ctx.slug}): predicted vs "
                   f"{'peak CUDA' if multi else 'counted'}"),
-        "comm": plots.comm_volume_bars(comm_pred, comm_counted),
+        "comm": plots.comm_volume_bars(comm_pred, comm_counted,
+                                       title=f"Bytes each rank sends per step, {world} ranks"),
     }
-    if big:
-        rows += _zero_memory_cap(world, dtype, n_params)
-    return {"rows": rows, "figures": figures, "peak_breakdown": breakdown}
+    return {"rows": rows, "figures": figures, "peak_breakdown": breakdown, "n_params": n_params}
 
 
 def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
-    """Cap each GPU's memory halfway between the predicted peaks (zero_experiment.predict_peak_bytes) of gpt2-medium under
-    stage 3 and under DP, then train it both ways; gpt2-small under DP is the control that the cap leaves room for."""
+    """Cap each GPU's memory halfway between the predicted peaks (zero_experiment.predict_peak_bytes) of gpt2-medium
+    under stage 3 and under DP, then train it both ways on `world` ranks; gpt2-small under DP is the control that the
+    cap leaves room for."""
     batch, seq = 2, 1024
     cfg = preset("gpt2-medium")
     n_big = meta_model(cfg).num_params()
@@ -148,7 +185,7 @@ def _zero_memory_cap(world: int, dtype: str, small_params: int) -> list[dict]:
             fits, peak, reserved = False, None, None
             if "out of memory" not in str(e).lower() and "OutOfMemoryError" not in str(e):
                 raise
-        rows.append({"plan": f"cap {cap / 2**30:.2f} GiB: {name} {mode}", "n_params": n,
+        rows.append({"plan": f"cap {cap / 2**30:.2f} GiB: {name} {mode}", "world_size": world, "n_params": n,
                      "params_over_control": n / small_params, "memory_cap_bytes": cap, "fits": fits,
                      "peak_bytes_predicted": need(name, mode), "peak_bytes_measured": peak,
                      "peak_reserved_bytes": reserved})
