@@ -17,6 +17,11 @@ TABLES = [
         Column("best of ours", "best of ours")],
         where=_PART("vector add"), note="GB/s: bytes read + written over the time of one call from an idle GPU; "
                                         "GPU GB/s: 10 calls replayed from a CUDA graph. A copy is the roofline."),
+    Table("Launch cost on the host, vector add of 4096 floats", [
+        Column("impl", "launched by"), Column("host µs", "host µs per call", "ms"),
+        Column("spread µs", "spread (µs)", "ms")],
+        where=_PART("launch"), note="Python's time per call, back to back: what an idle GPU waits before a short "
+                                    "kernel starts."),
     Table("Residual add + RMSNorm, forward + backward", [
         Column("shape", "shape"), Column("impl", "implementation"), Column("fwd+bwd ms", "time (ms)", "ms"),
         Column("GPU ms", "GPU time (ms)", "ms"), Column("bytes moved", "moved (GB)", "GB"), Column("kernels", "kernels"),
@@ -141,6 +146,9 @@ def bench_kernels(ctx: BenchContext) -> dict:
         series[impl] = (sizes, [r["GB/s"] for r in add_rows if r["impl"] == impl])
     figures["vector_add"] = plots.bandwidth_vs_size(series, title=f"Vector add, {ctx.slug}"
                                                     + ("" if on_gpu else " (Triton interpreter)"))
+
+    if on_gpu:
+        rows += [{"part": "launch", **r} for r in va.benchmark_launch(ctx.device, calls=2000 if big else 50)]
 
     shapes = [(8192, 768), (16384, 4096)] if big else [(64, 128)]
     fused_rows = frms.benchmark_add_rmsnorm(shapes, ctx.device, repeats=20 if big else 2,

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from frugal.kernels import check_reachable
+from frugal.kernels.launch import launch
 
 from frugal.kernels.roofline import count_bytes_moved, gbps, measure_graph_time
 from frugal.measure import measure_time
@@ -107,7 +108,7 @@ class AddRMSNormFunction(torch.autograd.Function):
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         tiles = row_tiles(n_rows, n_cols, _sm_count(x.device))
         if n_rows:
-            add_rmsnorm_kernel[(-(-n_rows // tiles.block_m),)](
+            launch(add_rmsnorm_kernel, (-(-n_rows // tiles.block_m),),    # add_rmsnorm_kernel[grid](...)
                 x2, r2, weight, y, h, rstd, n_rows, n_cols, eps,
                 BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps)
         ctx.save_for_backward(h, weight, rstd)
@@ -125,7 +126,7 @@ class AddRMSNormFunction(torch.autograd.Function):
         gx = torch.empty_like(h)
         dw = torch.empty(tiles.programs, n_cols, dtype=torch.float32, device=h.device)  # every program writes its row
         if n_rows:
-            add_rmsnorm_backward_kernel[(tiles.programs,)](
+            launch(add_rmsnorm_backward_kernel, (tiles.programs,),
                 gy, gh if gh is not None else gy, h, weight, rstd, gx, dw, n_rows, n_cols,
                 HAS_GH=gh is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps)
             dw = dw.sum(0)                      # (n_cols,): P partial rows, summed by torch (one small kernel)

@@ -7,10 +7,15 @@ the wrapper follows when it is given neither.
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 import triton
 import triton.language as tl
 from frugal.kernels import check_reachable
+import frugal.kernels.launch as launch_module
+from frugal.kernels.launch import launch
 
 from frugal.kernels.roofline import gbps, measure_copy_bandwidth, measure_graph_time
 from frugal.measure import measure_time
@@ -75,7 +80,7 @@ def vector_add(x: torch.Tensor, y: torch.Tensor, block_size: int | None = None, 
         return out                                        # nothing to launch
     n_blocks = -(-n // block_size)                        # ceil; plain ints cost less than triton.cdiv per call
     grid = (n_blocks if programs is None else max(1, min(programs, n_blocks)),)
-    vector_add_kernel[grid](x, y, out, n, BLOCK_SIZE=block_size, num_warps=num_warps)
+    launch(vector_add_kernel, grid, x, y, out, n, BLOCK_SIZE=block_size, num_warps=num_warps)  # kernel[grid](...)
     return out
 
 
@@ -128,4 +133,35 @@ def benchmark_vector_add(sizes: list[int], device: torch.device | str, configs=C
             fn = lambda: vector_add(x, y, block, warps, programs)
             rows.append({"n": n, "impl": "ours", "config": f"BLOCK={block} warps={warps} "
                          + ("grid=blocks" if per_sm is None else f"grid={per_sm}xSM"), **timed(fn)})
+    return rows
+
+
+def benchmark_launch(device: torch.device | str, calls: int = 2000, repeats: int = 7) -> list[dict]:
+    """Host µs per call of a vector add at 4096 floats (a kernel far shorter than its launch) four ways:
+    torch.add, Triton's kernel[grid], `launch` with its kept binary, and frugal's whole `vector_add` wrapper.
+    Median of `repeats` loops of `calls` back-to-back calls, each timed by perf_counter on the host only."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device={device}: host launch cost means Triton's compiled path, which needs a GPU")
+    g = torch.Generator(device=device).manual_seed(0)
+    x, y = (torch.randn(4096, device=device, generator=g) for _ in range(2))
+    out = torch.empty_like(x)
+    plain = lambda: vector_add_kernel[(4,)](x, y, out, 4096, BLOCK_SIZE=1024, num_warps=4)
+    kept = lambda: launch(vector_add_kernel, (4,), x, y, out, 4096, BLOCK_SIZE=1024, num_warps=4)
+    impls = {"torch.add": lambda: torch.add(x, y), "kernel[grid]": plain,
+             "launch(), kept binary" if launch_module.FAST else "launch() (plain here)": kept,
+             "vector_add (checks + allocation + launch)": lambda: vector_add(x, y)}
+    rows = []
+    for name, fn in impls.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) / calls * 1e6)
+            torch.cuda.synchronize(device)
+        rows.append({"impl": name, "host µs": statistics.median(times), "spread µs": max(times) - min(times)})
     return rows
