@@ -110,19 +110,19 @@ def test_quick_model_parallel_measures_the_bubble(tmp_path):
 ])
 def test_each_multi_rank_section_measures_at_4_and_at_every_gpu_up_to_8(gpus, zero, dp, stages, tensor):
     from frugal.bench.data_parallel import data_parallel_worlds
-    from frugal.bench.model_parallel import pipeline_stages, tensor_ranks
-    from frugal.bench.zero import zero_worlds
-    assert zero_worlds(gpus) == zero
+    from frugal.bench.model_parallel import tensor_ranks
+    from frugal.bench.runner import rank_counts     # zero's worlds and the pipeline's stage counts
+    assert rank_counts(gpus) == zero
     assert data_parallel_worlds(gpus) == dp
-    assert pipeline_stages(gpus) == stages
+    assert rank_counts(gpus) == stages
     assert tensor_ranks(gpus) == tensor
 
 
 @pytest.mark.slow
 def test_quick_zero_at_two_world_sizes_on_gloo(tmp_path, monkeypatch):
-    """The loop an 8-GPU host runs (zero_worlds: [4, 8]), here on 2 and 4 gloo ranks: rows, figures and
+    """The loop an 8-GPU host runs (rank_counts: [4, 8]), here on 2 and 4 gloo ranks: rows, figures and
     peak_breakdown per world size, and a Speed table for each in the report."""
-    monkeypatch.setattr(bench.zero, "zero_worlds", lambda gpus: [2, 4])
+    monkeypatch.setattr(bench.zero, "rank_counts", lambda gpus: [2, 4])
     section = _quick("zero", tmp_path)
     rows = section["rows"]
     assert not [r for r in rows if "error" in r]
@@ -138,9 +138,9 @@ def test_quick_zero_at_two_world_sizes_on_gloo(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_quick_model_parallel_at_two_stage_counts_on_gloo(tmp_path, monkeypatch):
-    """The loops an 8-GPU host runs (pipeline_stages: [4, 8], tensor_ranks: [1, 4, 8]), here at 2 and 4 stages
+    """The loops an 8-GPU host runs (rank_counts: [4, 8], tensor_ranks: [1, 4, 8]), here at 2 and 4 stages
     and 1, 2 and 4 tensor ranks on gloo."""
-    monkeypatch.setattr(bench.model_parallel, "pipeline_stages", lambda gpus: [2, 4])
+    monkeypatch.setattr(bench.model_parallel, "rank_counts", lambda gpus: [2, 4])
     monkeypatch.setattr(bench.model_parallel, "tensor_ranks", lambda gpus: [1, 2, 4])
     section = _quick("model_parallel", tmp_path)
     rows = section["rows"]

@@ -9,7 +9,7 @@ from frugal import estimate, plots
 from frugal import pipeline_parallel as pp
 from frugal import tensor_parallel as tp
 from frugal.bench.report import Column, Table
-from frugal.bench.runner import BenchContext, section
+from frugal.bench.runner import BenchContext, rank_counts, section
 from frugal.dist import launch
 from frugal.model import GPTConfig
 
@@ -32,32 +32,21 @@ TABLES = [
 ]
 
 
-MAX_RANKS = 8   # the most ranks a bench launches: one host's GPUs
-
-
-def pipeline_stages(gpus: int) -> list[int]:
-    """The stage counts p the pipeline runs at with `gpus` GPUs: [2] gloo CPU ranks below 2 GPUs; every GPU up to
-    4; on a larger host 4 and every GPU up to MAX_RANKS (8 GPUs: [4, 8])."""
-    if gpus < 2:
-        return [2]
-    return sorted({min(gpus, 4), min(gpus, MAX_RANKS)})
-
-
 def tensor_ranks(gpus: int) -> list[int]:
-    """The rank counts the tensor-parallel stack runs at: 1, and each of pipeline_stages rounded down to a power
+    """The rank counts the tensor-parallel stack runs at: 1, and each of rank_counts rounded down to a power
     of two, so that it divides the heads and the MLP width (CPU: [1, 2]; 4 GPUs: [1, 4]; 8 GPUs: [1, 4, 8])."""
-    return sorted({1, *(1 << (p.bit_length() - 1) for p in pipeline_stages(gpus))})
+    return sorted({1, *(1 << (p.bit_length() - 1) for p in rank_counts(gpus))})
 
 
 @section("model_parallel", TABLES)
 def bench_model_parallel(ctx: BenchContext) -> dict:
     """Pipeline: measured bubble of GPipe and 1F1B per micro-batch count m against (p-1)/(m+p-1), and the
-    first stage's peak activations, at each p of pipeline_stages (the same layers per stage at every p).
+    first stage's peak activations, at each p of rank_counts (the same layers per stage at every p).
     Tensor parallel: step time, tokens/s and all-reduce traffic of one block stack at each count of tensor_ranks.
     One GPU per rank over NCCL when there are 2+ GPUs, else 2 gloo ranks on CPU. Figures: bubble and gantt,
     with _<p>stages when there are several p."""
     on_gpu = ctx.device.type == "cuda" and dev.gpu_count() >= 2
-    stages = pipeline_stages(dev.gpu_count() if on_gpu else 0)
+    stages = rank_counts(dev.gpu_count() if on_gpu else 0)
     tp_worlds = tensor_ranks(dev.gpu_count() if on_gpu else 0)
     backend = "nccl" if on_gpu else "gloo"
     full = on_gpu and not ctx.quick

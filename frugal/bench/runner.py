@@ -48,6 +48,18 @@ class BenchContext:
     quick: bool          # smaller sizes and fewer repeats (tests and CI use this)
 
 
+MAX_RANKS = 8   # the most ranks a bench launches: one host's GPUs
+
+
+def rank_counts(gpus: int) -> list[int]:
+    """The world sizes a multi-rank section (zero, model_parallel) runs at with `gpus` GPUs: [2] gloo CPU ranks
+    below 2 GPUs; every GPU up to 4; on a larger host 4 and every GPU up to MAX_RANKS (8 GPUs: [4, 8]), so hosts
+    of 4 and of 8 GPUs compare at 4 ranks."""
+    if gpus < 2:
+        return [2]
+    return sorted({min(gpus, 4), min(gpus, MAX_RANKS)})
+
+
 def meta_model(cfg: GPTConfig) -> TinyGPT:
     """A TinyGPT on the meta device: its parameter counts without allocating memory."""
     with torch.device("meta"):

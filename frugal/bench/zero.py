@@ -7,7 +7,7 @@ import torch
 from frugal import device as dev
 from frugal import estimate, plots
 from frugal.bench.report import Column, Table
-from frugal.bench.runner import BenchContext, meta_model, section
+from frugal.bench.runner import BenchContext, meta_model, rank_counts, section
 from frugal.dist import RankError, launch
 from frugal.model import preset
 from frugal.zero_experiment import ZeroRun, peak_by_kind, predict_peak_bytes, run_many, run_rank
@@ -61,27 +61,16 @@ def headlines(rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-MAX_WORLD = 8   # the most ranks a bench launches: one host's GPUs
-
-
-def zero_worlds(gpus: int) -> list[int]:
-    """The world sizes bench_zero measures with `gpus` GPUs: [2] gloo CPU ranks below 2 GPUs; every GPU up to 4;
-    on a larger host 4 and every GPU up to MAX_WORLD (8 GPUs: [4, 8]), so hosts of 4 and 8 compare at 4 ranks."""
-    if gpus < 2:
-        return [2]
-    return sorted({min(gpus, 4), min(gpus, MAX_WORLD)})
-
-
 @section("zero", TABLES, headlines)
 def bench_zero(ctx: BenchContext) -> dict:
-    """Every plan at each world size of zero_worlds (NCCL, one GPU per rank; 2 gloo CPU ranks otherwise), with
+    """Every plan at each world size of rank_counts (NCCL, one GPU per rank; 2 gloo CPU ranks otherwise), with
     per-rank peak memory beside zero_experiment.predict_peak_bytes (what lives at the peak, by name); the memory
     cap on 2+ GPUs only, at the smallest of those world sizes. Rows carry world_size; figures and peak_breakdown
     are per world size ({world_size: {plan: parts}}), figures named memory/comm, with _<n>ranks when there are
     several."""
     gpus = dev.gpu_count() if ctx.device.type == "cuda" else 0
     multi = gpus >= 2
-    worlds = zero_worlds(gpus)
+    worlds = rank_counts(gpus)
     big = multi and not ctx.quick
     dtype = "bf16" if big else "fp32"
     rows, figures, breakdown, n_params = [], {}, {}, 0
