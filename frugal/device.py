@@ -109,6 +109,11 @@ def enable_triton_interpreter() -> bool:
     if triton_needs_interpreter():
         os.environ["TRITON_INTERPRET"] = "1"
         return True
+    return triton_interpreting()
+
+
+def triton_interpreting() -> bool:
+    """Triton runs kernels through its interpreter (TRITON_INTERPRET=1), not compiled for a GPU."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

@@ -4,10 +4,9 @@ Importing this package switches Triton to its interpreter when there is no GPU (
 any kernel is decorated), so every kernel also runs, slowly, on a CPU. Without Triton it fails with the fix.
 """
 import importlib.metadata
-import os
 import sys
 
-from frugal.device import enable_triton_interpreter, has_triton
+from frugal.device import enable_triton_interpreter, has_triton, triton_interpreting
 
 if not has_triton():
     raise ImportError(
@@ -53,7 +52,7 @@ if enable_triton_interpreter():
 def check_reachable(*tensors) -> None:
     """Where there is a GPU, Triton compiles the kernels for it and a CPU tensor cannot reach them: say how to fix
     that, instead of Triton's "Pointer argument cannot be accessed" from inside the launch."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreting():
         return
     if any(t is not None and t.device.type == "cpu" for t in tensors):
         raise ValueError("frugal's Triton kernels run on the GPU on this machine (Triton compiles them for it), but "

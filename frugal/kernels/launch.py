@@ -1,10 +1,10 @@
 """Launching a Triton kernel for less host time: keep the compiled binary, call its launcher directly.
 
-`kernel[grid](*args)` spends ~20 µs of Python on every call on an H200's host (measured: 19.7 µs against
-7.2 µs for the compiled binary's own launcher, and 9 µs for all of torch.add). It binds the arguments,
-works out which compiled version they need, reads its settings, looks up the device and stream, then
-launches. For a 0.7 ms vector add, started from an idle GPU, those 13 µs are 2% of the time; for the
-small fused kernels of a training step they are most of it.
+`kernel[grid](*args)` runs Python on every call: it binds the arguments, works out which compiled version
+they need, reads its settings, looks up the device and stream, then launches. `python -m frugal bench
+--section kernels` times it on the host ("launch" rows; an H200 on 2026-12-03: 23.2 µs, against 16.0 µs
+through `launch` and 11.1 µs for all of torch.add). For a 0.77 ms vector add from an idle GPU the saving is
+~1% of the time; for the small fused kernels of a training step it is a large share.
 
 `launch(kernel, grid, *args, **constexprs)` does the same launch with its own cache: the key is what
 Triton specializes a binary on (each tensor's dtype and 16-byte alignment, each int's range and whether
@@ -16,15 +16,16 @@ where a launch hook is set (a profiler), or in the interpreter, every call is pl
 from __future__ import annotations
 
 import importlib.metadata
-import os
 
 import torch
+
+from frugal.device import triton_interpreting
 
 _TESTED = ((3, 4), (3, 7))     # [from, to): Triton versions whose CompiledKernel.run this calls as they do
 
 
 def _fast_path_possible() -> bool:
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreting():
         return False
     try:
         version = tuple(int(p) for p in importlib.metadata.version("triton").split(".")[:2])
@@ -34,7 +35,6 @@ def _fast_path_possible() -> bool:
 
 
 FAST = _fast_path_possible()      # False: every launch is plain kernel[grid]
-_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
 def _int_class(v: int) -> tuple:
