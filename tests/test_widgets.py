@@ -206,6 +206,24 @@ def test_progress_disables_the_controls_while_work_runs_and_advances_per_report(
     assert not button.disabled and progress.bar.bar_style == "danger"     # restored, and says it failed
 
 
+def test_a_second_run_empties_the_bar_before_any_control_shows_busy():
+    """The browser draws widget changes in the order they are made: were a control disabled first, the page
+    would show a busy dashboard with the last run's full bar, a bar that seems to go back."""
+    from frugal.widgets._common import Progress
+
+    button = W.Button(description="train")
+    progress = Progress([button])
+    with progress.running("training", 2):
+        pass
+    assert progress.bar.value == 2                                   # the first run left the bar full
+    events = []
+    progress.bar.observe(lambda ch: events.append(("bar", ch["new"])), names="value")
+    button.observe(lambda ch: events.append(("disabled", ch["new"])), names="disabled")
+    with progress.running("training", 2):
+        pass
+    assert events.index(("bar", 0)) < events.index(("disabled", True)), events
+
+
 def test_sharding_live_button_is_busy_while_the_ranks_run():
     seen = []
 

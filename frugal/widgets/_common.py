@@ -27,13 +27,16 @@ class Progress:
     @contextmanager
     def running(self, what: str, total: int):
         """Disable the controls and count `total` steps of `what`; restore them even if the work raises."""
+        # the bar empties before any control shows busy, so the page never shows a busy dashboard with the
+        # last run's full bar (widget messages reach the browser in the order they are set)
+        self.bar.value = 0
+        self.bar.max, self.bar.bar_style = max(int(total), 1), "info"
+        self.bar.description, self.status.value = what, f"0 of {total}"
         saved = [(c, c.disabled, c.description) for c in self.controls]
         for c in self.controls:
             c.disabled = True
             if isinstance(c, W.Button):                  # its first word fits the button: "training…"
                 c.description = f"{what.split()[0]}…"
-        self.bar.max, self.bar.value, self.bar.bar_style = max(int(total), 1), 0, "info"
-        self.bar.description, self.status.value = what, f"0 of {total}"
         t0 = time.perf_counter()
         try:
             yield self
