@@ -254,6 +254,20 @@ def test_bandwidth_plot_is_log_so_a_slow_line_is_not_flat_at_zero():
     assert len(ax.lines[0].get_xdata()) == 4
 
 
+def test_bandwidth_end_labels_of_lines_that_end_together_do_not_overlap():
+    sizes = [2 ** 20, 2 ** 24, 2 ** 28]                          # a GPU: ours, torch.add and a copy level off together
+    fig = plots.bandwidth_vs_size({"ours": (sizes, [500.0, 3000.0, 4036.0]), "torch.add": (sizes, [800.0, 3500.0, 4288.0]),
+                                   "copy": (sizes, [700.0, 3400.0, 4100.0]), "interpreter": (sizes, [0.001, 0.002, 0.003])})
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    labels = [t for t in fig.axes[0].texts if t.get_text().endswith("B/s")]
+    assert len(labels) == 4
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), [t.get_text() for t in labels]
+
+
 def test_frontier_stars_are_labelled_with_the_real_parameter_count():
     rows = [dict(params=p, estimated_bytes=b) for p, b in ((200_000, 5e6), (437_760, 9e6), (834_304, 30e6))]
     fig = plots.model_size_frontiers({"plan": rows}, 20e6)
@@ -310,12 +324,48 @@ def test_frontier_axes_read_in_parameters_and_bytes():
     assert "budget 20 MB " in _texts(fig)
 
 
+def test_frontier_tick_labels_never_run_into_each_other_over_many_decades():
+    # lesson 07's 16 GB search: 3 million to 10 billion parameters, labels in words ('2 billion')
+    rows = [dict(params=p, estimated_bytes=5e9 + p * 20) for p in (3e6, 1e7, 1.2e8, 5.4e8, 2.65e9, 1e10)]
+    fig = plots.model_size_frontiers({"plan": rows}, 16e9)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [t for t, x in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= x <= hi and t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    assert len(boxes) >= 3, [t.get_text() for t in shown]
+    for a, b in zip(boxes, boxes[1:]):
+        assert a.x1 < b.x0, [t.get_text() for t in shown]
+
+
 def test_recipe_runs_write_each_measured_value_in_its_unit():
     run = dict(tokens_per_s=777.0, memory_bytes=1.71 * 2 ** 20, dollars_per_billion_tokens=0.64,
                predicted_memory_bytes=1.33 * 2 ** 20, predicted_dollars_per_billion_tokens=0.01)
     fig = plots.recipe_runs({"plain bf16": run})
     assert {"777", "1.71 MiB", "$0.64"} <= set(_texts(fig))
     assert {"estimator", "estimator, at its assumed MFU"} <= set(_texts(fig))   # the ticks say what they assume
+
+
+def test_recipe_runs_axes_read_in_tokens_dollars_and_gib_on_a_gpu():
+    runs = {n: dict(tokens_per_s=t, memory_bytes=m * 2 ** 30, dollars_per_billion_tokens=d)
+            for n, t, m, d in (("plain", 30_000.0, 33.5, 0.05), ("recipe", 4_000.0, 4.3, 0.07))}
+    fig = plots.recipe_runs(runs)
+    FigureCanvasAgg(fig).draw()
+    speed, memory, dollars = fig.axes
+    assert {"10 K", "20 K", "30 K"} <= {t.get_text() for t in speed.get_yticklabels()}
+    assert memory.get_ylabel() == "memory (GiB)" and max(memory.get_ylim()) < 100    # 33.5, not 34,304 MiB
+    assert {"$0.02", "$0.04"} <= {t.get_text() for t in dollars.get_yticklabels()}
+
+
+def test_dollars_to_target_reads_its_axis_and_its_mark_in_dollars():
+    from frugal.plots.economics_quality import dollars_to_target
+    fig = dollars_to_target({"tiny": [(0.0, 5.4), (1e-5, 3.0), (2.86e-5, 2.6), (6e-5, 2.4)]}, target=2.7)
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert "$0.00002" in {t.get_text() for t in ax.get_xticklabels()}     # not 2 under a '1e-5' offset
+    assert ax.xaxis.get_offset_text().get_text() == ""
+    assert "$0.0000286" in _texts(fig)
 
 
 def test_recipe_runs_legends_sit_above_the_bars_not_on_them():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from frugal.plots._common import new_figure
+from frugal.plots._common import _unit_axis, human_dollars, new_figure
 
 
 def val_loss_overlay(curves: dict[str, list[tuple[float, float]]], title: str = "Validation loss",
@@ -33,10 +33,14 @@ def dollars_to_target(runs: dict[str, list[tuple[float, float]]], target: float,
         hit = next(((x, y) for x, y in points if y <= target), None)
         if hit is not None:
             ax.plot(*hit, marker="o", ms=8, color=line.get_color())
-            ax.annotate(f"${hit[0]:.3g}", hit, textcoords="offset points", xytext=(6, 6), fontsize=8,
-                        color=line.get_color())
+            # below and left of the point: the curve arrives from the upper left and goes on to the lower right,
+            # and the target's label sits above the line at the right edge
+            ax.annotate(human_dollars(hit[0]), hit, textcoords="offset points", xytext=(-6, -12), ha="right",
+                        fontsize=8, color=line.get_color())
+    ax.margins(x=0.08, y=0.12)                        # room under the lowest point for its label
     ax.axhline(target, color="grey", ls="--", lw=1)
     ax.text(ax.get_xlim()[1], target, f"target {target:g} ", ha="right", va="bottom", fontsize=8, color="grey")
+    _unit_axis(ax.xaxis, human_dollars)               # '$0.00003', not 3 under a '1e-5' in the corner
     ax.set_xlabel("US$ spent (training time x price per hour)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)

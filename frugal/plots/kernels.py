@@ -33,10 +33,18 @@ def bandwidth_vs_size(series: dict[str, tuple[list[int], list[float]]], peak_gbp
     """GB/s against elements, both axes log (an interpreter's 0.001 GB/s and a GPU's 3,000 GB/s on one plot),
     one line per named implementation, its last point labelled; a dashed line at a peak, if given."""
     fig, ax = new_figure()
+    ends = []
     for name, (sizes, values) in series.items():
         line, = ax.plot(sizes, values, marker="o", label=name)
-        ax.annotate(human_rate(values[-1] * 1e9), (sizes[-1], values[-1]), textcoords="offset points",
-                    xytext=(6, -3), fontsize=7, color=line.get_color())   # the largest size, where it levels off
+        ends.append((values[-1], sizes[-1], line.get_color()))
+    # each line's last point labelled (the largest size, where it levels off); labels of lines that end close
+    # together (ours beside torch.add on a GPU) are stacked a line apart instead of printed on top of each other
+    previous, dy = None, -3
+    for value, size, color in sorted(ends, key=lambda e: e[0], reverse=True):
+        dy = dy - 9 if previous is not None and np.log10(previous / value) < 0.15 else -3
+        ax.annotate(human_rate(value * 1e9), (size, value), textcoords="offset points", xytext=(6, dy),
+                    fontsize=7, color=color)
+        previous = value
     if peak_gbps:
         ax.axhline(peak_gbps, color="grey", ls="--", lw=1)
         ax.text(min(min(s) for s, _ in series.values()), peak_gbps, f" peak {human_rate(peak_gbps * 1e9)}",

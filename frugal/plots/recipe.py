@@ -1,6 +1,8 @@
 """Lesson 07 (the recipe): the largest model a budget trains, and measured runs beside the estimator."""
 from __future__ import annotations
 
+import math
+
 from matplotlib.figure import Figure
 
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
@@ -34,7 +36,10 @@ def model_size_frontiers(curves: dict[str, list[dict]], budget_bytes: float,
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis, fmt in ((ax.xaxis, human_count), (ax.yaxis, lambda v: human_bytes(v * 1e9, binary=False))):
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lo, hi = axis.get_view_interval()
+        # 1-2-5 ticks over a couple of decades; past that only the powers of ten, or '1 billion' runs into '2 billion'
+        subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) <= 2.5 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
         _unit_axis(axis, fmt)                       # '500 K' and '20 MB', not 5x10^5 and 2x10^-2
         axis.set_minor_formatter(NullFormatter())
     ax.text(1.0, budget_bytes / 1e9, f"budget {human_bytes(budget_bytes, binary=False)} ", va="bottom", ha="right",
@@ -53,11 +58,15 @@ def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGP
     fig, axes = new_figure(12.0, 3.8, ncols=3)
     names = list(runs)
     xs = range(len(names))
+    big = max(runs[n]["memory_bytes"] for n in names) >= 2 * 2 ** 30      # a GPU's peak reads in GiB
     panels = [("tokens_per_s", "tokens/s (measured here)", 1.0, None, human_count),
-              ("memory_bytes", "memory (MiB)", 2 ** -20, "predicted_memory_bytes", human_bytes),
+              ("memory_bytes", f"memory ({'GiB' if big else 'MiB'})", 2 ** (-30 if big else -20),
+               "predicted_memory_bytes", human_bytes),
               ("dollars_per_billion_tokens", "US$ per billion tokens", 1.0, "predicted_dollars_per_billion_tokens",
                human_dollars)]
     for ax, (key, label, scale, predicted, fmt) in zip(axes, panels):
+        if scale == 1.0:                                 # '30 K' tokens/s and '$0.05', not 30000 and 0.05
+            _unit_axis(ax.yaxis, fmt)
         ax.bar(xs, [runs[n][key] * scale for n in names], color=[f"C{i}" for i in xs])
         for i, n in enumerate(names):                    # each bar's measured value, in its unit
             ax.text(i, runs[n][key] * scale, fmt(runs[n][key]), ha="center", va="bottom", fontsize=7)
