@@ -111,3 +111,19 @@ def pipeline_bubbles(run: Measured) -> tuple[int, dict[str, dict[int, float]]]:
     for r in rows:
         bubbles.setdefault(r["schedule"], {})[r["m"]] = r["bubble_measured"]
     return rows[0]["ranks"], bubbles
+
+
+def zero_plans(run: Measured, world_size: int | None = None) -> tuple[int, dict[str, dict], list[dict]]:
+    """Lesson 04: (ranks, {plan: row}, capped rows) of the committed zero run. The plans (DDP, ours, stages 1-3,
+    FSDP) are those at world_size, by default the most ranks measured; the capped rows are the models the bench
+    tried under one per-GPU memory cap (each row says whether it fit)."""
+    timed = [r for r in run.rows if "tokens_per_s" in r and r.get("world_size")]
+    if not timed:
+        raise ValueError(f"{run.file}: the zero section has no timed plans (rows with tokens_per_s and world_size)")
+    world = world_size or max(r["world_size"] for r in timed)
+    plans = {r["plan"]: r for r in timed if r["world_size"] == world}
+    if not plans:
+        raise ValueError(f"{run.file}: the zero section measured no plan at world_size={world}; "
+                         f"it has {sorted({r['world_size'] for r in timed})}")
+    capped = [r for r in run.rows if "memory_cap_bytes" in r]        # one cap, at the fewest ranks the bench ran it on
+    return world, plans, capped

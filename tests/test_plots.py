@@ -339,6 +339,27 @@ def test_frontier_tick_labels_never_run_into_each_other_over_many_decades():
         assert a.x1 < b.x0, [t.get_text() for t in shown]
 
 
+def test_zero_on_gpus_labels_speed_against_the_first_plan_and_peaks_against_the_prediction():
+    rows = {"DDP": dict(tokens_per_s=524_000.0, peak_bytes_measured=10.04e9, peak_bytes_predicted=9.95e9),
+            "stage 3": dict(tokens_per_s=497_000.0, peak_bytes_measured=8.33e9, peak_bytes_predicted=8.26e9)}
+    fig = plots.zero_on_gpus(rows, "2× H200, 2026-11-22 (committed)")
+    assert _drawn(fig)
+    texts = _texts(fig)
+    assert " 524 K (1.00× DDP)" in texts and " 497 K (0.95× DDP)" in texts
+    assert any(t.startswith(" 9.35 GiB (+0.9%)") for t in texts)
+    speed = fig.axes[0]
+    assert [t.get_text() for t in speed.get_yticklabels()] == ["DDP", "stage 3"]
+
+
+def test_cross_entropy_memory_reads_its_log_axis_in_bytes():
+    xs = [2 ** k for k in range(8, 19)]
+    fig = plots.cross_entropy_memory({"unfused": (xs, [x * 1e5 for x in xs])}, {"unfused": (xs, [x * 1e5 for x in xs])},
+                                     vocab=65536, tokens=8192)
+    FigureCanvasAgg(fig).draw()
+    ticks = {t.get_text() for t in fig.axes[0].get_yticklabels()}
+    assert {"100 MiB", "1 GiB", "10 GiB"} <= ticks, ticks
+
+
 def test_recipe_runs_write_each_measured_value_in_its_unit():
     run = dict(tokens_per_s=777.0, memory_bytes=1.71 * 2 ** 20, dollars_per_billion_tokens=0.64,
                predicted_memory_bytes=1.33 * 2 ** 20, predicted_dollars_per_billion_tokens=0.01)

@@ -63,8 +63,26 @@ def test_pipeline_bubbles_by_schedule_and_micro_batches(tmp_path):
         results.pipeline_bubbles(_run(tmp_path, "model_parallel", [dict(part="tensor", ranks=2)]))
 
 
+def test_zero_plans_take_the_most_ranks_measured_and_keep_the_capped_models(tmp_path):
+    def plan(name, world, tps):
+        return dict(plan=name, world_size=world, tokens_per_s=tps, peak_bytes_measured=1.01e9, peak_bytes_predicted=1e9)
+
+    run = _run(tmp_path, "zero", [
+        plan("DDP", 4, 9e5), plan("stage 3", 4, 8e5), plan("DDP", 8, 1.7e6), plan("stage 3", 8, 1.6e6),
+        dict(plan="cap 6.89 GiB: gpt2-medium zero3", world_size=4, memory_cap_bytes=7.4e9, fits=True),
+        dict(plan="stage 2", world_size=8, error="CUDA out of memory")], device={"catalog": "H200", "gpus": 8})
+    world, plans, capped = results.zero_plans(run)
+    assert world == 8 and list(plans) == ["DDP", "stage 3"] and plans["DDP"]["tokens_per_s"] == 1.7e6
+    assert [r["plan"] for r in capped] == ["cap 6.89 GiB: gpt2-medium zero3"]     # the cap ran at 4 ranks
+    assert results.zero_plans(run, world_size=4)[1]["stage 3"]["tokens_per_s"] == 8e5
+    with pytest.raises(ValueError, match="world_size=2.*\\[4, 8\\]"):
+        results.zero_plans(run, world_size=2)
+    with pytest.raises(ValueError, match="no timed plans"):
+        results.zero_plans(_run(tmp_path, "zero", [dict(plan="stage 2", world_size=8, error="boom")]))
+
+
 def test_the_repository_runs_the_lessons_read_are_there():
-    """Lessons 02, 03 and 07 draw these committed runs beside their live ones."""
+    """Lessons 02, 03, 04, 05 and 07 draw these committed runs beside their live ones."""
     curves = results.checkpointing_curves(results.newest("checkpointing"))
     assert len(curves["series"]["ours"]) > 2 and curves["alternatives"]["ours, selective"]
     alone, steps = results.data_parallel_steps(results.newest("data_parallel"))
@@ -72,3 +90,5 @@ def test_the_repository_runs_the_lessons_read_are_there():
     assert "recompute full + fused CE B32" in results.recipe_ranking(results.newest("recipe"))
     stages, bubbles = results.pipeline_bubbles(results.newest("model_parallel"))
     assert stages >= 2 and {"gpipe", "1f1b"} <= set(bubbles)
+    world, plans, _ = results.zero_plans(results.newest("zero"))      # lesson 04
+    assert world >= 2 and {"DDP", "stage 1", "stage 3"} <= set(plans)

@@ -119,6 +119,24 @@ def test_sharding_stage_picker_changes_both_plots(monkeypatch, capsys):
     assert "{'weights'" not in capsys.readouterr().out
 
 
+def test_sharding_precision_moves_the_bytes_sent_and_the_memory_line_says_what_it_is(monkeypatch, capsys):
+    import frugal.widgets.parallel as par
+
+    shown = _figures(monkeypatch, par)
+    c = _controls(widgets.sharding_explorer(n_params=7e9, world_size=8))
+    c["stage"].value = 0
+    mixed = capsys.readouterr().out
+    c["precision"].value = "fp32"                           # fp32 gradients: twice the bytes on the wire
+    fp32 = capsys.readouterr().out
+    sent = lambda out: out.rsplit("sends ", 1)[1].split(" per step")[0]
+    assert "(16-bit values)" in mixed and "(fp32 values)" in fp32
+    assert float(sent(fp32).split()[0]) == pytest.approx(2 * float(sent(mixed).split()[0]), rel=0.01)
+    fig = shown[-2]
+    fig.canvas.draw()                                       # the memory lines are labelled on a right-hand axis
+    labels = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+    assert "memory per rank 80 GB" in labels and "80 GB 80 GB" not in labels
+
+
 def test_pipeline_explorer_labels_the_ideal_run_in_simulation_units(monkeypatch):
     import frugal.widgets.parallel as par
 

@@ -13,7 +13,7 @@ from frugal.plots.recompute import recompute_tradeoff, saved_bytes_by_block, lar
 from frugal.plots.parallel import (
     PIPE_COLORS, ring_steps, bytes_per_rank, overlap_timeline, scaling, bus_bandwidth,
     sharding_memory_bars, comm_volume_bars, max_model_bars, pipeline_gantt, bubble_vs_formula,
-    activation_per_stage, rank_grid)
+    activation_per_stage, rank_grid, zero_on_gpus)
 from frugal.plots.kernels import kernel_grid, bandwidth_vs_size, fused_vs_unfused, cross_entropy_memory
 from frugal.plots.recipe import model_size_frontiers, recipe_ranking, recipe_runs
 
@@ -24,5 +24,5 @@ __all__ = ["GIB", "COLORS", "human_bytes", "memory_bars", "cost_bars", "loss_cur
            "saved_bytes_by_block", "largest_batch_bars", "PIPE_COLORS",
            "ring_steps", "bytes_per_rank", "overlap_timeline", "scaling", "bus_bandwidth",
            "sharding_memory_bars", "comm_volume_bars", "max_model_bars", "pipeline_gantt", "bubble_vs_formula",
-           "activation_per_stage", "rank_grid", "kernel_grid", "bandwidth_vs_size", "fused_vs_unfused",
+           "activation_per_stage", "rank_grid", "zero_on_gpus", "kernel_grid", "bandwidth_vs_size", "fused_vs_unfused",
            "cross_entropy_memory", "model_size_frontiers", "recipe_ranking", "recipe_runs"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from frugal.units import human_bytes, human_count, human_dollars, human_time  # noqa: F401 - the one formatter
 
@@ -21,3 +21,11 @@ def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1):
 def _unit_axis(axis, format_value) -> None:
     """Label an axis' ticks with a formatter of frugal.units (a log axis then reads '$1 M', not '10^6')."""
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: format_value(v)))
+
+
+def _bytes_log_axis(axis) -> None:
+    """A log axis of bytes with ticks at 1, 10 and 100 of each binary unit: '100 MiB', '1 GiB', '10 GiB' (ticks at
+    powers of ten bytes would read '95.4 MiB', '954 MiB')."""
+    axis.set_major_locator(FixedLocator([m * 1024.0 ** k for k in range(7) for m in (1, 10, 100)]))
+    axis.set_minor_locator(NullLocator())
+    _unit_axis(axis, human_bytes)

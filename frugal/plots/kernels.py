@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from frugal.plots._common import GIB, new_figure, _unit_axis
+from frugal.plots._common import _bytes_log_axis, new_figure, _unit_axis
 from frugal.units import human_rate
 
 
@@ -89,15 +89,16 @@ def cross_entropy_memory(by_vocab: dict[str, tuple[list[int], list[float]]],
               (axes[1], by_tokens, "tokens per step", tokens, f"at vocab {vocab:,}" if vocab else ""))
     for ax, series, xlabel, chosen, fixed in panels:
         for name, (xs, ys) in series.items():
-            ax.plot(xs, [y / GIB for y in ys], marker="o", label=name)
+            ax.plot(xs, ys, marker="o", label=name)
         if chosen:
             ax.axvline(chosen, color="black", lw=1, ls=":", label=f"chosen: {chosen:,}")
         if fixed:
             ax.set_title(fixed, fontsize=9)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        _bytes_log_axis(ax.yaxis)                       # '100 MiB', '10 GiB', not 10^-1 and 10^1
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("GiB")
+        ax.set_ylabel("peak bytes (log scale)")
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return fig

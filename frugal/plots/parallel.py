@@ -187,6 +187,39 @@ def comm_volume_bars(predicted: dict[str, float], counted: dict[str, float] | No
     return fig
 
 
+def zero_on_gpus(plans: dict[str, dict], title: str) -> Figure:
+    """A committed multi-GPU run of the sharding plans: tokens/s per plan (labelled against the first, DDP), and
+    each plan's per-rank peak memory measured (bar) beside the prediction (black tick). plans: name -> a row with
+    tokens_per_s, peak_bytes_measured and peak_bytes_predicted."""
+    fig, (ax_s, ax_m) = new_figure(11.0, 3.4, ncols=2)
+    names = list(plans)
+    ys = range(len(names))
+    base = plans[names[0]]["tokens_per_s"]
+    speed = [plans[n]["tokens_per_s"] for n in names]
+    ax_s.barh(ys, speed, color=["#4C72B0" if i == 0 else "#8172B3" for i in ys])
+    for y, v in zip(ys, speed):
+        ax_s.text(v, y, f" {human_count(v)} ({v / base:.2f}× {names[0]})", va="center", fontsize=7)
+    ax_s.set_yticks(list(ys), names, fontsize=8)
+    ax_s.invert_yaxis()
+    ax_s.margins(x=0.35)
+    _unit_axis(ax_s.xaxis, human_count)
+    ax_s.set_xlabel("tokens/s, all ranks together")
+    measured = [(plans[n].get("peak_bytes_measured") or 0) / 2 ** 30 for n in names]
+    predicted = [(plans[n].get("peak_bytes_predicted") or 0) / 2 ** 30 for n in names]
+    ax_m.barh(ys, measured, color=COLORS["activations"], alpha=0.8, label="measured peak per rank")
+    ax_m.plot(predicted, list(ys), "|", color="black", ms=16, mew=2, label="predicted")
+    for y, m, p in zip(ys, measured, predicted):
+        if m and p:
+            ax_m.text(m, y, f" {human_bytes(m * 2 ** 30)} ({m / p - 1:+.1%})", va="center", fontsize=7)
+    ax_m.set_yticks(list(ys), [])
+    ax_m.invert_yaxis()
+    ax_m.margins(x=0.3)
+    ax_m.set_xlabel("peak memory per rank (GiB)")
+    ax_m.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def max_model_bars(max_params: dict[str, float], memory_gb: float, world_size: int,
                    highlight: str | None = None) -> Figure:
     """The largest model (parameters) whose training state fits memory_gb per rank, for each plan;

@@ -72,7 +72,7 @@ def cross_entropy_memory_explorer(model, device: str | None = None, live_tokens:
         model.fused_cross_entropy = False
         capped = f", capped at {live_tokens}" if tokens > live_tokens else ""
         print(f"live TinyGPT (vocab {cfg.vocab_size}, fixed; {x[0].numel()} tokens{capped}): loss {losses[False]:.5f} "
-              f"unfused, {losses[True]:.5f} chunked; saved for backward {plots.human_bytes(saved[False])} "
+              f"unfused, {losses[True]:.5f} chunked;\n  saved for backward {plots.human_bytes(saved[False])} "
               f"unfused vs {plots.human_bytes(saved[True])} chunked")
         vocabs, token_counts = [2 ** k for k in range(8, 19)], [2 ** k for k in range(9, 21)]
         est = lambda t, v, chunk: estimate_linear_cross_entropy_memory(t, v, n_embd, chunk)

@@ -72,11 +72,12 @@ def sharding_explorer(n_params: float = 7e9, world_size: int = 8, memory_gb: flo
         plans = _zero_plans(n_params, world_size, precision)
         chosen = list(plans)[stage]
         need = sum(plans[chosen].values())
-        comm = estimate.estimate_zero_comm_bytes(n_params, stage, world_size, 2)
+        grad_bytes = 4 if precision == "fp32" else 2           # what travels: the gradients (and stage 3's weights)
+        comm = estimate.estimate_zero_comm_bytes(n_params, stage, world_size, grad_bytes)
         print(f"{chosen}: {human_bytes(need, binary=False)} per rank for {human_count(n_params, 'parameters')} "
               f"on {world_size} ranks ({'fits' if need <= memory_gb * 1e9 else 'does NOT fit'} in {memory_gb:g} GB); "
-              f"sends {human_bytes(comm, binary=False)} per step (bf16)")
-        display(plots.memory_bars(plans, {f"{memory_gb:g} GB": memory_gb}, highlight=chosen,
+              f"sends {human_bytes(comm, binary=False)} per step ({'fp32' if grad_bytes == 4 else '16-bit'} values)")
+        display(plots.memory_bars(plans, {"memory per rank": memory_gb}, highlight=chosen,
                                   title=f"Training state per rank, {world_size} ranks ({precision} Adam): {chosen}"))
         display(plots.max_model_bars({k: estimate.estimate_max_params(memory_gb, s, world_size, precision)
                                       for s, k in enumerate(plans)}, memory_gb, world_size, highlight=chosen))
