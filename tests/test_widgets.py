@@ -60,9 +60,12 @@ def test_recipe_dashboard_trains_and_refuses_a_bad_plan(capsys):
     first = capsys.readouterr().out
     assert "tokens/s" in first and "estimator" in first and "US$ per billion tokens" in first
     controls = _controls(box)
+    # greyed out where they would retrain the same plan: the scaler outside fp16, the flavour on one rank
+    assert controls["fp16 scaler"].disabled and controls["parallel"].disabled
     controls["parallel"].value = "zero2"
     controls["precision"].value = "fp16"                       # fp16 under ZeRO: refused with the fix, no launch
     assert "not a valid plan" in capsys.readouterr().out
+    assert not controls["fp16 scaler"].disabled
 
 
 # ----------------------------------------------------------------------------- each control changes the figure
@@ -282,3 +285,82 @@ def test_data_parallel_trainer_moves_its_bar_as_each_rank_joins_and_finishes(mon
     assert "rank 0 ended step 2" in [note for _, note in values]
     assert not any(c.disabled for c in _controls(box).values() if hasattr(c, "disabled") and c is not bar)
     assert "largest loss gap" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- every control changes what is shown
+
+def _another_value(control):
+    """A value of the control other than its current one, inside its range (None: nothing to move)."""
+    if isinstance(control, (W.Dropdown, W.RadioButtons, W.ToggleButtons, W.SelectionSlider)):
+        values = [o[1] if isinstance(o, tuple) else o for o in control.options]
+        if len(values) < 2:
+            return None
+        i = values.index(control.value)                 # the next option, as a person steps through them
+        return values[i + 1] if i + 1 < len(values) else values[i - 1]
+    if isinstance(control, W.Checkbox):
+        return not control.value
+    if isinstance(control, W.FloatLogSlider):
+        up = control.value * control.base ** (4 * control.step)
+        return up if up <= control.base ** control.max else control.value / control.base ** (4 * control.step)
+    if isinstance(control, (W.IntSlider, W.FloatSlider)):
+        step = control.step or 1
+        return control.value + step if control.value + step <= control.max else control.value - step
+    if isinstance(control, (W.FloatText, W.BoundedFloatText)):
+        return control.value * 1.5 + 1
+    return None
+
+
+def _shown(monkeypatch, module, capsys):
+    """What the dashboard module shows now: its printed text and a hash of each figure's pixels."""
+    import hashlib
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figures = _figures(monkeypatch, module)
+
+    def now():
+        text = capsys.readouterr().out
+        pngs = []
+        for fig in figures:
+            if hasattr(fig, "savefig"):
+                canvas = FigureCanvasAgg(fig)
+                canvas.draw()
+                pngs.append(hashlib.sha1(bytes(canvas.buffer_rgba())).hexdigest())
+        figures.clear()
+        return text, pngs
+    return now
+
+
+DASHBOARDS = {
+    "cost_calculator": ("frugal.widgets.economics", lambda: widgets.cost_calculator()),
+    "activation_meter": ("frugal.widgets.economics", lambda: widgets.activation_meter(TinyGPT(preset("tiny")), 8)),
+    "format_explorer": ("frugal.widgets.precision", lambda: widgets.format_explorer("fp16", 1e-6)),
+    "fp8_recipe_explorer": ("frugal.widgets.fp8", lambda: widgets.fp8_recipe_explorer()),
+    "largest_batch_explorer": ("frugal.widgets.recompute",
+                               lambda: widgets.largest_batch_explorer(preset("gpt2-small"), 1024, "H100", 124e6)),
+    "sharding_explorer": ("frugal.widgets.parallel", lambda: widgets.sharding_explorer()),
+    "layout_explorer": ("frugal.widgets.parallel", lambda: widgets.layout_explorer()),
+}
+
+
+@pytest.mark.parametrize("name", list(DASHBOARDS))
+def test_every_control_of_an_estimator_dashboard_changes_what_it_shows(name, monkeypatch, capsys):
+    """A control that moves and leaves the text and every figure as they were teaches nothing: each enabled
+    control, moved to another value, must change the printed text or a figure's pixels."""
+    import importlib
+
+    module_name, make = DASHBOARDS[name]
+    now = _shown(monkeypatch, importlib.import_module(module_name), capsys)
+    box = make()
+    before = now()
+    assert before[0] or before[1], f"{name} shows nothing at first"
+    still = []
+    for description, control in _controls(box).items():
+        value = None if getattr(control, "disabled", False) else _another_value(control)   # as it is now
+        if value is None:
+            continue
+        control.value = value
+        after = now()
+        if after == before or not (after[0] or after[1]):
+            still.append(description)
+        before = after
+    assert not still, f"{name}: moving {still} changed nothing on screen"

@@ -38,6 +38,12 @@ def fp8_recipe_explorer(recipe: str = "delayed", history: int = 16, spike: float
                                   continuous_update=False),
     }
 
+    def history_for_delayed(_=None):                  # current scaling keeps no history: nothing to slide
+        controls["history"].disabled = controls["recipe"].value != "delayed"
+
+    controls["recipe"].observe(history_for_delayed, names="value")
+    history_for_delayed()
+
     def draw(recipe, history, spike):
         profile = amax_profile(spike=spike)
         fill, clamped = run_recipe(recipe, history, profile)

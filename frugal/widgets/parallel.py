@@ -159,6 +159,9 @@ def layout_explorer(n_layer: int = 96, hidden: int = 12288, heads: int = 96, voc
               f"{spec.memory_gb:g} GB "
               f"({'fits' if mem.total <= spec.memory_gb * 1e9 else 'does not fit'}); pipeline bubble "
               f"{estimate.pipeline_bubble_fraction(pp, n_micro):.0%}")
+        if dp == 1 and zero_stage:
+            print(f"ZeRO stage {zero_stage} shards the states over the dp replicas: with dp=1 there is no one to "
+                  f"share them with, so it saves nothing (move dp)")
         display(plots.rank_grid(dp, tp, pp))
         display(plots.memory_bars({f"dp{dp} tp{tp} pp{pp}": mem.as_dict()}, {gpu: spec.memory_gb},
                                   title="Memory of one rank on the first stage"))

@@ -32,6 +32,14 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
     }
     progress = Progress(controls.values())
 
+    def only_where_it_matters(_=None):              # a control that would retrain the same plan is greyed out
+        controls["scaler"].disabled = controls["precision"].value != "fp16"
+        controls["parallel"].disabled = controls["world_size"].value == 1
+
+    controls["precision"].observe(only_where_it_matters, names="value")
+    controls["world_size"].observe(only_where_it_matters, names="value")
+    only_where_it_matters()
+
     def draw(precision, scaler, recompute, fused_ce, parallel, world_size, gpu):
         try:
             cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, precision=precision,

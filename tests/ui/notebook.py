@@ -215,6 +215,9 @@ class NotebookPage:
         the dashboard (text, disabled, clipped)."""
         dash = self.dashboards().nth(index)
         dash.scroll_into_view_if_needed()
+        # some controls are greyed out on purpose (an fp16 scaler under bf16): busy is every control disabled,
+        # done is each control back as it was before the change
+        resting = [c["disabled"] for c in dash.evaluate(BUSY_JS)["controls"]]
         control = self._control(dash, op)
         if op.kind == "click":
             control.click()
@@ -226,9 +229,9 @@ class NotebookPage:
         while time.monotonic() < deadline:
             s = dash.evaluate(BUSY_JS)
             samples.append(s)
-            busy_seen = busy_seen or any(c["disabled"] for c in s["controls"])
-            if busy_seen and not any(c["disabled"] for c in s["controls"]) and \
-                    self._session()["kernel"]["execution_state"] == "idle":
+            flags = [c["disabled"] for c in s["controls"]]
+            busy_seen = busy_seen or (bool(flags) and all(flags))
+            if busy_seen and flags == resting and self._session()["kernel"]["execution_state"] == "idle":
                 break
             if not busy_seen and len(samples) * every_s > 20:   # the change never started a run
                 break

@@ -128,7 +128,8 @@ def test_a_retrain_shows_it_is_busy_and_its_bar_fills_with_the_work(notebook, ar
     assert any(0 < f < 100 for f in fills), f"the bar never stood between empty and full: {fills}"
     assert any(" of " in s["status"] for s in busy), f"no 'k of n' status while busy: {busy[-1]['status']}"
     end = samples[-1]
-    assert not any(c["disabled"] for c in end["controls"]) and end["progress"] == 100, end
+    assert [c["disabled"] for c in end["controls"]] == [c["disabled"] for c in before["controls"]] and \
+        end["progress"] == 100, end                                        # every control back as it was
     assert "done in" in end["status"], end["status"]
     assert [c["text"] for c in end["controls"] if c["button"]] == \
         [c["text"] for c in before["controls"] if c["button"]]             # the button's own name is back
