@@ -339,7 +339,22 @@ DASHBOARDS = {
                                lambda: widgets.largest_batch_explorer(preset("gpt2-small"), 1024, "H100", 124e6)),
     "sharding_explorer": ("frugal.widgets.parallel", lambda: widgets.sharding_explorer()),
     "layout_explorer": ("frugal.widgets.parallel", lambda: widgets.layout_explorer()),
+    "checkpoint_slider": ("frugal.widgets.recompute", lambda: _checkpoint_slider()),
+    "vector_add_explorer": ("frugal.widgets.kernels", lambda: widgets.vector_add_explorer(3000, "cpu")),
+    "cross_entropy_memory_explorer": ("frugal.widgets.kernels", lambda: widgets.cross_entropy_memory_explorer(
+        TinyGPT(preset("tiny")), "cpu", live_tokens=256)),
+    "precision_dashboard": ("frugal.widgets.precision", lambda: widgets.precision_dashboard(
+        "tiny", steps=2, batch_size=2, seq_len=16, loss_divisor=1.0)),
 }
+
+
+def _checkpoint_slider():
+    import torch
+
+    from frugal.data import synthetic_batch
+    cfg = preset("tiny", n_layer=2)
+    x, y = synthetic_batch(cfg.vocab_size, 2, 16, torch.Generator().manual_seed(0))
+    return widgets.checkpoint_slider(TinyGPT(cfg), x, y)
 
 
 @pytest.mark.parametrize("name", list(DASHBOARDS))
