@@ -430,3 +430,12 @@ def test_bubble_vs_formula_draws_the_committed_gpu_bubble_beside_the_live_one():
     assert formula.get_ydata()[0] == pytest.approx(0.5) and formula.get_ydata()[-1] == pytest.approx(1 / 17)
     assert [t.get_text() for t in there.get_xticklabels()] == ["1", "16"]
     assert len(plots.bubble_vs_formula(live, 2).axes) == 1
+
+
+def test_fp8_recipe_trace_reads_its_log_axes_as_plain_numbers():
+    amax = [0.5 ** (t / 20) * (20.0 if t == 30 else 1.0) for t in range(60)]
+    fig = plots.recipe_trace(amax, [a / 2 for a in amax], [0.0] * 60, "delayed")
+    FigureCanvasAgg(fig).draw()
+    left = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert {"0.5", "1", "2"} <= set(left), left
+    assert not any("$" in t for ax in fig.axes[:2] for t in (x.get_text() for x in ax.get_yticklabels()))

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from frugal.plots._common import new_figure
 from frugal.plots.precision import FORMAT_COLORS
@@ -93,4 +94,8 @@ def recipe_trace(amaxes: list[float], fill: list[float], clamped: list[float], r
     twin.bar(steps, clamped, color="black", alpha=0.3, label="% clamped")
     twin.set_ylabel("% of values clamped")
     ax_f.set_title(f"recipe '{recipe}': 1 = the largest value lands on max")
+    for ax in (ax_a, ax_f):                           # '0.5' and '2', not 5x10^-1 and 2x10^0
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     return fig
