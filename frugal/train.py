@@ -68,6 +68,12 @@ class TrainResult:
         values = values[skip:] if len(values) > skip else values
         return float(torch.tensor(values).median())
 
+    def tokens_per_s_spread(self, skip: int = 3) -> tuple[float, float]:
+        """(slowest, fastest) step's speed after the first `skip` (warm-up) steps: the spread beside the median."""
+        values = self.column("tokens_per_s")
+        values = values[skip:] if len(values) > skip else values
+        return float(min(values)), float(max(values))
+
     def summary(self) -> dict:
         return {"final_loss": self.history[-1].loss, "median_tokens_per_s": self.median_tokens_per_s(),
                 "config": asdict(self.config)}

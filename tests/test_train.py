@@ -37,6 +37,9 @@ def test_history_records_time_speed_and_memory():
     s = result.summary()
     assert s["final_loss"] == result.history[-1].loss and s["config"]["steps"] == 4
     assert result.median_tokens_per_s() > 0
+    slowest, fastest = result.tokens_per_s_spread(skip=1)        # steps 1-3: the median lies between them
+    assert slowest == min(result.column("tokens_per_s")[1:]) and fastest == max(result.column("tokens_per_s")[1:])
+    assert slowest <= result.median_tokens_per_s(skip=1) <= fastest
 
 
 def test_same_seed_same_losses():
