@@ -20,7 +20,9 @@ def cost_calculator(n_params: float = 7e9, n_tokens: float = 2e12, gpu: str = "H
         "n_params": _log_slider("parameters", n_params, 1e6, 1e12),
         "n_tokens": _log_slider("tokens", n_tokens, 1e8, 2e13),
         "gpu": W.Dropdown(options=list(estimate.GPU_CATALOG), value=gpu, description="GPU"),
-        "n_gpus": W.IntSlider(value=n_gpus, min=1, max=4096, description="GPUs", continuous_update=False),
+        # powers of two (and the count asked for): 8 GPUs are one step from 4, not 0.2% of a 1..4096 slider
+        "n_gpus": W.SelectionSlider(options=sorted({2 ** k for k in range(13)} | {int(n_gpus)}), value=int(n_gpus),
+                                    description="GPUs", continuous_update=False),
         "mfu": W.FloatSlider(value=mfu, min=0.05, max=0.8, step=0.05, description="MFU", continuous_update=False),
         "price": W.BoundedFloatText(value=estimate.get_gpu(gpu).price_per_hour, min=0.01, max=100.0, step=0.05,
                                     description="$ per GPU-hour", style=style),

@@ -14,7 +14,7 @@ from .notebook import BUSY_JS, NotebookPage, Op, expected
 OPS = {
     "00_gpu_economics.ipynb": [
         (0, Op("pick", "sequence", "8192")),         # cost calculator: a longer sequence, taller activation bars
-        (0, Op("key", "GPUs", "ArrowRight")),        # 64 -> 65 GPUs: the ZeRO shards shrink
+        (0, Op("key", "GPUs", "ArrowRight")),        # 64 -> 128 GPUs: the ZeRO shards shrink
         (0, Op("pick", "GPU", "T4")),                # another GPU: its bar and its memory line turn red
         (1, Op("drag", "batch", 60)),                # activation meter: drag the batch up on the live TinyGPT
     ],
