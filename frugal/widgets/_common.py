@@ -71,6 +71,17 @@ def _dashboard(controls: dict, draw, columns: int = 2, progress: Progress | None
     return W.VBox([*rows, *([progress.widget] if progress else []), out])
 
 
+def _enabled_when(controls: dict, names: tuple[str, ...], on: str, test) -> None:
+    """Grey out controls[name] for each name unless test(controls[on].value), following every change of
+    controls[on]: a control that would change nothing (an fp16 scaler under bf16) shows it cannot."""
+    def follow(_=None):
+        for name in names:
+            controls[name].disabled = not test(controls[on].value)
+
+    controls[on].observe(follow, names="value")
+    follow()
+
+
 def _log_slider(description: str, value: float, lo: float, hi: float, fmt: str = ".3g") -> W.FloatLogSlider:
     return W.FloatLogSlider(value=value, base=10, min=math.log10(lo), max=math.log10(hi), step=0.05,
                             description=description, readout_format=fmt, continuous_update=False,

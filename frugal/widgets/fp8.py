@@ -6,7 +6,7 @@ import torch
 from IPython.display import display
 
 from frugal import fp8, plots
-from frugal.widgets._common import _dashboard
+from frugal.widgets._common import _dashboard, _enabled_when
 
 
 def amax_profile(steps: int = 60, spike: float = 20.0, spike_at: int = 30) -> list[float]:
@@ -38,11 +38,7 @@ def fp8_recipe_explorer(recipe: str = "delayed", history: int = 16, spike: float
                                   continuous_update=False),
     }
 
-    def history_for_delayed(_=None):                  # current scaling keeps no history: nothing to slide
-        controls["history"].disabled = controls["recipe"].value != "delayed"
-
-    controls["recipe"].observe(history_for_delayed, names="value")
-    history_for_delayed()
+    _enabled_when(controls, ("history",), "recipe", lambda r: r == "delayed")   # current scaling keeps no history
 
     def draw(recipe, history, spike):
         profile = amax_profile(spike=spike)

@@ -11,7 +11,7 @@ from frugal import numerics, plots
 from frugal.model import preset
 from frugal.measure_training import measure_precision
 from frugal.train import PRECISIONS, SCALERS, TrainConfig
-from frugal.widgets._common import _dashboard
+from frugal.widgets._common import _dashboard, _enabled_when
 
 
 def format_explorer(fmt: str = "fp16", value: float = 1e-6) -> W.Widget:
@@ -51,11 +51,7 @@ def precision_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8
                                        readout_format=".3g", continuous_update=False),
     }
 
-    def fp16_only(change=None):                         # the scaler is fp16's: greyed out for the others
-        controls["scaler"].disabled = controls["init_scale"].disabled = controls["precision"].value != "fp16"
-
-    controls["precision"].observe(fp16_only, names="value")
-    fp16_only()
+    _enabled_when(controls, ("scaler", "init_scale"), "precision", lambda p: p == "fp16")   # the scaler is fp16's
 
     def draw(precision, scaler, init_scale):
         cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, precision=precision, scaler=scaler,

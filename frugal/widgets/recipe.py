@@ -9,7 +9,7 @@ from frugal import estimate, plots, recipe
 from frugal.measure import measure_cpu_peak_flops
 from frugal.model import preset
 from frugal.train import DATA_PARALLEL, PRECISIONS, SCALERS, TrainConfig
-from frugal.widgets._common import Progress, _dashboard
+from frugal.widgets._common import Progress, _dashboard, _enabled_when
 
 
 def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, seq_len: int = 32,
@@ -32,13 +32,9 @@ def recipe_dashboard(model: str = "tiny", steps: int = 8, batch_size: int = 8, s
     }
     progress = Progress(controls.values())
 
-    def only_where_it_matters(_=None):              # a control that would retrain the same plan is greyed out
-        controls["scaler"].disabled = controls["precision"].value != "fp16"
-        controls["parallel"].disabled = controls["world_size"].value == 1
-
-    controls["precision"].observe(only_where_it_matters, names="value")
-    controls["world_size"].observe(only_where_it_matters, names="value")
-    only_where_it_matters()
+    # greyed out where moving them would retrain the same plan
+    _enabled_when(controls, ("scaler",), "precision", lambda p: p == "fp16")
+    _enabled_when(controls, ("parallel",), "world_size", lambda n: n > 1)
 
     def draw(precision, scaler, recompute, fused_ce, parallel, world_size, gpu):
         try:
