@@ -62,16 +62,18 @@ class TrainResult:
         """One field of every step: result.column('loss')."""
         return [getattr(r, name) for r in self.history]
 
+    def _steady_tokens_per_s(self, skip: int) -> list[float]:
+        """Each step's speed after the first `skip` (warm-up) steps (all of them when there are no more)."""
+        values = self.column("tokens_per_s")
+        return values[skip:] if len(values) > skip else values
+
     def median_tokens_per_s(self, skip: int = 3) -> float:
         """Median speed, leaving out the first `skip` (warm-up) steps."""
-        values = self.column("tokens_per_s")
-        values = values[skip:] if len(values) > skip else values
-        return float(torch.tensor(values).median())
+        return float(torch.tensor(self._steady_tokens_per_s(skip)).median())
 
     def tokens_per_s_spread(self, skip: int = 3) -> tuple[float, float]:
         """(slowest, fastest) step's speed after the first `skip` (warm-up) steps: the spread beside the median."""
-        values = self.column("tokens_per_s")
-        values = values[skip:] if len(values) > skip else values
+        values = self._steady_tokens_per_s(skip)
         return float(min(values)), float(max(values))
 
     def summary(self) -> dict:

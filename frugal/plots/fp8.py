@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import LogLocator, NullFormatter
 
-from frugal.plots._common import new_figure
+from frugal.plots._common import _unit_axis, new_figure
 from frugal.plots.precision import FORMAT_COLORS
 
 
@@ -96,6 +96,6 @@ def recipe_trace(amaxes: list[float], fill: list[float], clamped: list[float], r
     ax_f.set_title(f"recipe '{recipe}': 1 = the largest value lands on max")
     for ax in (ax_a, ax_f):                           # '0.5' and '2', not 5x10^-1 and 2x10^0
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        _unit_axis(ax.yaxis, lambda v: f"{v:g}")
         ax.yaxis.set_minor_formatter(NullFormatter())
     return fig

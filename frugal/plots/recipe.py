@@ -65,7 +65,7 @@ def recipe_runs(runs: dict[str, dict], title: str = "The recipe on a live TinyGP
               ("dollars_per_billion_tokens", "US$ per billion tokens", 1.0, "predicted_dollars_per_billion_tokens",
                human_dollars)]
     for ax, (key, label, scale, predicted, fmt) in zip(axes, panels):
-        if scale == 1.0:                                 # '30 K' tokens/s and '$0.05', not 30000 and 0.05
+        if key != "memory_bytes":                      # '30 K' tokens/s and '$0.05', not 30000 and 0.05
             _unit_axis(ax.yaxis, fmt)
         ax.bar(xs, [runs[n][key] * scale for n in names], color=[f"C{i}" for i in xs])
         for i, n in enumerate(names):                    # each bar's measured value, in its unit
