@@ -628,6 +628,21 @@ def test_fp8_speedup_and_its_crossover():
     assert [ln.get_label() for ln in fig.axes[0].get_lines()][:1] == ["Float8Linear forward (speed path)"]
 
 
+def test_fp8_speedup_draws_the_gpu_time_dashed_and_its_crossover_apart():
+    from frugal import plots
+    op = "Float8Linear forward (speed path)"
+    rows = [{"op": op, "size": n, "speedup_vs_bf16": s, "GPU speedup_vs_bf16": g}
+            for n, s, g in ((1024, 0.1, 0.6), (4096, 0.5, 1.3), (16384, 1.8, 1.9))]
+    assert plots.crossover_size(rows, op) == 16384
+    assert plots.crossover_size(rows, op, key="GPU speedup_vs_bf16") == 4096     # without Python's launches
+    lines = {ln.get_label(): ln for ln in plots.fp8_speedup(rows, "a GPU").axes[0].get_lines()}
+    gpu = lines[f"{op}, GPU time alone"]
+    assert gpu.get_linestyle() == "--" and gpu.get_color() == lines[op].get_color()
+    assert list(gpu.get_ydata()) == [0.6, 1.3, 1.9]
+    ticks = plots.fp8_speedup(rows, "a GPU").axes[0].get_xticklabels()
+    assert [t.get_text() for t in ticks] == ["1,024", "4,096", "16,384"]      # sizes as numbers, not 2^k
+
+
 def test_the_recipe_widget_shows_delayed_scaling_clamp_a_spike_and_current_not():
     pytest.importorskip("ipywidgets")
     from frugal.widgets.fp8 import amax_profile, fp8_recipe_explorer, run_recipe

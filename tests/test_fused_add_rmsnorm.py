@@ -3,8 +3,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
-from frugal.kernels.fused_add_rmsnorm import (_sm_count, add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
-                                              add_rmsnorm_reference, benchmark_add_rmsnorm, row_tiles)
+from frugal.kernels.fused_add_rmsnorm import (FLOOR, _sm_count, add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
+                                              add_rmsnorm_reference, benchmark_add_rmsnorm, do_nothing, row_tiles)
+from frugal.kernels.roofline import count_bytes_moved  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # fp32 tolerance: the kernel sums squares in another order than torch.mean (tree vs sequential), so
@@ -133,7 +134,20 @@ def test_a_peer_is_timed_beside_ours_and_its_bytes_left_blank():
     rows = benchmark_add_rmsnorm([(8, 16)], DEVICE, repeats=1, extra={"eager again": add_rmsnorm_reference})
     peer = next(r for r in rows if r["impl"] == "eager again")
     assert peer["fwd+bwd ms"] > 0 and peer["bytes moved"] is None and peer["GB/s"] is None
-    assert {r["impl"] for r in rows} == {"fused (ours)", "eager chain", "add + F.rms_norm", "eager again"}
+    assert {r["impl"] for r in rows} == {"fused (ours)", "eager chain", "add + F.rms_norm", "eager again", FLOOR}
+
+
+def test_the_floor_row_launches_nothing_and_passes_gradients_through():
+    rows = benchmark_add_rmsnorm([(8, 16)], DEVICE, repeats=1)
+    floor = next(r for r in rows if r["impl"] == FLOOR)
+    assert floor["kernels"] == 0 and floor["bytes moved"] == 0 and floor["speedup vs eager"] is None
+    assert floor["fwd+bwd ms"] > 0
+    x, r, w = _inputs(8, 16)
+    gy, gh = torch.randn(8, 16, device=DEVICE), torch.randn(8, 16, device=DEVICE)
+    with count_bytes_moved() as rec:
+        grads = torch.autograd.grad(do_nothing(x, r, w), (x, r, w), (gy, gh))
+    assert rec.launches == 0
+    assert grads[0] is gy and grads[1] is gh and grads[2].shape == w.shape
 
 
 def test_shape_mismatch_is_refused():

@@ -48,16 +48,26 @@ def fp8_speedup(rows: list[dict], device: str, when: str | None = None,
                 ops: tuple[str, ...] = ("Float8Linear forward (speed path)", "Float8Linear forward (eager core)",
                                         "Float8Linear forward", "torch._scaled_mm alone")) -> Figure:
     """Speed-up over bf16 against square matrix size, one line per fp8 path found in the benchmark's rows (from
-    frugal.bench.fp8); below the line at 1x fp8 does not pay."""
+    frugal.bench.fp8), timed from Python; dashed in the same colour, the GPU's time alone where the rows have it
+    (a CUDA graph's replay). Below the line at 1x fp8 does not pay."""
     fig, ax = new_figure(6.4, 3.8)
     markers = iter("osD^v")
     for op in ops:
         pts = sorted((r["size"], r["speedup_vs_bf16"]) for r in rows if r.get("op") == op and "speedup_vs_bf16" in r)
         if pts:
-            ax.plot(*zip(*pts), marker=next(markers), label=op)
+            line, = ax.plot(*zip(*pts), marker=next(markers), label=op)
+            gpu = sorted((r["size"], r["GPU speedup_vs_bf16"]) for r in rows
+                         if r.get("op") == op and "GPU speedup_vs_bf16" in r)
+            if gpu:
+                ax.plot(*zip(*gpu), marker=line.get_marker(), color=line.get_color(), ls="--", mfc="none",
+                        label=f"{op}, GPU time alone")
     ax.axhline(1.0, color="black", lw=1, ls="--")
     ax.text(0.01, 1.02, "bf16 (below: fp8 does not pay)", fontsize=8, transform=ax.get_yaxis_transform())
     ax.set_xscale("log", base=2)
+    sizes = sorted({r["size"] for r in rows if "size" in r and "speedup_vs_bf16" in r})
+    if sizes:                                                    # the measured sizes, as numbers (not 2^k)
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
     ax.set_xlabel("M = K = N")
     ax.set_ylabel("speed-up over bf16 (x)")
     ax.set_title(f"fp8 matmul on {device}" + (f", measured {when}" if when else ""), fontsize=10)
@@ -65,9 +75,10 @@ def fp8_speedup(rows: list[dict], device: str, when: str | None = None,
     return fig
 
 
-def crossover_size(rows: list[dict], op: str) -> int | None:
-    """The smallest measured size from which op is faster than bf16 at every larger size, or None."""
-    pts = sorted((r["size"], r["speedup_vs_bf16"]) for r in rows if r.get("op") == op and "speedup_vs_bf16" in r)
+def crossover_size(rows: list[dict], op: str, key: str = "speedup_vs_bf16") -> int | None:
+    """The smallest measured size from which op is faster than bf16 at every larger size, or None; key
+    "GPU speedup_vs_bf16" judges by the GPU's time alone."""
+    pts = sorted((r["size"], r[key]) for r in rows if r.get("op") == op and key in r)
     paying = None
     for size, speedup in reversed(pts):
         if speedup <= 1.0:
