@@ -43,6 +43,15 @@ def test_cost_calculator_refuses_an_unknown_gpu_naming_the_known_ones():
         widgets.cost_calculator(gpu="V100")
 
 
+def test_log_sliders_step_one_two_five_and_read_in_words():
+    from frugal.widgets._common import _log_slider
+    params = _log_slider("parameters", 7e9, 1e6, 1e12)
+    labels = [label for label, _ in params.options]
+    assert params.label == "7 billion" and labels[:4] == ["1 M", "2 M", "5 M", "10 M"] and labels[-1] == "1 trillion"
+    assert not any("e+" in label or "e-" in label for label in labels)        # no e-notation anywhere
+    assert [v for _, v in _log_slider("MiB", 0.05, 0.005, 0.1).options] == [0.005, 0.01, 0.02, 0.05, 0.1]
+
+
 def test_activation_meter_redraws_on_a_live_model(capsys):
     model = TinyGPT(preset("tiny"))
     box = widgets.activation_meter(model)

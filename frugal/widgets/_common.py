@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import ipywidgets as W
 
-from frugal.units import human_time
+from frugal.units import human_count, human_time
 
 
 class Progress:
@@ -82,7 +82,17 @@ def _enabled_when(controls: dict, names: tuple[str, ...], on: str, test) -> None
     follow()
 
 
-def _log_slider(description: str, value: float, lo: float, hi: float, fmt: str = ".3g") -> W.FloatLogSlider:
-    return W.FloatLogSlider(value=value, base=10, min=math.log10(lo), max=math.log10(hi), step=0.05,
-                            description=description, readout_format=fmt, continuous_update=False,
-                            style={"description_width": "initial"})
+def _one_two_five(lo: float, hi: float) -> list[float]:
+    """1, 2, 5 times each power of ten from lo to hi (both kept): the steps a person reads a log scale by."""
+    out, k = [], math.floor(math.log10(lo))
+    while 10.0 ** k <= hi:
+        out += [float(f"{m}e{k}") for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
+        k += 1
+    return sorted(set(out) | {lo, hi})
+
+
+def _log_slider(description: str, value: float, lo: float, hi: float, label=human_count) -> W.SelectionSlider:
+    """A slider over lo..hi in 1-2-5 steps (and `value`), each shown as label(v): '7 billion', not '7.00e+9'."""
+    values = sorted(set(_one_two_five(lo, hi)) | {float(value)})
+    return W.SelectionSlider(options=[(label(v), v) for v in values], value=float(value), description=description,
+                             continuous_update=False, style={"description_width": "initial"})
