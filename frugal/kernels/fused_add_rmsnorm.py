@@ -7,6 +7,7 @@ BLOCK_M whole rows (`row_tiles` says how many), so narrow rows still give each p
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -225,13 +226,22 @@ def peer_rms_norms() -> dict:
 
 
 FLOOR = "autograd.Function doing nothing"   # benchmark_add_rmsnorm's row of Python's cost alone
+ROUNDS = 3                                   # benchmark_add_rmsnorm times the implementations in turn, this often
+
+
+def _step(fn, x, r, w, grads):
+    """One forward + backward of fn into the gradients of x, r and w, on its own copies of the output gradients
+    (a peer may write its input gradient over them in place)."""
+    gy, gh = (t.clone() for t in grads)
+    return lambda: torch.autograd.grad(fn(x, r, w), (x, r, w), (gy, gh))
 
 
 def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | str,
                           dtype: torch.dtype = torch.float32, repeats: int = 20, extra: dict | None = None) -> list[dict]:
     """Forward + backward time and bytes of fused against eager, torch's F.rms_norm and `extra` (name -> fn).
 
-    "fwd+bwd ms" is one call from Python, the GPU idle before it (launches included); on a GPU, "GPU ms" replays
+    "fwd+bwd ms" is one call from Python, the GPU idle before it (launches included), the median of `repeats`
+    calls taken in ROUNDS turns over the implementations; on a GPU, "GPU ms" replays
     the same step from a CUDA graph: the kernels alone. Eager bytes are counted op by op
     (roofline.count_bytes_moved); fused bytes by add_rmsnorm_bytes. The last row, FLOOR, launches nothing: its
     time is what any kernel called through a Python autograd.Function pays before its own work.
@@ -245,10 +255,13 @@ def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | 
         grads = [torch.randn(n_rows, n_cols, device=device, generator=g).to(dtype) for _ in range(2)]
         impls = {"fused (ours)": add_rmsnorm, "eager chain": add_rmsnorm_reference,
                  "add + F.rms_norm": _torch_rms_norm, **(extra or {}), FLOOR: do_nothing}
-        for name, fn in impls.items():
-            gy, gh = (t.clone() for t in grads)        # a peer may write its gradients over gy (in place)
-            step = lambda: torch.autograd.grad(fn(x, r, w), (x, r, w), (gy, gh))
-            t = measure_time(step, device, warmup=3, repeats=repeats).median_s
+        steps = {name: _step(fn, x, r, w, grads) for name, fn in impls.items()}
+        times = {name: [] for name in impls}
+        for _ in range(ROUNDS):            # round-robin: a drift of the host's speed falls on every impl alike
+            for name, step in steps.items():
+                times[name] += measure_time(step, device, warmup=3, repeats=max(1, repeats // ROUNDS)).times_s
+        for name, step in steps.items():
+            t = statistics.median(times[name])
             row = {"shape": f"{n_rows}x{n_cols}", "impl": name, "fwd+bwd ms": t * 1e3}
             if device.type == "cuda" and name != FLOOR:      # the floor has no kernels to replay
                 row["GPU ms"] = measure_graph_time(step, device, repeats=repeats) * 1e3
