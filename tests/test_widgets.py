@@ -131,6 +131,13 @@ def test_sharding_stage_picker_changes_both_plots(monkeypatch, capsys):
     assert "{'weights'" not in capsys.readouterr().out
 
 
+def test_counts_of_gpus_and_ranks_step_by_powers_of_two_keeping_the_count_asked_for():
+    ranks = _controls(widgets.sharding_explorer(world_size=6))["ranks"]
+    assert ranks.options[:5] == (1, 2, 4, 6, 8) and ranks.options[-1] == 1024 and ranks.value == 6
+    gpus = _controls(widgets.cost_calculator(n_gpus=64))["GPUs"]
+    assert gpus.options[-1] == 4096 and gpus.options.index(64) == gpus.options.index(32) + 1
+
+
 def test_sharding_precision_moves_the_bytes_sent_and_the_memory_line_says_what_it_is(monkeypatch, capsys):
     import frugal.widgets.parallel as par
 

@@ -91,6 +91,12 @@ def _one_two_five(lo: float, hi: float) -> list[float]:
     return sorted(set(out) | {lo, hi})
 
 
+def _powers_of_two_slider(description: str, value: int, largest: int) -> W.SelectionSlider:
+    """A count (GPUs, ranks) on 1, 2, 4 ... largest, and `value`: 8 is one step from 4, not 0.2% of a 1..4096 travel."""
+    options = sorted({2 ** k for k in range(largest.bit_length())} | {int(value)})
+    return W.SelectionSlider(options=options, value=int(value), description=description, continuous_update=False)
+
+
 def _log_slider(description: str, value: float, lo: float, hi: float, label=human_count) -> W.SelectionSlider:
     """A slider over lo..hi in 1-2-5 steps (and `value`), each shown as label(v): '7 billion', not '7.00e+9'."""
     values = sorted(set(_one_two_five(lo, hi)) | {float(value)})

@@ -7,7 +7,7 @@ from IPython.display import display
 
 from frugal import data, estimate, measure, plots
 from frugal.units import human_bytes, human_flops
-from frugal.widgets._common import _dashboard, _log_slider
+from frugal.widgets._common import _dashboard, _log_slider, _powers_of_two_slider
 
 
 def cost_calculator(n_params: float = 7e9, n_tokens: float = 2e12, gpu: str = "H100", mfu: float = 0.4,
@@ -20,9 +20,7 @@ def cost_calculator(n_params: float = 7e9, n_tokens: float = 2e12, gpu: str = "H
         "n_params": _log_slider("parameters", n_params, 1e6, 1e12),
         "n_tokens": _log_slider("tokens", n_tokens, 1e8, 2e13),
         "gpu": W.Dropdown(options=list(estimate.GPU_CATALOG), value=gpu, description="GPU"),
-        # powers of two (and the count asked for): 8 GPUs are one step from 4, not 0.2% of a 1..4096 slider
-        "n_gpus": W.SelectionSlider(options=sorted({2 ** k for k in range(13)} | {int(n_gpus)}), value=int(n_gpus),
-                                    description="GPUs", continuous_update=False),
+        "n_gpus": _powers_of_two_slider("GPUs", n_gpus, 4096),
         "mfu": W.FloatSlider(value=mfu, min=0.05, max=0.8, step=0.05, description="MFU", continuous_update=False),
         "price": W.BoundedFloatText(value=estimate.get_gpu(gpu).price_per_hour, min=0.01, max=100.0, step=0.05,
                                     description="$ per GPU-hour", style=style),

@@ -9,7 +9,7 @@ from frugal import pipeline_parallel as pipe
 from frugal.measure_training import train_with_reports
 from frugal.train import TrainConfig, train
 from frugal.units import human_bytes, human_count
-from frugal.widgets._common import Progress, _dashboard, _log_slider
+from frugal.widgets._common import Progress, _dashboard, _log_slider, _powers_of_two_slider
 
 
 # ----------------------------------------------------------------------------- lesson 03: data parallel
@@ -61,10 +61,11 @@ def sharding_explorer(n_params: float = 7e9, world_size: int = 8, memory_gb: flo
     controls = {
         "stage": W.Dropdown(options=[("DP", 0), ("stage 1", 1), ("stage 2", 2), ("stage 3", 3)], value=3,
                             description="stage"),
-        "world_size": W.IntSlider(value=world_size, min=1, max=1024, description="ranks", continuous_update=False),
+        "world_size": _powers_of_two_slider("ranks", world_size, 1024),
         "n_params": _log_slider("parameters", n_params, 1e6, 1e12),
         "memory_gb": W.FloatSlider(value=memory_gb, min=8, max=192, step=8, description="GB per rank",
-                                   continuous_update=False, style={"description_width": "initial"}),
+                                   readout_format=".0f", continuous_update=False,
+                                   style={"description_width": "initial"}),
         "precision": W.Dropdown(options=["mixed", "fp32"], value="mixed", description="precision"),
     }
 
