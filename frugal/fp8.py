@@ -13,6 +13,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from frugal import fp8_fused                # the optional speed path (one-pass casts, cached fp8 weights)
 from frugal.device import has_fp8_matmul   # the hardware probe lives in device.py
@@ -199,6 +200,7 @@ class Float8Linear(nn.Linear):
     backend: str = "auto"      # class default; an instance's own backend= overrides it
     check_finite: bool = True  # raise on an inf/NaN amax (one host sync per cast; off = NaNs flow through)
     fused: bool = True         # on _scaled_mm with Triton: the speed path frugal.fp8_fused (same numerics)
+    input_gelu: bool = False   # y = gelu(x) Wᵀ: the GELU before this layer, moved in by fuse_gelu_into_float8
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  recipe: str = "current", history: int = 16, backend: str | None = None):
@@ -246,7 +248,9 @@ class Float8Linear(nn.Linear):
                                                            self.out_features))
         backend = route[1]
         if backend == "scaled_mm" and self.fused and fp8_fused.fusable(x):
-            return fp8_fused.float8_linear(x, self, out_dtype)      # the optional speed path
+            return fp8_fused.float8_linear(x, self, out_dtype)      # the optional speed path (GELU in its cast)
+        if self.input_gelu:
+            x = F.gelu(x)                                           # the core: eager GELU, then the casts
         return _Float8Matmul.apply(x, self.weight, self.bias, self, out_dtype, backend)
 
     def __getstate__(self):
@@ -254,7 +258,8 @@ class Float8Linear(nn.Linear):
         return {k: v for k, v in super().__getstate__().items() if not k.startswith("_fp8_")}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, recipe={self.recipe}, backend={self.backend}"
+        return (f"{super().extra_repr()}, recipe={self.recipe}, backend={self.backend}"
+                + (", input_gelu=True" if self.input_gelu else ""))
 
 
 def default_filter(name: str, module: nn.Linear, min_features: int = 1024) -> bool:
@@ -266,7 +271,7 @@ def default_filter(name: str, module: nn.Linear, min_features: int = 1024) -> bo
 
 
 def convert_to_float8(model: nn.Module, filter=None, recipe: str = "current", history: int = 16,
-                      backend: str | None = None, min_features: int = 1024) -> list[str]:
+                      backend: str | None = None, min_features: int = 1024, fuse_gelu: bool = False) -> list[str]:
     """Swap the chosen nn.Linear modules of model for Float8Linear, in place, keeping their weights; returns
     the names converted.
 
@@ -274,7 +279,7 @@ def convert_to_float8(model: nn.Module, filter=None, recipe: str = "current", hi
     is no Linear, its last, lm_head, is skipped by name (tied to the embedding; its logits feed the softmax).
     It also skips matrices too small to pay: in_features or out_features below min_features (1024) or not a
     multiple of 16 (_scaled_mm's rule); below ~1024 the casts cost about what the faster matmul saves.
-    filter(name, module) -> bool replaces the rule.
+    filter(name, module) -> bool replaces the rule. fuse_gelu: then fuse_gelu_into_float8(model).
     """
     keep = filter if filter is not None else (lambda n, m: default_filter(n, m, min_features))
     chosen = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear and keep(n, m)]
@@ -286,4 +291,35 @@ def convert_to_float8(model: nn.Module, filter=None, recipe: str = "current", hi
         new = Float8Linear.from_linear(linear, recipe=recipe, history=history, backend=backend)
         new.layer_name = name
         setattr(model.get_submodule(parent), child, new)
+    if fuse_gelu:
+        fuse_gelu_into_float8(model)
     return [n for n, _ in chosen]
+
+
+def _gelu_feeds(module: nn.Module) -> list[tuple[str, str]]:
+    """(GELU child, Float8Linear child) pairs of one module where the GELU's output is that layer's input:
+    adjacent in an nn.Sequential, or TinyGPT's MLP (c_proj(gelu(c_fc(x))))."""
+    from frugal.model import MLP
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        return [(a, b) for a, b in zip(names, names[1:])]
+    if isinstance(module, MLP):
+        return [("gelu", "c_proj")]
+    return []
+
+
+def fuse_gelu_into_float8(model: nn.Module) -> list[str]:
+    """Move each exact nn.GELU that feeds a Float8Linear into that layer (input_gelu = True), leaving an
+    nn.Identity where it was; returns the names of the layers that took one. The output is the same function:
+    the core still runs F.gelu then its casts, but on the speed path the GELU runs inside the input's cast and
+    its bf16 output is never written (frugal.kernels.fp8_cast). A tanh-approximate GELU is left where it is."""
+    fused = []
+    for name, module in model.named_modules():
+        for a, b in _gelu_feeds(module):
+            act, layer = getattr(module, a, None), getattr(module, b, None)
+            if (type(act) is nn.GELU and act.approximate == "none" and isinstance(layer, Float8Linear)
+                    and not layer.input_gelu):
+                layer.input_gelu = True
+                setattr(module, a, nn.Identity())
+                fused.append(f"{name}.{b}" if name else b)
+    return fused

@@ -11,6 +11,9 @@ frugal/fp8.py is the lesson and reads without this module. Its eager path is slo
   qᵀ, 2 bytes a weight) are kept until the weight changes. An in-place edit moves the weight's version counter,
   but fused AdamW (train.make_optimizer's on CUDA) moves none, so a backward that computes grad_weight also
   drops the copies: the optimizer step it feeds changes the weight before the next forward;
+- a cast is a pass of its own over the input, which no kernel makes cheaper than 3 bytes an element: with
+  layer.input_gelu (fuse_gelu_into_float8) the GELU before the layer runs inside the input's cast instead, so
+  the bf16 activation is never written; GELU's backward is eager's own kernel on the input it kept;
 - its inf/NaN check reads each amax on the host (a sync per cast, the GPU idle while the host catches up):
   here the kernels mark an inf/NaN amax in the layer's GPU state, one copy a call sends it to pinned host memory
   without waiting, and it is read on the layer's next call: still an error, raised a call or more late.
@@ -31,6 +34,22 @@ from frugal.device import has_triton
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 ROLES = {"input": (E4M3, 0), "weight": (E4M3, 1), "grad_output": (E5M2, 2)}   # fp8 format, slot in the state
 SLOTS = 8   # flag copies a layer keeps in flight: a step makes two (forward, backward), so four steps of slack
+
+
+def cast_passes(recipe: str = "delayed", gelu: str = "inside", transposed: bool = True,
+                source_bytes: int = 2) -> list[tuple[str, int]]:
+    """The passes over memory that turn an activation x into its fp8 operands, and the bytes each moves per
+    element: gelu "none" casts x, "before" runs an eager GELU first (it writes gelu(x) and the cast reads it back),
+    "inside" computes the GELU in the cast's registers. Current scaling adds the amax pass; the cast writes q
+    and, with transposed (a weight gradient is wanted), qᵀ: 1 byte each. Counted, so true on any device."""
+    if recipe not in ("current", "delayed") or gelu not in ("none", "before", "inside"):
+        raise ValueError(f"recipe={recipe!r}, gelu={gelu!r}: pick recipe 'current' or 'delayed' and gelu "
+                         f"'none', 'before' or 'inside'")
+    passes = [("eager GELU", 2 * source_bytes)] if gelu == "before" else []
+    if recipe == "current":
+        passes.append(("amax" + (" of gelu(x)" if gelu == "inside" else ""), source_bytes))
+    passes.append(("cast" + (" with the GELU" if gelu == "inside" else ""), source_bytes + 1 + int(transposed)))
+    return passes
 
 
 def fusable(x: torch.Tensor) -> bool:
@@ -86,15 +105,15 @@ def _state(layer, device: torch.device) -> _State:
     return st
 
 
-def _cast(layer, st: _State, t: torch.Tensor, role: str, rows: bool, transposed: bool):
-    """(1/scale, q, qᵀ) of t under the layer's recipe: current scaling's amax pass, then the cast; delayed
-    scaling's cast pushes t's amax into the layer's history."""
+def _cast(layer, st: _State, t: torch.Tensor, role: str, rows: bool, transposed: bool, gelu: bool = False):
+    """(1/scale, q, qᵀ) of t (of gelu(t) with gelu) under the layer's recipe: current scaling's amax pass, then
+    the cast; delayed scaling's cast pushes the amax into the layer's history."""
     from frugal.kernels.fp8_cast import META_INV, fp8_cast, fp8_scale
     dtype, slot = ROLES[role]
     history = getattr(layer, f"amax_history_{role}") if layer.recipe == "delayed" else None
-    meta = fp8_scale(t, dtype, st.gpu, history, slot)
+    meta = fp8_scale(t, dtype, st.gpu, history, slot, gelu=gelu)
     q, qt = fp8_cast(t, meta, dtype, rows, transposed, history=history, state=st.gpu, role=slot,
-                     wide_transpose=st.wide)
+                     wide_transpose=st.wide, gelu=gelu)
     return meta[META_INV], q, qt
 
 
@@ -148,11 +167,13 @@ def weight_fp8(layer, st: _State, weight: torch.Tensor):
     return cached[1:]
 
 
-def _forward(x, weight, bias, layer, out_dtype, need_weight_grad):
-    """y = x Wᵀ + b in fp8, and what backward needs: (y, x_qᵀ or None, 1/s_x, w_qt view, 1/s_w)."""
+def _forward(x, weight, bias, layer, out_dtype, need_weight_grad, need_input_grad=False):
+    """y = x Wᵀ + b in fp8 (gelu(x) Wᵀ + b with layer.input_gelu, the GELU inside the input's cast), and what
+    backward needs: (y, (x_qᵀ or None, 1/s_x, w_qt view, 1/s_w, x or None)); x is kept only for GELU's backward."""
     x2 = x.reshape(-1, x.shape[-1]).contiguous()                   # (M, K)
     st = _state(layer, x.device)
-    inv_x, x_q, x_qt = _cast(layer, st, x2, "input", True, need_weight_grad)   # (M, K), (K, M) or None
+    gelu = layer.input_gelu
+    inv_x, x_q, x_qt = _cast(layer, st, x2, "input", True, need_weight_grad, gelu)   # (M, K), (K, M) or None
     inv_w, w_q_cm, w_qt_cm = weight_fp8(layer, st, weight)
     y = torch._scaled_mm(x_q, w_q_cm, scale_a=inv_x, scale_b=inv_w, out_dtype=torch.bfloat16,
                          use_fast_accum=True)                       # (M, N)
@@ -160,7 +181,7 @@ def _forward(x, weight, bias, layer, out_dtype, need_weight_grad):
         y = y + bias
     _send_flags(layer, st)
     y = y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])     # (..., N)
-    return y, (x_qt, inv_x, w_qt_cm, inv_w)
+    return y, (x_qt, inv_x, w_qt_cm, inv_w, x2 if gelu and need_input_grad else None)
 
 
 class Float8MatmulFused(torch.autograd.Function):
@@ -169,7 +190,7 @@ class Float8MatmulFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, layer, out_dtype, need_weight_grad):
-        y, saved = _forward(x, weight, bias, layer, out_dtype, need_weight_grad)
+        y, saved = _forward(x, weight, bias, layer, out_dtype, need_weight_grad, x.requires_grad)
         ctx.save_for_backward(*saved)
         ctx.layer, ctx.has_bias = layer, bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
@@ -177,7 +198,7 @@ class Float8MatmulFused(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x_qt, inv_x, w_qt_cm, inv_w = ctx.saved_tensors
+        x_qt, inv_x, w_qt_cm, inv_w, x_pre = ctx.saved_tensors     # x_pre: the input before a fused GELU
         layer = ctx.layer
         g = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()           # (M, N)
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and x_qt is not None
@@ -187,7 +208,10 @@ class Float8MatmulFused(torch.autograd.Function):
             inv_g, g_q, g_qt = _cast(layer, st, g, "grad_output", want_x, want_w)   # (M, N), (N, M)
             if want_x:
                 grad_x = torch._scaled_mm(g_q, w_qt_cm, scale_a=inv_g, scale_b=inv_w, out_dtype=torch.bfloat16)
-                grad_x = grad_x.to(ctx.x_dtype).reshape(ctx.x_shape)                        # (M, K)
+                grad_x = grad_x.to(ctx.x_dtype)                                             # (M, K)
+                if x_pre is not None:                    # through the fused GELU: eager's own backward kernel
+                    grad_x = torch.ops.aten.gelu_backward(grad_x, x_pre)
+                grad_x = grad_x.reshape(ctx.x_shape)
             if want_w:
                 grad_w = torch._scaled_mm(g_qt, x_qt.t(), scale_a=inv_g, scale_b=inv_x,
                                           out_dtype=torch.bfloat16).to(ctx.w_dtype)         # (N, K)

@@ -255,6 +255,98 @@ def test_convert_default_rule_converts_the_big_block_matrices_and_keeps_lm_head(
                                                                                      "blocks.1.mlp.c_fc"]
 
 
+def _mlp(seed: int = 0, approximate: str = "none") -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(approximate=approximate), nn.Linear(128, 64))
+
+
+def test_fuse_gelu_moves_the_gelu_into_the_layer_and_keeps_the_function():
+    """The fused model computes the same function with the same numbers (off the speed path the layer runs the
+    same F.gelu before the same casts, so equal bit for bit), forward and both gradients; a tanh GELU, a GELU
+    whose next layer stayed nn.Linear and a GELU already moved are left alone."""
+    plain, fused = _mlp(), _mlp()
+    for m in (plain, fused):
+        fp8.convert_to_float8(m, min_features=16)
+    assert fp8.fuse_gelu_into_float8(fused) == ["2"]
+    assert type(fused[1]) is nn.Identity and fused[2].input_gelu and not fused[0].input_gelu
+    assert "input_gelu=True" in repr(fused[2])
+    assert fp8.fuse_gelu_into_float8(fused) == []                     # nothing left to move
+    x = torch.randn(8, 64)
+    grads = []
+    for m in (plain, fused):
+        xr = x.clone().requires_grad_()
+        y = m(xr)
+        y.square().sum().backward()
+        grads.append((y, xr.grad, m[0].weight.grad, m[2].weight.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    tanh = _mlp(approximate="tanh")
+    fp8.convert_to_float8(tanh, min_features=16)
+    assert fp8.fuse_gelu_into_float8(tanh) == [] and type(tanh[1]) is nn.GELU
+    kept = _mlp()
+    fp8.convert_to_float8(kept, filter=lambda n, m: n == "0")          # the layer after the GELU stays Linear
+    assert fp8.fuse_gelu_into_float8(kept) == [] and type(kept[1]) is nn.GELU
+    model = TinyGPT(preset("tiny", n_embd=1024, n_head=8, n_layer=2))
+    fp8.convert_to_float8(model, fuse_gelu=True)
+    assert all(b.mlp.c_proj.input_gelu and type(b.mlp.gelu) is nn.Identity for b in model.blocks)
+
+
+def test_fp8_cast_with_gelu_casts_gelu_of_its_input_in_the_same_pass():
+    """fp8_cast(x, gelu=True) writes what fp8_cast(F.gelu(x)) writes, in both layouts, and fp8_scale(x, gelu=True)
+    scales from gelu(x)'s amax. On a CPU (Triton's interpreter, whose fp8 and bf16 rounding differ from torch's
+    near binade edges) the casts are compared by layout and the scale within one bf16 step (2**-8); on a GPU the
+    test below asks for the same bits."""
+    from frugal.kernels.fp8_cast import fp8_cast, fp8_scale, new_state
+    x = torch.randn(300, 200, generator=torch.Generator().manual_seed(2)) * 3
+    for source in (torch.float32, torch.bfloat16):
+        xs = x.to(source)
+        state = new_state("cpu")
+        meta = fp8_scale(xs, E4M3, state, gelu=True)
+        expected = compute_scale(F.gelu(xs), E4M3)
+        assert abs(meta[0].item() / expected.item() - 1) <= 2 ** -8
+        assert abs(fp8_scale(xs, E4M3, state)[0].item() / compute_scale(xs, E4M3).item() - 1) <= 2 ** -8
+        assert meta[0].item() != fp8_scale(xs, E4M3, state)[0].item()   # gelu moved the amax
+        q, qt = fp8_cast(xs, meta, E4M3, True, True, gelu=True, wide_transpose=True)
+        assert q.shape == (300, 200) and torch.equal(bits(qt), bits(q.t().contiguous()))
+        assert q.float().min() >= -0.2 * meta[0].item()                # gelu(x) >= -0.17 (then rounded): negatives shrank
+
+
+def test_speed_path_with_the_gelu_in_its_cast_runs_off_a_gpu_as_gelu_then_the_speed_path():
+    """float8_linear with input_gelu on a CPU (Triton's interpreter) against F.gelu then float8_linear: the input
+    gradient (eager's gelu_backward on the kept input, after the same fp8 matmul) is equal; the output within
+    0.5%, since the interpreter's erf differs from torch's in the last bit of a few values, which moves their
+    fp8 rounding (the GPU test asks for equal bits)."""
+    from frugal import fp8_fused
+    if torch.cuda.is_available():
+        pytest.skip("test_speed_path_with_the_gelu_in_its_cast_is_gelu_then_the_core_bit_for_bit runs it on the GPU")
+    torch.manual_seed(0)
+    fused, plain = Float8Linear(64, 96), Float8Linear(64, 96)
+    plain.load_state_dict(fused.state_dict())
+    fused.input_gelu = True
+    x, g = torch.randn(32, 64), torch.randn(32, 96)
+    outs = []
+    for layer, gelu in ((fused, False), (plain, True)):
+        xr = x.clone().requires_grad_()
+        y = fp8_fused.float8_linear(F.gelu(xr) if gelu else xr, layer, torch.float32)
+        y.backward(g)
+        outs.append((y, xr.grad, layer.weight.grad))
+    assert rel_error(outs[0][0], outs[1][0]) < 0.005
+    assert torch.equal(outs[0][1], outs[1][1]) and rel_error(outs[0][2], outs[1][2]) < 0.005
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("source", [torch.bfloat16, torch.float32])
+def test_fp8_cast_with_gelu_is_torchs_gelu_then_cast_bit_for_bit(source):
+    from frugal.kernels.fp8_cast import fp8_cast, fp8_scale, new_state
+    x = (torch.randn(300, 200, generator=torch.Generator().manual_seed(2)) * 3).to(source).cuda()
+    meta = fp8_scale(x, E4M3, new_state("cuda"), gelu=True)
+    assert torch.equal(meta[0], compute_scale(F.gelu(x), E4M3))
+    q, qt = fp8_cast(x, meta, E4M3, True, True, gelu=True)
+    assert torch.equal(bits(q), bits(quantize(F.gelu(x), E4M3, meta[0])))
+    assert torch.equal(bits(qt), bits(q.t().contiguous()))
+
+
 LEARN = TrainConfig(steps=16, batch_size=8, seq_len=64, progress=False)
 
 
@@ -526,6 +618,29 @@ def test_speed_path_is_the_eager_core_bit_for_bit(recipe):
 
 @pytest.mark.gpu
 @needs_fp8_gpu
+@pytest.mark.parametrize("recipe", ["current", "delayed"])
+def test_speed_path_with_the_gelu_in_its_cast_is_gelu_then_the_core_bit_for_bit(recipe):
+    """input_gelu on the speed path (the GELU inside the cast, eager's gelu_backward on the kept input) against
+    F.gelu then the eager core: outputs, the input's and the weight's gradients and the histories are equal."""
+    fused, core = _pair(recipe)
+    fused.input_gelu = True
+    x, g = torch.randn(4, 64, 256, device="cuda"), torch.randn(4, 64, 512, device="cuda")
+    outs = []
+    for layer, gelu in ((fused, False), (core, True)):
+        xr = x.clone().bfloat16().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(F.gelu(xr) if gelu else xr)
+        y.backward(g.bfloat16())
+        outs.append((y, xr.grad, layer.weight.grad, layer.bias.grad))
+    assert hasattr(fused, "_fp8_state")
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    for name, buf in fused.named_buffers():
+        assert torch.equal(buf, dict(core.named_buffers())[name])
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
 def test_speed_path_raises_on_a_nan_a_call_late_without_a_sync():
     from frugal import fp8_fused
     fused, _ = _pair("current")
@@ -641,6 +756,41 @@ def test_fp8_speedup_draws_the_gpu_time_dashed_and_its_crossover_apart():
     assert list(gpu.get_ydata()) == [0.6, 1.3, 1.9]
     ticks = plots.fp8_speedup(rows, "a GPU").axes[0].get_xticklabels()
     assert [t.get_text() for t in ticks] == ["1,024", "4,096", "16,384"]      # sizes as numbers, not 2^k
+
+
+def test_cast_passes_count_the_bytes_each_place_of_the_gelu_moves():
+    """Per element, bf16 in: an eager GELU reads 2 and writes 2; current scaling's amax reads 2; the cast reads 2
+    and writes 1 per fp8 layout. The GELU inside the cast saves its write and the read back."""
+    from frugal.fp8_fused import cast_passes
+    total = lambda *a, **k: sum(b for _, b in cast_passes(*a, **k))
+    assert (total("current", "before"), total("current", "inside")) == (10, 6)
+    assert (total("delayed", "before"), total("delayed", "inside")) == (8, 4)
+    assert total("delayed", "none") == 4 and total("delayed", "none", transposed=False) == 3   # the 3n floor
+    assert [name for name, _ in cast_passes("current", "before")] == ["eager GELU", "amax", "cast"]
+    with pytest.raises(ValueError, match="pick recipe 'current' or 'delayed'"):
+        cast_passes("dynamic", "inside")
+
+
+def test_cast_placement_stacks_the_counted_passes_and_draws_the_measured_rows():
+    from frugal import plots
+    from frugal.fp8_fused import cast_passes
+    from frugal.plots.fp8 import CAST_ROWS
+    passes = {w: cast_passes("delayed", w) for w in ("before", "inside")}
+    (before, inside) = CAST_ROWS
+    rows = [{"op": op, "size": n, "GPU vs_scaled_mm": v}
+            for op, pts in ((before, ((4096, 0.8), (8192, 0.9))), (inside, ((4096, 0.97), (8192, 0.99))))
+            for n, v in pts] + [{"op": "matmul bf16", "size": 8192, "GPU ms": 1.6}]
+    fig = plots.cast_placement(passes, rows, "a GPU", "2026-12-03")
+    bars, timed = fig.axes
+    ends = {}
+    for p in bars.patches:                      # stacked: each row ends where its last pass does
+        ends[round(p.get_y(), 3)] = max(ends.get(round(p.get_y(), 3), 0), p.get_x() + p.get_width())
+    assert sorted(ends.values()) == [4, 8] and len(bars.patches) == 2 * 3     # 2 rows x 3 kinds of pass
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in timed.get_lines() if not ln.get_label().startswith("_")}
+    assert lines == {"GELU, then the cast": [0.8, 0.9], "GELU inside the cast": [0.97, 0.99]}
+    assert "2026-12-03" in timed.get_title()
+    empty = plots.cast_placement(passes).axes[1]
+    assert not empty.axison and "no committed GPU run" in empty.texts[0].get_text()
 
 
 def test_the_recipe_widget_shows_delayed_scaling_clamp_a_spike_and_current_not():

@@ -86,6 +86,7 @@ def _matmul_rows(n: int, device: torch.device, quick: bool) -> list[dict]:
                 row.update(_gpu_ms(lambda: layer(x), device, quick))
         rows.append(row)
         del layer
+    rows += _gelu_rows(x, n, device, quick, backend)
     one = torch.ones((), device=device)
     x_q, w_q = x.to(fp8.E4M3), w.to(fp8.E4M3)                            # randn: within e4m3's range at scale 1
     try:
@@ -98,13 +99,38 @@ def _matmul_rows(n: int, device: torch.device, quick: bool) -> list[dict]:
         rows.append({"op": "torch._scaled_mm alone", "size": n, "error": f"{type(e).__name__}: {e}"[:200]})
     for time, prefix in (("ms", ""), ("GPU ms", "GPU ")):           # from Python, then the GPU's time alone
         alone = next((r[time] for r in rows if r["op"] == "torch._scaled_mm alone" and time in r), None)
+        gelu = next((r[time] for r in rows if r["op"] == GELU_ALONE and time in r), 0.0)
         for r in rows:
-            if time in r and time in rows[0]:
+            if time in r and time in rows[0] and r["op"] != GELU_ALONE:
+                extra = gelu if "GELU" in r["op"] else 0.0       # a GELU row does the GELU's work as well
                 if not prefix:
                     r["tflops"] = flops / (r["ms"] * 1e-3) / 1e12
-                r[prefix + "speedup_vs_bf16"] = rows[0][time] / r[time]
-                if alone is not None and r["op"].startswith("Float8Linear"):
-                    r[prefix + "vs_scaled_mm"] = alone / r[time]
+                r[prefix + "speedup_vs_bf16"] = (rows[0][time] + extra) / r[time]
+                if alone is not None and "Float8Linear" in r["op"]:
+                    r[prefix + "vs_scaled_mm"] = (alone + extra) / r[time]
+    return rows
+
+
+GELU_ALONE = "GELU alone (bf16, eager)"
+
+
+def _gelu_rows(x: torch.Tensor, n: int, device: torch.device, quick: bool, backend: str) -> list[dict]:
+    """y = gelu(x) Wᵀ, as the second matmul of an MLP: eager GELU then the speed path (the cast a pass of its own),
+    against the GELU inside the cast (input_gelu). Their "vs" columns compare with what bf16 or _scaled_mm alone
+    would need for the same result: the matmul plus a GELU (GELU_ALONE's row). On an fp8 GPU only."""
+    if quick or not (backend == "scaled_mm" and fp8_fused.fusable(x)):
+        return []
+    rows = [{"op": GELU_ALONE, "size": n, "backend": "bf16", "ms": _timed(lambda: F.gelu(x), device, quick, 10) * 1e3,
+             **_gpu_ms(lambda: F.gelu(x), device, quick)}]
+    for label, inside in (("GELU, then Float8Linear forward (speed path, delayed)", False),
+                          ("Float8Linear forward, GELU fused into its cast (speed path, delayed)", True)):
+        layer = fp8.Float8Linear(n, n, bias=False, device=device, recipe="delayed")
+        layer.input_gelu, layer.check_finite = inside, False    # no host reads: it is replayed from a graph too
+        run = (lambda: layer(x)) if inside else (lambda: layer(F.gelu(x)))
+        with torch.no_grad():
+            rows.append({"op": label, "size": n, "backend": backend + " + triton",
+                         "ms": _timed(run, device, quick, 10) * 1e3, **_gpu_ms(run, device, quick)})
+        del layer
     return rows
 
 
@@ -129,19 +155,23 @@ def _train_rows(device: torch.device, quick: bool) -> list[dict]:
     torch.manual_seed(0)
     base = LinearBlocks(d, n_blocks).to(device)
     flops = 6.0 * tokens * sum(p.numel() for p in base.parameters())       # forward 2, backward 4 per weight
-    variants = [("train step bf16", None), ("train step fp8 (ours)", "ours"),
+    variants = [("train step bf16", ""), ("train step fp8 (ours)", "ours"),
                 ("train step fp8 (ours, delayed)", "ours-delayed"),
                 ("train step fp8 (ours, check_finite off)", "ours-nocheck"),
-                ("train step fp8 (ours, eager core)", "ours-eager"), ("train step fp8 (torchao)", "torchao")]
+                ("train step fp8 (ours, eager core)", "ours-eager"),
+                ("train step fp8 (ours, GELU in the cast)", "ours-gelu"),
+                ("train step fp8 (ours, delayed, GELU in the cast)", "ours-delayed-gelu"),
+                ("train step fp8 (torchao)", "torchao")]
     rows = []
     for label, kind in variants:
-        if quick and kind in ("ours-delayed", "ours-nocheck", "ours-eager"):
+        if quick and kind in ("ours-delayed", "ours-nocheck", "ours-eager", "ours-delayed-gelu"):
             continue
         model = copy.deepcopy(base)
         row = {"op": label, "d": d, "tokens": tokens, "blocks": n_blocks}
-        if kind in ("ours", "ours-delayed", "ours-nocheck", "ours-eager"):
+        if kind.startswith("ours"):
             names = fp8.convert_to_float8(model, min_features=16 if quick else 1024,
-                                          recipe="delayed" if kind == "ours-delayed" else "current")
+                                          recipe="delayed" if kind.startswith("ours-delayed") else "current",
+                                          fuse_gelu=kind.endswith("gelu"))
             for name in names:
                 model.get_submodule(name).check_finite = kind != "ours-nocheck"
                 model.get_submodule(name).fused = kind != "ours-eager"
@@ -239,7 +269,8 @@ TABLES = [
         Column("GPU vs_scaled_mm", "GPU: vs _scaled_mm", "x"), Column("error", "note")],
         where=lambda r: "size" in r,
         note="time: 10 calls back to back from Python; GPU time: 5 calls replayed from a CUDA graph, the GPU's work "
-             "alone (the speed path with its inf/NaN check off: the check reads marks on the host)."),
+             "alone (the speed path with its inf/NaN check off: the check reads marks on the host). GELU rows "
+             "compute gelu(x) Wᵀ: their vs columns compare with the matmul plus the GELU alone."),
     Table("fp8 against bf16: a training step and TinyGPT on text", [
         Column("op", "what"), Column("d", "width d"), Column("backend", "fp8 path"), Column("ms", "time (ms)"),
         Column("speedup_vs_bf16", "vs bf16", "x"), Column("vs_torchao", "vs torchao", "x"),

@@ -18,6 +18,10 @@ scaling: 5n, ~70 µs) lands near 0.92x of _scaled_mm alone, and delayed scaling'
 Measured on an H200 (2026-12-03): `python -m frugal bench --section fp8` finds 0.87x and 0.91x on GPU time, and
 benchmark_fp8_cast(8192) times these casts at about 2.2 TB/s. torch's own x.to(float8_e4m3fn) of the same tensor,
 timed the same way, took 81 µs (2.5 TB/s): no separate cast pass gets within 5%.
+So the cast gets cheaper only by leaving its own pass. `gelu=True` computes F.gelu(x) in the cast's registers:
+the GELU a transformer's MLP runs before its second matmul then reads its input once and writes fp8 (2n + 2n
+bytes with both layouts), where an eager GELU writes bf16 (2n + 2n) and the cast reads it back (frugal.fp8's
+fuse_gelu_into_float8; Transformer Engine fuses its LayerNorm into the cast the same way).
 """
 from __future__ import annotations
 
@@ -76,7 +80,14 @@ def _finish(tile_amax_bits, state_ptr, meta_ptr, hist_ptr, scale, fp8_max, ROLE:
 
 
 @triton.jit
-def fp8_scale_kernel(x_ptr, n, hist_ptr, state_ptr, meta_ptr, fp8_max, ROLE: tl.constexpr,
+def _gelu(x, dtype: tl.constexpr):
+    """torch's exact GELU of fp32 x, x·½·(1 + erf(x/√2)) as its CUDA kernel orders it, rounded to `dtype` as
+    eager F.gelu returns it (the cast then reads what an eager GELU would have written)."""
+    return (x * 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def fp8_scale_kernel(x_ptr, n, hist_ptr, state_ptr, meta_ptr, fp8_max, ROLE: tl.constexpr, GELU: tl.constexpr,
                      HIST_LEN: tl.constexpr, HIST_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
     """amax of x (n elements, flat) and its scale into meta; with a history, only while the history is all
     zero (the first step), since its max gives the scale otherwise and fp8_cast_kernel takes x's amax."""
@@ -89,6 +100,8 @@ def fp8_scale_kernel(x_ptr, n, hist_ptr, state_ptr, meta_ptr, fp8_max, ROLE: tl.
         for start in range(pid * BLOCK, n, step):
             offs = start + tl.arange(0, BLOCK)
             x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+            if GELU:                                              # the amax of gelu(x): what will be cast
+                x = _gelu(x, x_ptr.dtype.element_ty)
             acc = tl.maximum(acc, tl.abs(x).to(tl.int32, bitcast=True))
         _finish(tl.max(acc, 0), state_ptr, meta_ptr, hist_ptr, 1.0, fp8_max, ROLE, True, 0, 1)
 
@@ -96,14 +109,17 @@ def fp8_scale_kernel(x_ptr, n, hist_ptr, state_ptr, meta_ptr, fp8_max, ROLE: tl.
 @triton.jit
 def fp8_cast_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, n_rows, n_cols, fp8_max, hist_ptr, state_ptr,
                     WRITE_Q: tl.constexpr, WRITE_QT: tl.constexpr, WIDE_TRANSPOSE: tl.constexpr, ROLE: tl.constexpr,
-                    HIST_LEN: tl.constexpr, HIST_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    GELU: tl.constexpr, HIST_LEN: tl.constexpr, HIST_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) tile of x (n_rows, n_cols), contiguous: q[r, c] and, transposed, qt[c, r]. With a
     history (delayed scaling) the scale is the history's, or scale_ptr's when it is all zero, and the tile's
-    amax goes into the history."""
+    amax goes into the history. GELU: cast gelu(x) instead, computed in registers (gelu(0) = 0 where masked)."""
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        x = _gelu(x, x_ptr.dtype.element_ty)
     if HIST_LEN > 0:
         past = _history_max(hist_ptr, HIST_LEN, HIST_BLOCK)
         scale = tl.where(past > 0, _scale_of(past, fp8_max), tl.load(scale_ptr))
@@ -146,9 +162,9 @@ def new_state(device) -> torch.Tensor:
 
 
 def fp8_scale(x: torch.Tensor, dtype: torch.dtype, state: torch.Tensor, history: torch.Tensor | None = None,
-              role: int = 0, block: int = 4096) -> torch.Tensor:
+              role: int = 0, block: int = 4096, gelu: bool = False) -> torch.Tensor:
     """meta = [scale, -, amax, -, 1/scale, -, -, -] of x on its device, no host sync: current scaling's amax pass. With a
-    delayed history it reads x only while the history is all zero (else fp8_cast finds the scale)."""
+    delayed history it reads x only while the history is all zero (else fp8_cast finds the scale). gelu: of gelu(x)."""
     _check(x, dtype, history, state)
     check_reachable(x, state)
     meta = torch.empty(META_SIZE, dtype=torch.float32, device=x.device)
@@ -156,18 +172,21 @@ def fp8_scale(x: torch.Tensor, dtype: torch.dtype, state: torch.Tensor, history:
     hist_len = 0 if history is None else history.numel()
     grid = (max(1, min(triton.cdiv(n, block), AMAX_PROGRAMS)),)
     fp8_scale_kernel[grid](x, n, x if history is None else history, state, meta, float(torch.finfo(dtype).max),
-                           ROLE=role, HIST_LEN=hist_len, HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)),
+                           ROLE=role, GELU=gelu, HIST_LEN=hist_len, HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)),
                            BLOCK=block, num_warps=8)
     return meta
 
 
 def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: bool = True, transposed: bool = False,
              block: int = 64, history: torch.Tensor | None = None, state: torch.Tensor | None = None,
-             role: int = 0, wide_transpose: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+             role: int = 0, wide_transpose: bool = False,
+             gelu: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(q, qt): x (M, N) · scale cast to fp8 `dtype` with saturation, q (M, N) row-major and qt = qᵀ (N, M)
     contiguous; each only if asked (rows / transposed), else None. scale: float32, its first element the scale
     (fp8_scale's meta). With history and state (delayed scaling), meta is filled and the history pushed.
-    wide_transpose: swap the bytes as int32 (for fp32 input); without it, fp32's transpose is torch's copy."""
+    wide_transpose: swap the bytes as int32 (for fp32 input); without it, fp32's transpose is torch's copy.
+    gelu: cast F.gelu(x) (exact GELU, rounded to x's dtype first), computed in the same pass: x is read once,
+    where an eager GELU then a cast would write gelu(x) and read it back."""
     _check(x, dtype, history, state)
     if scale.dtype != torch.float32 or scale.numel() not in (1, META_SIZE) or (history is not None and scale.numel() != META_SIZE):
         raise ValueError(f"scale has {scale.numel()} elements of {scale.dtype}: pass one float32 value (a tensor), "
@@ -176,7 +195,7 @@ def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: boo
         raise ValueError("history without state: pass state=new_state(device), kept between calls")
     check_reachable(x, scale)
     if transposed and x.dtype == torch.float32 and not wide_transpose:   # Triton 3.6 on an H200 wrote wrong
-        q, _ = fp8_cast(x, scale, dtype, True, False, block, history, state, role)   # transposes from fp32 input
+        q, _ = fp8_cast(x, scale, dtype, True, False, block, history, state, role, gelu=gelu)   # transposes from fp32
         return (q if rows else None), q.t().contiguous()          # (tests/test_fp8.py, 512x256): torch's copy
     m, n = x.shape
     q = torch.empty((m, n), dtype=dtype, device=x.device) if rows else None
@@ -185,14 +204,17 @@ def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: boo
     grid = (triton.cdiv(m, block), triton.cdiv(n, block))
     fp8_cast_kernel[grid](x, scale, q if rows else qt, qt if transposed else q, m, n, float(torch.finfo(dtype).max),
                           x if history is None else history, x if state is None else state,
-                          WRITE_Q=rows, WRITE_QT=transposed, WIDE_TRANSPOSE=wide_transpose, ROLE=role,
+                          WRITE_Q=rows, WRITE_QT=transposed, WIDE_TRANSPOSE=wide_transpose, ROLE=role, GELU=gelu,
                           HIST_LEN=hist_len, HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)),
                           BLOCK_M=block, BLOCK_N=block)
     return q, qt
 
 
-def fp8_cast_reference(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_cast_reference(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+                       gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """What fp8_cast computes, in eager PyTorch (four passes, fp32 intermediates, a transposed copy)."""
+    if gelu:
+        x = torch.nn.functional.gelu(x)
     m = torch.finfo(dtype).max
     q = (x.float() * scale).clamp(-m, m).to(dtype)
     return q, q.t().contiguous()

@@ -8,7 +8,7 @@ from frugal.plots.economics import memory_bars, cost_bars, loss_curve, predicted
 from frugal.plots.economics_quality import val_loss_overlay, dollars_to_target, parity_gaps
 from frugal.plots.precision import (
     FORMAT_COLORS, format_ranges, gradient_histogram, scale_history, precision_runs, step_time_bars)
-from frugal.plots.fp8 import crossover_size, fp8_distribution, fp8_speedup, recipe_trace
+from frugal.plots.fp8 import cast_placement, crossover_size, fp8_distribution, fp8_speedup, recipe_trace
 from frugal.plots.recompute import recompute_tradeoff, saved_bytes_by_block, largest_batch_bars
 from frugal.plots.parallel import (
     PIPE_COLORS, ring_steps, bytes_per_rank, overlap_timeline, scaling, bus_bandwidth,
@@ -20,7 +20,7 @@ from frugal.plots.recipe import model_size_frontiers, recipe_ranking, recipe_run
 __all__ = ["GIB", "COLORS", "human_bytes", "memory_bars", "cost_bars", "loss_curve", "predicted_vs_measured",
            "val_loss_overlay", "dollars_to_target", "parity_gaps",
            "FORMAT_COLORS", "format_ranges", "gradient_histogram", "scale_history", "precision_runs",
-           "step_time_bars", "fp8_distribution", "fp8_speedup", "crossover_size", "recipe_trace", "recompute_tradeoff",
+           "step_time_bars", "cast_placement", "fp8_distribution", "fp8_speedup", "crossover_size", "recipe_trace", "recompute_tradeoff",
            "saved_bytes_by_block", "largest_batch_bars", "PIPE_COLORS",
            "ring_steps", "bytes_per_rank", "overlap_timeline", "scaling", "bus_bandwidth",
            "sharding_memory_bars", "comm_volume_bars", "max_model_bars", "pipeline_gantt", "bubble_vs_formula",

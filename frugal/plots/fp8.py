@@ -87,6 +87,58 @@ def crossover_size(rows: list[dict], op: str, key: str = "speedup_vs_bf16") -> i
     return paying
 
 
+CAST_ROWS = {"GELU, then Float8Linear forward (speed path, delayed)": "GELU, then the cast",
+             "Float8Linear forward, GELU fused into its cast (speed path, delayed)": "GELU inside the cast"}
+
+
+def cast_placement(passes: dict[str, list[tuple[str, int]]], rows: list[dict] | None = None,
+                   device: str | None = None, when: str | None = None) -> Figure:
+    """Left: bytes per element each way of casting an MLP's activation moves, stacked by pass (passes: label ->
+    frugal.fp8_fused.cast_passes). Right, where the benchmark's rows have them: gelu(x) Wᵀ's GPU time against
+    _scaled_mm alone plus the GELU (the work any fp8 path must do), by size; 0.95 marks "within 5%"."""
+    fig, (ax_b, ax_t) = new_figure(11.0, 3.6, ncols=2)
+    names = list(passes)
+    kinds = list(dict.fromkeys(name for p in passes.values() for name, _ in p))
+    family = {"eager": "#bbbbbb", "amax": "#4c72b0", "cast": "#dd8452"}    # a pass's first word: its colour
+    left = np.zeros(len(names))
+    for kind in kinds:
+        widths = np.array([sum(b for n, b in passes[name] if n == kind) for name in names], dtype=float)
+        ax_b.barh(names, widths, left=left, color=family.get(kind.split()[0], "#8172b2"), label=kind,
+                  hatch="//" if "gelu" in kind.lower() and not kind.startswith("eager") else None, edgecolor="white")
+        left += widths
+    for i, total in enumerate(left):
+        ax_b.text(total + 0.1, i, f"{total:.0f}", va="center", fontsize=8)
+    ax_b.invert_yaxis()
+    ax_b.set_xlim(0, max(left) * 1.5)                          # room for the legend beside the short bars
+    ax_b.set_xlabel("bytes moved per element (bf16 in, fp8 and its transpose out)")
+    ax_b.set_title("casting gelu(x) to fp8: the passes, counted", fontsize=10)
+    ax_b.legend(fontsize=7, loc="lower right")
+    measured = False
+    for op, label in CAST_ROWS.items():
+        pts = sorted((r["size"], r["GPU vs_scaled_mm"]) for r in rows or [] if r.get("op") == op
+                     and "GPU vs_scaled_mm" in r)
+        if pts:
+            measured = True
+            ax_t.plot(*zip(*pts), marker="o", label=label)
+    if measured:
+        ax_t.axhline(1.0, color="black", lw=1)
+        ax_t.axhline(0.95, color="black", lw=1, ls="--")
+        ax_t.text(0.01, 0.955, "within 5%", fontsize=8, transform=ax_t.get_yaxis_transform())
+        ax_t.set_xscale("log", base=2)
+        sizes = sorted({r["size"] for r in rows if r.get("op") in CAST_ROWS})
+        ax_t.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax_t.minorticks_off()
+        ax_t.set_xlabel("M = K = N")
+        ax_t.set_ylabel("x of (_scaled_mm alone + GELU)")
+        ax_t.set_title(f"gelu(x) Wᵀ on {device}, GPU time" + (f", measured {when}" if when else ""), fontsize=10)
+        ax_t.legend(fontsize=8)
+    else:
+        ax_t.set_axis_off()
+        ax_t.text(0.5, 0.5, "no committed GPU run of the GELU rows:\n`python -m frugal bench --section fp8`",
+                  ha="center", va="center", fontsize=9, transform=ax_t.transAxes)
+    return fig
+
+
 def recipe_trace(amaxes: list[float], fill: list[float], clamped: list[float], recipe: str) -> Figure:
     """Two panels over steps: the tensor's amax, and how full the scale makes fp8 (amax·scale / max: above 1
     the largest values clamp), with the share of values clamped."""
