@@ -41,10 +41,11 @@ def add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, h_ptr, rstd_ptr, n_rows, n_co
 
 
 @triton.jit
-def add_rmsnorm_backward_kernel(gy_ptr, gh_ptr, h_ptr, w_ptr, rstd_ptr, gx_ptr, dw_ptr, n_rows, n_cols,
-                                HAS_GH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def add_rmsnorm_backward_kernel(gy_ptr, gh_ptr, h_ptr, w_ptr, rstd_ptr, gx_ptr, dw_ptr, dw_sum_ptr, count_ptr,
+                                n_rows, n_cols, HAS_GH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Tiles pid, pid + P, ...: gx = rstd·(gy·w − n·mean(gy·w·n)) + gh with n = h·rstd; dw = Σ gy·n kept in
-    registers over all of this program's rows, then written once as row pid of a (P, n_cols) buffer."""
+    registers over all of this program's rows, then written once as row pid of a (P, n_cols) buffer. The last
+    program to finish (an atomic count, reset after) sums the P rows in order into dw_sum: no second kernel."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
@@ -65,6 +66,13 @@ def add_rmsnorm_backward_kernel(gy_ptr, gh_ptr, h_ptr, w_ptr, rstd_ptr, gx_ptr, 
             gx += tl.load(gh_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(gx_ptr + offsets, gx.to(gx_ptr.dtype.element_ty), mask=mask)
     tl.store(dw_ptr + pid * n_cols + cols, tl.sum(dw, axis=0), mask=col_ok)
+    tl.debug_barrier()                                   # all of this program's row is stored before it counts
+    if tl.atomic_add(count_ptr, 1) == tl.num_programs(0) - 1:    # acq_rel: every other row is visible now
+        total = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for p in range(0, tl.num_programs(0)):           # a fixed order: the same sum on every run
+            total += tl.load(dw_ptr + p * n_cols + cols, mask=col_ok, other=0.0, cache_modifier=".cg")
+        tl.store(dw_sum_ptr + cols, total.to(dw_sum_ptr.dtype.element_ty), mask=col_ok)
+        tl.atomic_xchg(count_ptr, 0)                     # ready for the next call on this GPU
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,13 @@ def row_tiles(n_rows: int, n_cols: int, sms: int, tile_elements: int = TILE_ELEM
     num_warps = min(16, max(4, block_m * block_n // 512))
     programs = max(1, min(-(-n_rows // block_m), programs_per_sm * sms))
     return RowTiles(block_m, block_n, num_warps, programs)
+
+
+@lru_cache(maxsize=16)
+def _counter(device: torch.device) -> torch.Tensor:
+    """The backward's int32 count of finished programs, one per GPU, zero between calls (each last program resets
+    it). Kernels on one stream run one after another; backward calls on two streams at once would share it."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
 
 @lru_cache(maxsize=16)             # the properties call costs microseconds on every step; the count never changes
@@ -126,17 +141,17 @@ class AddRMSNormFunction(torch.autograd.Function):
         gy = torch.zeros_like(h) if gy is None else _rows(gy, n_rows, n_cols)
         gh = None if gh is None else _rows(gh, n_rows, n_cols)
         gx = torch.empty_like(h)
-        dw = torch.empty(tiles.programs, n_cols, dtype=torch.float32, device=h.device)  # every program writes its row
+        rows = torch.empty(tiles.programs, n_cols, dtype=torch.float32, device=h.device)  # each program's dw row
         if n_rows:
+            dw = torch.empty_like(weight)       # (n_cols,): the last program writes the sum, in weight's dtype
             launch(add_rmsnorm_backward_kernel, (tiles.programs,),
-                gy, gh if gh is not None else gy, h, weight, rstd, gx, dw, n_rows, n_cols,
+                gy, gh if gh is not None else gy, h, weight, rstd, gx, rows, dw, _counter(h.device), n_rows, n_cols,
                 HAS_GH=gh is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps)
-            dw = dw.sum(0)                      # (n_cols,): P partial rows, summed by torch (one small kernel)
         else:
-            dw = torch.zeros(n_cols, dtype=torch.float32, device=h.device)
+            dw = torch.zeros_like(weight)
         if gx.shape != ctx.shape:
             gx = gx.view(ctx.shape)
-        return gx, gx, dw.to(weight.dtype), None
+        return gx, gx, dw, None
 
 
 def _rows(g: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
@@ -203,10 +218,10 @@ def add_rmsnorm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch
 def add_rmsnorm_bytes(n_rows: int, n_cols: int, element_size: int = 4, backward: bool = True,
                       programs: int = 1) -> int:
     """Bytes the fused kernels move: forward reads x, r, w, writes y, h, rstd; backward reads gy, gh, h, w,
-    rstd, writes gx and `programs` fp32 partial rows of dw, which the sum reads back before writing dw."""
+    rstd, writes gx and `programs` fp32 partial rows of dw, which its last program reads back to write dw."""
     nc, s = n_rows * n_cols, element_size
     fwd = 4 * nc * s + n_cols * s + 4 * n_rows
-    bwd = 4 * nc * s + n_cols * s + 4 * n_rows + 2 * 4 * programs * n_cols + 4 * n_cols
+    bwd = 4 * nc * s + n_cols * s + 4 * n_rows + 2 * 4 * programs * n_cols + n_cols * s
     return fwd + (bwd if backward else 0)
 
 
@@ -267,12 +282,12 @@ def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | 
                 row["GPU ms"] = measure_graph_time(step, device, repeats=repeats) * 1e3
             if name == "fused (ours)":     # counted by hand: the interpreter's own aten calls would pollute a count
                 programs = row_tiles(n_rows, n_cols, _sm_count(device)).programs
-                moved, launches = add_rmsnorm_bytes(n_rows, n_cols, x.element_size(), programs=programs), 3
+                moved, launches = add_rmsnorm_bytes(n_rows, n_cols, x.element_size(), programs=programs), 2
             elif name in (extra or {}):    # a peer's Triton kernels are not aten ops: uncounted, left blank
                 moved = launches = None
             elif name == FLOOR:
                 moved, launches = 0, 0
-            else:                          # (ours launches 2 Triton kernels and torch's sum of the dw rows)
+            else:                          # (ours launches 2 Triton kernels, forward and backward)
                 with count_bytes_moved() as rec:
                     step()
                 moved, launches = rec.total, rec.launches
