@@ -63,16 +63,20 @@ def fp8_speedup(rows: list[dict], device: str, when: str | None = None,
                         label=f"{op}, GPU time alone")
     ax.axhline(1.0, color="black", lw=1, ls="--")
     ax.text(0.01, 1.02, "bf16 (below: fp8 does not pay)", fontsize=8, transform=ax.get_yaxis_transform())
-    ax.set_xscale("log", base=2)
-    sizes = sorted({r["size"] for r in rows if "size" in r and "speedup_vs_bf16" in r})
-    if sizes:                                                    # the measured sizes, as numbers (not 2^k)
-        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
-        ax.minorticks_off()
-    ax.set_xlabel("M = K = N")
+    _size_axis(ax, sorted({r["size"] for r in rows if "size" in r and "speedup_vs_bf16" in r}))
     ax.set_ylabel("speed-up over bf16 (x)")
     ax.set_title(f"fp8 matmul on {device}" + (f", measured {when}" if when else ""), fontsize=10)
     ax.legend(fontsize=8)
     return fig
+
+
+def _size_axis(ax, sizes: list[int]) -> None:
+    """A log2 x axis of square matmul sizes, ticked at the measured ones as numbers (1,024, not 2^10)."""
+    ax.set_xscale("log", base=2)
+    if sizes:
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
+    ax.set_xlabel("M = K = N")
 
 
 def crossover_size(rows: list[dict], op: str, key: str = "speedup_vs_bf16") -> int | None:
@@ -124,11 +128,7 @@ def cast_placement(passes: dict[str, list[tuple[str, int]]], rows: list[dict] | 
         ax_t.axhline(1.0, color="black", lw=1)
         ax_t.axhline(0.95, color="black", lw=1, ls="--")
         ax_t.text(0.01, 0.955, "within 5%", fontsize=8, transform=ax_t.get_yaxis_transform())
-        ax_t.set_xscale("log", base=2)
-        sizes = sorted({r["size"] for r in rows if r.get("op") in CAST_ROWS})
-        ax_t.set_xticks(sizes, [f"{n:,}" for n in sizes])
-        ax_t.minorticks_off()
-        ax_t.set_xlabel("M = K = N")
+        _size_axis(ax_t, sorted({r["size"] for r in rows if r.get("op") in CAST_ROWS}))
         ax_t.set_ylabel("x of (_scaled_mm alone + GELU)")
         ax_t.set_title(f"gelu(x) Wᵀ on {device}, GPU time" + (f", measured {when}" if when else ""), fontsize=10)
         ax_t.legend(fontsize=8)
