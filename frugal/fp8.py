@@ -311,8 +311,10 @@ def _gelu_feeds(module: nn.Module) -> list[tuple[str, str]]:
 def fuse_gelu_into_float8(model: nn.Module) -> list[str]:
     """Move each exact nn.GELU that feeds a Float8Linear into that layer (input_gelu = True), leaving an
     nn.Identity where it was; returns the names of the layers that took one. The output is the same function:
-    the core still runs F.gelu then its casts, but on the speed path the GELU runs inside the input's cast and
-    its bf16 output is never written (frugal.kernels.fp8_cast). A tanh-approximate GELU is left where it is."""
+    the core still runs F.gelu then its casts; on the speed path the GELU runs inside the input's cast and its
+    bf16 output is never written (frugal.kernels.fp8_cast), with the same bits from bf16 inputs (autocast's) and,
+    from fp32, a few elements one fp8 step away (Triton's erf and torch's differ in a last bit). A
+    tanh-approximate GELU is left where it is."""
     fused = []
     for name, module in model.named_modules():
         for a, b in _gelu_feeds(module):

@@ -337,14 +337,25 @@ def test_speed_path_with_the_gelu_in_its_cast_runs_off_a_gpu_as_gelu_then_the_sp
 @pytest.mark.gpu
 @needs_fp8_gpu
 @pytest.mark.parametrize("source", [torch.bfloat16, torch.float32])
-def test_fp8_cast_with_gelu_is_torchs_gelu_then_cast_bit_for_bit(source):
+def test_fp8_cast_with_gelu_is_torchs_gelu_then_cast(source):
+    """From bf16 (autocast's dtype, what training casts) the same bits as F.gelu then quantize. From fp32 Triton's
+    erf and torch's differ in the last bit of a few values (on an H200: some of 60,000), and where that bit
+    decides the fp8 rounding the element lands one fp8 step away; bf16's rounding first hides the bit."""
     from frugal.kernels.fp8_cast import fp8_cast, fp8_scale, new_state
     x = (torch.randn(300, 200, generator=torch.Generator().manual_seed(2)) * 3).to(source).cuda()
     meta = fp8_scale(x, E4M3, new_state("cuda"), gelu=True)
-    assert torch.equal(meta[0], compute_scale(F.gelu(x), E4M3))
+    expected = quantize(F.gelu(x), E4M3, meta[0])
     q, qt = fp8_cast(x, meta, E4M3, True, True, gelu=True)
-    assert torch.equal(bits(q), bits(quantize(F.gelu(x), E4M3, meta[0])))
     assert torch.equal(bits(qt), bits(q.t().contiguous()))
+    if source == torch.bfloat16:
+        assert torch.equal(meta[0], compute_scale(F.gelu(x), E4M3))
+        assert torch.equal(bits(q), bits(expected))
+    else:
+        torch.testing.assert_close(meta[0], compute_scale(F.gelu(x), E4M3), rtol=2 ** -20, atol=0)
+        a, b = q.float(), expected.float()
+        off = a != b
+        assert off.float().mean() < 1e-3                                   # a few elements of 60,000
+        assert ((a - b).abs()[off] <= 0.125 * torch.maximum(a.abs(), b.abs())[off] + 2 ** -9).all()   # one step
 
 
 LEARN = TrainConfig(steps=16, batch_size=8, seq_len=64, progress=False)
