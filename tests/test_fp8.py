@@ -700,6 +700,9 @@ def test_train_config_fp8_converts_in_build_and_trains_near_bf16():
     converted = [n for n, m in model.named_modules() if isinstance(m, Float8Linear)]
     assert len(converted) == 8 and all(model.get_submodule(n).recipe == "delayed" for n in converted)
     assert type(model.lm_head) is nn.Linear                              # the last layer stays high precision
+    assert all(b.mlp.c_proj.input_gelu and type(b.mlp.gelu) is nn.Identity for b in model.blocks)  # delayed: moved
+    current, *_ = build(preset("tiny"), TrainConfig(precision="fp8", fp8_min_features=16, progress=False))
+    assert not any(b.mlp.c_proj.input_gelu for b in current.blocks)     # current would compute the GELU twice
     fp8_loss = train(preset("tiny"), cfg).column("loss")
     bf16_loss = train(preset("tiny"), TrainConfig(precision="bf16", steps=20, progress=False)).column("loss")
     assert fp8_loss != bf16_loss                                         # the fp8 casts did change the numbers

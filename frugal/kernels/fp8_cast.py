@@ -21,7 +21,10 @@ timed the same way, took 81 µs (2.5 TB/s): no separate cast pass gets within 5%
 So the cast gets cheaper only by leaving its own pass. `gelu=True` computes F.gelu(x) in the cast's registers:
 the GELU a transformer's MLP runs before its second matmul then reads its input once and writes fp8 (2n + 2n
 bytes with both layouts), where an eager GELU writes bf16 (2n + 2n) and the cast reads it back (frugal.fp8's
-fuse_gelu_into_float8; Transformer Engine fuses its LayerNorm into the cast the same way).
+fuse_gelu_into_float8; Transformer Engine fuses its LayerNorm into the cast the same way). That cast is bound by
+the GELU's arithmetic (erf), not by memory: at 8192² bf16 on an H200 (2026-12-03, timed from CUDA graphs) it
+took 0.13 ms, against 0.08 ms for the plain cast and 0.09 ms for torch's F.gelu alone; so gelu(x) Wᵀ reached
+0.94x of _scaled_mm alone plus the GELU on GPU time (0.90x with the GELU a pass of its own), 0.99x at 16384.
 """
 from __future__ import annotations
 
