@@ -130,7 +130,7 @@ def cast_placement(passes: dict[str, list[tuple[str, int]]], rows: list[dict] | 
         ax_t.text(0.01, 0.955, "within 5%", fontsize=8, transform=ax_t.get_yaxis_transform())
         _size_axis(ax_t, sorted({r["size"] for r in rows if r.get("op") in CAST_ROWS}))
         ax_t.set_ylabel("x of (_scaled_mm alone + GELU)")
-        ax_t.set_title(f"gelu(x) Wᵀ on {device}, GPU time" + (f", measured {when}" if when else ""), fontsize=10)
+        ax_t.set_title(f"gelu(x) Wᵀ on {device}, GPU time" + (f"\nmeasured {when}" if when else ""), fontsize=10)
         ax_t.legend(fontsize=8)
     else:
         ax_t.set_axis_off()
