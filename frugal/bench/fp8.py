@@ -279,7 +279,22 @@ TABLES = [
 ]
 
 
-@section("fp8", TABLES)
+def headlines(rows: list[dict]) -> list[tuple[str, str]]:
+    """fp8's headline: the fastest of our train steps (the eager core left out) against bf16 and torchao's."""
+    steps = {r["op"]: r for r in rows if r["op"].startswith("train step") and "ms" in r}
+    bf16, ao = steps.get("train step bf16"), steps.get("train step fp8 (torchao)")
+    ours = [r for op, r in steps.items() if "(ours" in op and "eager core" not in op]
+    if bf16 is None or not ours:
+        return []
+    best = min(ours, key=lambda r: r["ms"])
+    name = best["op"].removeprefix("train step fp8 ").strip("()")
+    return [(f"fp8 train step, {best['blocks']} MLP blocks of d={best['d']}, {best['tokens']} tokens: {name} vs bf16"
+             + (" and torchao's float8" if ao else ""),
+             f"{best['ms']:.1f} vs {bf16['ms']:.1f} ms ({bf16['ms'] / best['ms']:.2f}× faster)"
+             + (f"; torchao {ao['ms']:.1f} ms" if ao else ""))]
+
+
+@section("fp8", TABLES, headlines)
 def bench_section_fp8(ctx: BenchContext) -> dict:
     """Where fp8 pays: matmul throughput by size and one step of a matmul-bound model."""
     return bench_fp8(ctx.device, ctx.quick)
