@@ -18,6 +18,7 @@ from frugal import data, fp8, fp8_fused
 from frugal.bench.report import Column, Table
 from frugal.bench.runner import BenchContext, section
 from frugal.measure import measure_time
+from frugal.plots.fp8 import CAST_ROWS
 from frugal.train import TrainConfig, make_optimizer, train_step
 
 SIZES = (1024, 2048, 4096, 8192, 16384)   # square matmuls M = K = N on a GPU
@@ -122,8 +123,7 @@ def _gelu_rows(x: torch.Tensor, n: int, device: torch.device, quick: bool, backe
         return []
     rows = [{"op": GELU_ALONE, "size": n, "backend": "bf16", "ms": _timed(lambda: F.gelu(x), device, quick, 10) * 1e3,
              **_gpu_ms(lambda: F.gelu(x), device, quick)}]
-    for label, inside in (("GELU, then Float8Linear forward (speed path, delayed)", False),
-                          ("Float8Linear forward, GELU fused into its cast (speed path, delayed)", True)):
+    for label, inside in zip(CAST_ROWS, (False, True)):           # the labels plots.cast_placement reads
         layer = fp8.Float8Linear(n, n, bias=False, device=device, recipe="delayed")
         layer.input_gelu, layer.check_finite = inside, False    # no host reads: it is replayed from a graph too
         run = (lambda: layer(x)) if inside else (lambda: layer(F.gelu(x)))

@@ -91,6 +91,7 @@ def crossover_size(rows: list[dict], op: str, key: str = "speedup_vs_bf16") -> i
     return paying
 
 
+# bench.fp8's rows of gelu(x) Wᵀ (GELU a pass of its own, then inside the cast), which it labels from here
 CAST_ROWS = {"GELU, then Float8Linear forward (speed path, delayed)": "GELU, then the cast",
              "Float8Linear forward, GELU fused into its cast (speed path, delayed)": "GELU inside the cast"}
 
