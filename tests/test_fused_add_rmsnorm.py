@@ -3,7 +3,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="frugal.kernels needs `pip install triton` (Linux)")
-from frugal.kernels.fused_add_rmsnorm import (FLOOR, _sm_count, add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
+from frugal.kernels import sm_count  # noqa: E402
+from frugal.kernels.fused_add_rmsnorm import (FLOOR, add_rmsnorm, add_rmsnorm_bytes,  # noqa: E402
                                               add_rmsnorm_reference, benchmark_add_rmsnorm, do_nothing, row_tiles)
 from frugal.kernels.roofline import count_bytes_moved  # noqa: E402
 
@@ -91,7 +92,7 @@ def test_a_repeated_shape_reuses_its_tiles_and_a_new_shape_computes_them():
 @pytest.mark.parametrize("shape", [(37, 100), (300, 64), (9, 5000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_several_rows_per_program_match_autograd(shape, dtype):
-    tiles = row_tiles(*shape, _sm_count(torch.device(DEVICE)))
+    tiles = row_tiles(*shape, sm_count(torch.device(DEVICE)))
     if shape == (37, 100):
         assert tiles.block_m > 1 and shape[0] % tiles.block_m
     if shape == (300, 64) and DEVICE == "cpu":
@@ -123,7 +124,7 @@ def test_several_rows_per_program_match_autograd(shape, dtype):
 def test_fused_moves_fewer_bytes_than_the_eager_chain():
     rows = benchmark_add_rmsnorm([(32, 64)], DEVICE, repeats=1)
     fused, eager = (next(r for r in rows if r["impl"] == name) for name in ("fused (ours)", "eager chain"))
-    programs = row_tiles(32, 64, _sm_count(torch.device(DEVICE))).programs
+    programs = row_tiles(32, 64, sm_count(torch.device(DEVICE))).programs
     assert fused["bytes moved"] == add_rmsnorm_bytes(32, 64, 4, programs=programs)
     assert add_rmsnorm_bytes(32, 64, 4, programs=3) - add_rmsnorm_bytes(32, 64, 4, programs=1) == 2 * 2 * 4 * 64
     assert eager["bytes moved"] > 2.5 * fused["bytes moved"]

@@ -9,6 +9,7 @@ import copy
 import gc
 import importlib
 import importlib.util
+import statistics
 
 import torch
 import torch.nn as nn
@@ -62,16 +63,20 @@ def _gpu_ms(fn, device: torch.device, quick: bool) -> dict:
     return {"GPU ms": measure_graph_time(fn, device, calls=5, repeats=10) * 1e3}
 
 
+ROUNDS = 3   # the matmul rows are timed in turn, this often: a drift of the GPU's clock falls on every row alike
+
+
 def _matmul_rows(n: int, device: torch.device, quick: bool) -> list[dict]:
     """y = x Wᵀ at M = K = N = n: bf16; our Float8Linear forward, its speed path (x cast each call, the weight's
     fp8 copy cached as in a training step) and its eager core; torch._scaled_mm alone on operands cast before.
-    Each timed from Python, 10 calls back to back, and (bf16, speed path, _scaled_mm) replayed from a CUDA graph."""
+    Each timed from Python, 10 calls back to back, and (all but the eager core) replayed from a CUDA graph; the
+    rows take turns, ROUNDS times, and each keeps the median of its samples."""
     flops = 2.0 * n ** 3
     x = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    rows = [{"op": "matmul bf16", "size": n, "backend": "bf16", "ms": _timed(lambda: x @ w.t(), device, quick, 10) * 1e3,
-             **_gpu_ms(lambda: x @ w.t(), device, quick)}]
+    cases = [({"op": "matmul bf16", "size": n, "backend": "bf16"}, lambda: x @ w.t(), None)]
     backend = fp8.choose_backend("auto", device, n, n, n)
+    layers = []                                                      # kept alive until every round is done
     for label, fused, recipe in (("Float8Linear forward (speed path)", True, "current"),
                                  ("Float8Linear forward (speed path, delayed)", True, "delayed"),
                                  ("Float8Linear forward (eager core)", False, "current")):
@@ -79,27 +84,19 @@ def _matmul_rows(n: int, device: torch.device, quick: bool) -> list[dict]:
             continue                                                     # the speed path runs on a fp8 GPU only
         layer = fp8.Float8Linear(n, n, bias=False, device=device, recipe=recipe)   # fp32 master weight
         layer.fused = fused
-        with torch.no_grad():                                            # delayed: its history fills at warm-up
-            t = _timed(lambda: layer(x), device, quick, 10)
-            row = {"op": label, "size": n, "ms": t * 1e3, "backend": backend + (" + triton" if fused else "")}
-            if fused:                     # a graph holds no host reads: the inf/NaN marks' copy is off for it
-                layer.check_finite = False
-                row.update(_gpu_ms(lambda: layer(x), device, quick))
-        rows.append(row)
-        del layer
-    rows += _gelu_rows(x, n, device, quick, backend)
-    one = torch.ones((), device=device)
-    x_q, w_q = x.to(fp8.E4M3), w.to(fp8.E4M3)                            # randn: within e4m3's range at scale 1
-    try:
-        alone = lambda: torch._scaled_mm(x_q, w_q.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16,
-                                         use_fast_accum=True)
-        t = _timed(alone, device, quick, 10)
-        rows.append({"op": "torch._scaled_mm alone", "size": n, "backend": "scaled_mm", "ms": t * 1e3,
-                     **_gpu_ms(alone, device, quick)})
-    except (RuntimeError, NotImplementedError) as e:
-        rows.append({"op": "torch._scaled_mm alone", "size": n, "error": f"{type(e).__name__}: {e}"[:200]})
+        layers.append(layer)
+        cases.append(({"op": label, "size": n, "backend": backend + (" + triton" if fused else "")},
+                      lambda layer=layer: layer(x), layer if fused else False))
+    cases += _gelu_cases(x, n, quick, backend)
+    alone = _scaled_mm_alone(x, n, device)                           # a function, or why not
+    if callable(alone):
+        cases.append(({"op": SCALED_MM_ALONE, "size": n, "backend": "scaled_mm"}, alone, None))
+    rows = _time_in_turns(cases, device, quick)
+    if not callable(alone):
+        rows.append({"op": SCALED_MM_ALONE, "size": n, "error": alone})
+    del layers
     for time, prefix in (("ms", ""), ("GPU ms", "GPU ")):           # from Python, then the GPU's time alone
-        alone = next((r[time] for r in rows if r["op"] == "torch._scaled_mm alone" and time in r), None)
+        alone = next((r[time] for r in rows if r["op"] == SCALED_MM_ALONE and time in r), None)
         gelu = next((r[time] for r in rows if r["op"] == GELU_ALONE and time in r), 0.0)
         for r in rows:
             if time in r and time in rows[0] and r["op"] != GELU_ALONE:
@@ -112,26 +109,63 @@ def _matmul_rows(n: int, device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
+def _time_in_turns(cases: list, device: torch.device, quick: bool) -> list[dict]:
+    """Rows with "ms" (from Python) and, on a GPU, "GPU ms" (a CUDA graph) of each case (row, fn, graphed):
+    graphed None: replay fn as it is; a layer: replay it with its inf/NaN check off (a graph holds no host
+    reads); False: no graph. Every case is timed once per round, in turn, without autograd."""
+    samples = [([], []) for _ in cases]
+    with torch.no_grad():                                            # delayed: each history fills at warm-up
+        for _ in range(1 if quick else ROUNDS):
+            for (_, fn, graphed), (py, gpu) in zip(cases, samples):
+                py += measure_time(fn, device, warmup=1 if quick else 3, repeats=3 if quick else 4,
+                                   inner=1 if quick else 10).times_s
+                if graphed is False:
+                    continue
+                if graphed is not None:
+                    graphed.check_finite = False
+                gpu += [t * 1e-3 for t in _gpu_ms(fn, device, quick).values()]
+                if graphed is not None:
+                    graphed.check_finite = True
+    rows = []
+    for (row, _, _), (py, gpu) in zip(cases, samples):
+        rows.append({**row, "ms": statistics.median(py) * 1e3, **({"GPU ms": statistics.median(gpu) * 1e3} if gpu else {})})
+    return rows
+
+
 GELU_ALONE = "GELU alone (bf16, eager)"
+SCALED_MM_ALONE = "torch._scaled_mm alone"
 
 
-def _gelu_rows(x: torch.Tensor, n: int, device: torch.device, quick: bool, backend: str) -> list[dict]:
+def _scaled_mm_alone(x: torch.Tensor, n: int, device: torch.device):
+    """torch._scaled_mm on the operands the speed path gives it, cast before: x and a Float8Linear's initial
+    weight, each scaled so its amax lands on e4m3's max (the tensor cores' power, so their clock, depends on the
+    bits they multiply). A function, or the error where this torch has no such matmul, as text."""
+    w = fp8.Float8Linear(n, n, bias=False, device=device).weight.detach()
+    with torch.no_grad():
+        (x_q, inv_x), (w_q, inv_w) = ((fp8.quantize(t, fp8.E4M3, s), s.reciprocal())
+                                      for t in (x, w) for s in [fp8.compute_scale(t, fp8.E4M3)])
+    call = lambda: torch._scaled_mm(x_q, w_q.t(), scale_a=inv_x, scale_b=inv_w, out_dtype=torch.bfloat16,
+                                    use_fast_accum=True)
+    try:
+        call()
+    except (RuntimeError, NotImplementedError) as e:
+        return f"{type(e).__name__}: {e}"[:200]
+    return call
+
+
+def _gelu_cases(x: torch.Tensor, n: int, quick: bool, backend: str) -> list:
     """y = gelu(x) Wᵀ, as the second matmul of an MLP: eager GELU then the speed path (the cast a pass of its own),
     against the GELU inside the cast (input_gelu). Their "vs" columns compare with what bf16 or _scaled_mm alone
     would need for the same result: the matmul plus a GELU (GELU_ALONE's row). On an fp8 GPU only."""
     if quick or not (backend == "scaled_mm" and fp8_fused.fusable(x)):
         return []
-    rows = [{"op": GELU_ALONE, "size": n, "backend": "bf16", "ms": _timed(lambda: F.gelu(x), device, quick, 10) * 1e3,
-             **_gpu_ms(lambda: F.gelu(x), device, quick)}]
+    cases = [({"op": GELU_ALONE, "size": n, "backend": "bf16"}, lambda: F.gelu(x), None)]
     for label, inside in zip(CAST_ROWS, (False, True)):           # the labels plots.cast_placement reads
-        layer = fp8.Float8Linear(n, n, bias=False, device=device, recipe="delayed")
+        layer = fp8.Float8Linear(n, n, bias=False, device=x.device, recipe="delayed")
         layer.input_gelu, layer.check_finite = inside, False    # no host reads: it is replayed from a graph too
-        run = (lambda: layer(x)) if inside else (lambda: layer(F.gelu(x)))
-        with torch.no_grad():
-            rows.append({"op": label, "size": n, "backend": backend + " + triton",
-                         "ms": _timed(run, device, quick, 10) * 1e3, **_gpu_ms(run, device, quick)})
-        del layer
-    return rows
+        run = (lambda layer=layer: layer(x)) if inside else (lambda layer=layer: layer(F.gelu(x)))
+        cases.append(({"op": label, "size": n, "backend": backend + " + triton"}, run, None))
+    return cases
 
 
 def _torchao_convert(model: nn.Module) -> str | None:

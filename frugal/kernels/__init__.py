@@ -3,6 +3,7 @@
 Importing this package switches Triton to its interpreter when there is no GPU (it must happen before
 any kernel is decorated), so every kernel also runs, slowly, on a CPU. Without Triton it fails with the fix.
 """
+import functools
 import importlib.metadata
 import sys
 
@@ -58,3 +59,12 @@ def check_reachable(*tensors) -> None:
         raise ValueError("frugal's Triton kernels run on the GPU on this machine (Triton compiles them for it), but "
                          "a tensor is on the CPU: move the model and batch to 'cuda', or set TRITON_INTERPRET=1 "
                          "before importing frugal to run every kernel on the CPU through Triton's interpreter")
+
+
+@functools.lru_cache(maxsize=16)    # the properties call costs microseconds on every step; the count never changes
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a GPU, for persistent grids (a few programs per SM); 2 off a GPU (the
+    interpreter), so a grid there still has several programs."""
+    import torch
+    device = torch.device(device)
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2

@@ -13,31 +13,40 @@ The scale comes from an amax, and so do the bytes a cast costs (a bf16 tensor of
 - delayed scaling knows its scale from the amax history, so fp8_cast takes this tensor's amax in the same pass
   and pushes it into the history (its last program to finish): 2n read + 2n written = 4n bytes.
 The least any cast can move is 3n (read bf16 once, write one fp8 layout). At 8192² that is 201 MB, about 42 µs
-at the H200's 4.8 TB/s: 5% of torch._scaled_mm's 0.81 ms there, so a forward that casts its input (current
-scaling: 5n, ~70 µs) lands near 0.92x of _scaled_mm alone, and delayed scaling's 3n sits on the 5% line.
-Measured on an H200 (2026-12-03): `python -m frugal bench --section fp8` finds 0.87x and 0.91x on GPU time, and
-benchmark_fp8_cast(8192) times these casts at about 2.2 TB/s. torch's own x.to(float8_e4m3fn) of the same tensor,
-timed the same way, took 81 µs (2.5 TB/s): no separate cast pass gets within 5%.
-So the cast gets cheaper only by leaving its own pass. `gelu=True` computes F.gelu(x) in the cast's registers:
+at the H200's 4.8 TB/s: 5% of torch._scaled_mm's 0.86 ms there, so a forward that casts its input sits on the
+5% line under delayed scaling (3n) and below it under current scaling (5n, ~70 µs).
+A program per tile made that line out of reach: under delayed scaling each of the 16,384 tiles of 8192² added its
+amax with two atomics on the same two words, which the GPU serializes, and the cast of q took 78 µs, slower than
+torch's own x.to(float8_e4m3fn) (63 µs). So a fixed grid, CAST_PROGRAMS_PER_SM per SM, walks the tiles and each
+program adds its amax once: 56 µs (3.6 TB/s), and the delayed forward reached 0.96x of _scaled_mm alone on GPU
+time in three runs (0.958 to 0.966; current scaling 0.93x; H200, 2026-12-03, `python -m frugal bench --section
+fp8`). Timed from Python, 10 calls back to back, the same runs gave 0.89x to 0.91x.
+The cast gets cheaper still only by leaving its own pass. `gelu=True` computes F.gelu(x) in the cast's registers:
 the GELU a transformer's MLP runs before its second matmul then reads its input once and writes fp8 (2n + 2n
 bytes with both layouts), where an eager GELU writes bf16 (2n + 2n) and the cast reads it back (frugal.fp8's
 fuse_gelu_into_float8; Transformer Engine fuses its LayerNorm into the cast the same way). That cast is bound by
-the GELU's arithmetic (erf), not by memory: at 8192² bf16 on an H200 (2026-12-03, timed from CUDA graphs) it
-took 0.13 ms, against 0.08 ms for the plain cast and 0.09 ms for torch's F.gelu alone; so gelu(x) Wᵀ reached
-0.94x of _scaled_mm alone plus the GELU on GPU time (0.90x with the GELU a pass of its own), 0.99x at 16384.
+the GELU's arithmetic (erf), not by memory: at 8192² bf16 on the H200 (timed from CUDA graphs) it took 0.117 ms,
+against 0.056 ms for the plain cast and 0.088 ms for torch's F.gelu alone. So at 8192 gelu(x) Wᵀ with the
+GELU inside is within the runs' noise of the GELU as a pass of its own (0.98x against 0.99x of _scaled_mm alone
+plus the GELU in one run, 0.95x against 0.94x in another); at 16384 it is ahead (0.98x against 0.97x), and in
+the d=4096 train step it was the fastest variant in each run (17.9 ms against 18.1 ms without it).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from frugal.kernels import check_reachable
+from frugal.kernels import check_reachable, sm_count
+from frugal.kernels.launch import launch
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP32_MAX = 3.4028234663852886e38
 AMAX_PROGRAMS = 512    # fp8_scale's grid at most: each program strides over x, then one atomic max each
 META_SIZE, META_INV = 8, 4   # meta = [scale, -, amax, -, 1/scale, -, -, -]: torch._scaled_mm's cuBLASLt refuses
                              # scale pointers that are not 16-byte aligned, so 1/scale sits 16 bytes in
+CAST_PROGRAMS_PER_SM = 8    # fp8_cast's grid: each program walks tiles p, p + P, ..., so delayed scaling makes one
+                            # atomic max and count per program (a program per tile made 32,768 at 8192², on one word)
+CAST_WARPS = {False: 4, True: 8}   # fp8_cast's warps, without and with qᵀ (its swap through shared memory)
 STATE_SLOTS = 8        # int32 state a caller keeps per layer: [0] amax being reduced, [1] programs done,
                        # [4 + role] the last inf/NaN amax of that role (float bits), 0 while all were finite
 
@@ -114,36 +123,41 @@ def fp8_cast_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, n_rows, n_cols, fp8_max, hi
                     WRITE_Q: tl.constexpr, WRITE_QT: tl.constexpr, WIDE_TRANSPOSE: tl.constexpr, ROLE: tl.constexpr,
                     GELU: tl.constexpr, HIST_LEN: tl.constexpr, HIST_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
-    """One (BLOCK_M, BLOCK_N) tile of x (n_rows, n_cols), contiguous: q[r, c] and, transposed, qt[c, r]. With a
-    history (delayed scaling) the scale is the history's, or scale_ptr's when it is all zero, and the tile's
-    amax goes into the history. GELU: cast gelu(x) instead, computed in registers (gelu(0) = 0 where masked)."""
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if GELU:
-        x = _gelu(x, x_ptr.dtype.element_ty)
+    """Tiles pid, pid + P, ... of x (n_rows, n_cols), contiguous, in (BLOCK_M, BLOCK_N) tiles numbered row band by
+    row band: q[r, c] and, transposed, qt[c, r]. With a history (delayed scaling) the scale is the history's, or
+    scale_ptr's when it is all zero, and the amax of all the program's tiles goes into the history: one atomic
+    pair per program, not per tile. GELU: cast gelu(x) instead, computed in registers (gelu(0) = 0 where masked)."""
     if HIST_LEN > 0:
         past = _history_max(hist_ptr, HIST_LEN, HIST_BLOCK)
         scale = tl.where(past > 0, _scale_of(past, fp8_max), tl.load(scale_ptr))
     else:
         scale = tl.load(scale_ptr)
-    y = x * scale                                                # (BLOCK_M, BLOCK_N) fp32, rounded once
-    y = tl.minimum(tl.maximum(y, -fp8_max, propagate_nan=tl.PropagateNan.ALL), fp8_max,
-                   propagate_nan=tl.PropagateNan.ALL)            # saturate: never inf; NaN stays NaN as torch's
-    q = y.to(q_ptr.dtype.element_ty)                             # round to nearest even, in registers
-    if WRITE_Q:
-        tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
-    if WRITE_QT:                                                 # (BLOCK_N, BLOCK_M): Triton swaps via shared memory
-        if WIDE_TRANSPOSE:                                       # the bytes swapped as int32 lanes
-            wide = q.to(tl.uint8, bitcast=True).to(tl.int32)
-            qt = tl.trans(wide).to(tl.uint8).to(q_ptr.dtype.element_ty, bitcast=True)
-        else:
-            qt = tl.trans(q)
-        tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], qt, mask=tl.trans(mask))
+    tiles_across = tl.cdiv(n_cols, BLOCK_N)
+    amax = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)         # |x| as float bits, the max so far (masked: 0)
+    for tile in range(tl.program_id(0), tl.cdiv(n_rows, BLOCK_M) * tiles_across, tl.num_programs(0)):
+        rows = ((tile // tiles_across) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        cols = ((tile % tiles_across) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if GELU:
+            x = _gelu(x, x_ptr.dtype.element_ty)
+        y = x * scale                                            # (BLOCK_M, BLOCK_N) fp32, rounded once
+        y = tl.minimum(tl.maximum(y, -fp8_max, propagate_nan=tl.PropagateNan.ALL), fp8_max,
+                       propagate_nan=tl.PropagateNan.ALL)        # saturate: never inf; NaN stays NaN as torch's
+        q = y.to(q_ptr.dtype.element_ty)                         # round to nearest even, in registers
+        if WRITE_Q:
+            tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
+        if WRITE_QT:                                             # (BLOCK_N, BLOCK_M): Triton swaps via shared memory
+            if WIDE_TRANSPOSE:                                   # the bytes swapped as int32 lanes
+                wide = q.to(tl.uint8, bitcast=True).to(tl.int32)
+                qt = tl.trans(wide).to(tl.uint8).to(q_ptr.dtype.element_ty, bitcast=True)
+            else:
+                qt = tl.trans(q)
+            tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], qt, mask=tl.trans(mask))
+        if HIST_LEN > 0:
+            amax = tl.maximum(amax, tl.abs(x).to(tl.int32, bitcast=True))   # NaN's bits order above inf's
     if HIST_LEN > 0:
-        bits = tl.abs(x).to(tl.int32, bitcast=True)                  # masked loads read 0
-        _finish(tl.max(tl.max(bits, 1), 0), state_ptr, scale_ptr, hist_ptr, scale, fp8_max, ROLE, False,
+        _finish(tl.max(tl.max(amax, 1), 0), state_ptr, scale_ptr, hist_ptr, scale, fp8_max, ROLE, False,
                 HIST_LEN, HIST_BLOCK)
 
 
@@ -174,22 +188,24 @@ def fp8_scale(x: torch.Tensor, dtype: torch.dtype, state: torch.Tensor, history:
     n = x.numel()
     hist_len = 0 if history is None else history.numel()
     grid = (max(1, min(triton.cdiv(n, block), AMAX_PROGRAMS)),)
-    fp8_scale_kernel[grid](x, n, x if history is None else history, state, meta, float(torch.finfo(dtype).max),
-                           ROLE=role, GELU=gelu, HIST_LEN=hist_len, HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)),
-                           BLOCK=block, num_warps=8)
+    launch(fp8_scale_kernel, grid, x, n, x if history is None else history, state, meta,   # fp8_scale_kernel[grid]
+           float(torch.finfo(dtype).max), ROLE=role, GELU=gelu, HIST_LEN=hist_len,
+           HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)), BLOCK=block, num_warps=8)
     return meta
 
 
 def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: bool = True, transposed: bool = False,
-             block: int = 64, history: torch.Tensor | None = None, state: torch.Tensor | None = None,
-             role: int = 0, wide_transpose: bool = False,
-             gelu: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+             block: int | tuple[int, int] = 64, history: torch.Tensor | None = None,
+             state: torch.Tensor | None = None, role: int = 0, wide_transpose: bool = False, gelu: bool = False,
+             programs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(q, qt): x (M, N) · scale cast to fp8 `dtype` with saturation, q (M, N) row-major and qt = qᵀ (N, M)
     contiguous; each only if asked (rows / transposed), else None. scale: float32, its first element the scale
     (fp8_scale's meta). With history and state (delayed scaling), meta is filled and the history pushed.
     wide_transpose: swap the bytes as int32 (for fp32 input); without it, fp32's transpose is torch's copy.
     gelu: cast F.gelu(x) (exact GELU, rounded to x's dtype first), computed in the same pass: x is read once,
-    where an eager GELU then a cast would write gelu(x) and read it back."""
+    where an eager GELU then a cast would write gelu(x) and read it back.
+    block: the tile, square or (rows, columns); programs: how many walk the tiles (None: CAST_PROGRAMS_PER_SM per
+    SM, at most one per tile)."""
     _check(x, dtype, history, state)
     if scale.dtype != torch.float32 or scale.numel() not in (1, META_SIZE) or (history is not None and scale.numel() != META_SIZE):
         raise ValueError(f"scale has {scale.numel()} elements of {scale.dtype}: pass one float32 value (a tensor), "
@@ -198,18 +214,23 @@ def fp8_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, rows: boo
         raise ValueError("history without state: pass state=new_state(device), kept between calls")
     check_reachable(x, scale)
     if transposed and x.dtype == torch.float32 and not wide_transpose:   # Triton 3.6 on an H200 wrote wrong
-        q, _ = fp8_cast(x, scale, dtype, True, False, block, history, state, role, gelu=gelu)   # transposes from fp32
+        q, _ = fp8_cast(x, scale, dtype, True, False, block, history, state, role, gelu=gelu,  # transposes from fp32
+                        programs=programs)
         return (q if rows else None), q.t().contiguous()          # (tests/test_fp8.py, 512x256): torch's copy
     m, n = x.shape
     q = torch.empty((m, n), dtype=dtype, device=x.device) if rows else None
     qt = torch.empty((n, m), dtype=dtype, device=x.device) if transposed else None
     hist_len = 0 if history is None else history.numel()
-    grid = (triton.cdiv(m, block), triton.cdiv(n, block))
-    fp8_cast_kernel[grid](x, scale, q if rows else qt, qt if transposed else q, m, n, float(torch.finfo(dtype).max),
-                          x if history is None else history, x if state is None else state,
-                          WRITE_Q=rows, WRITE_QT=transposed, WIDE_TRANSPOSE=wide_transpose, ROLE=role, GELU=gelu,
-                          HIST_LEN=hist_len, HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)),
-                          BLOCK_M=block, BLOCK_N=block)
+    block_m, block_n = (block, block) if isinstance(block, int) else block
+    tiles = -(-m // block_m) * -(-n // block_n)
+    if programs is None:
+        programs = CAST_PROGRAMS_PER_SM * sm_count(x.device)
+    launch(fp8_cast_kernel, (max(1, min(programs, tiles)),),       # fp8_cast_kernel[grid](...)
+           x, scale, q if rows else qt, qt if transposed else q, m, n, float(torch.finfo(dtype).max),
+           x if history is None else history, x if state is None else state,
+           WRITE_Q=rows, WRITE_QT=transposed, WIDE_TRANSPOSE=wide_transpose, ROLE=role, GELU=gelu,
+           HIST_LEN=hist_len, HIST_BLOCK=triton.next_power_of_2(max(hist_len, 1)), BLOCK_M=block_m, BLOCK_N=block_n,
+           num_warps=CAST_WARPS[transposed])
     return q, qt
 
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 import triton
 import triton.language as tl
-from frugal.kernels import check_reachable
+from frugal.kernels import check_reachable, sm_count
 from frugal.kernels.launch import launch
 
 from frugal.kernels.roofline import count_bytes_moved, gbps, measure_graph_time
@@ -107,11 +107,6 @@ def _counter(device: torch.device) -> torch.Tensor:
     return torch.zeros(1, dtype=torch.int32, device=device)
 
 
-@lru_cache(maxsize=16)             # the properties call costs microseconds on every step; the count never changes
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
-
 class AddRMSNormFunction(torch.autograd.Function):
     """Autograd for the fused kernels: saves h (bf16/fp32, one tensor) and rstd (one float per row)."""
 
@@ -123,7 +118,7 @@ class AddRMSNormFunction(torch.autograd.Function):
         n_rows = x2.shape[0]
         y, h = torch.empty_like(x2), torch.empty_like(x2)
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-        tiles = row_tiles(n_rows, n_cols, _sm_count(x.device))
+        tiles = row_tiles(n_rows, n_cols, sm_count(x.device))
         if n_rows:
             launch(add_rmsnorm_kernel, (-(-n_rows // tiles.block_m),),    # add_rmsnorm_kernel[grid](...)
                 x2, r2, weight, y, h, rstd, n_rows, n_cols, eps,
@@ -281,7 +276,7 @@ def benchmark_add_rmsnorm(shapes: list[tuple[int, int]], device: torch.device | 
             if device.type == "cuda" and name != FLOOR:      # the floor has no kernels to replay
                 row["GPU ms"] = measure_graph_time(step, device, repeats=repeats) * 1e3
             if name == "fused (ours)":     # counted by hand: the interpreter's own aten calls would pollute a count
-                programs = row_tiles(n_rows, n_cols, _sm_count(device)).programs
+                programs = row_tiles(n_rows, n_cols, sm_count(device)).programs
                 moved, launches = add_rmsnorm_bytes(n_rows, n_cols, x.element_size(), programs=programs), 2
             elif name in (extra or {}):    # a peer's Triton kernels are not aten ops: uncounted, left blank
                 moved = launches = None

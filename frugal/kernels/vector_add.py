@@ -13,7 +13,7 @@ import time
 import torch
 import triton
 import triton.language as tl
-from frugal.kernels import check_reachable
+from frugal.kernels import check_reachable, sm_count
 import frugal.kernels.launch as launch_module
 from frugal.kernels.launch import launch
 
@@ -107,7 +107,7 @@ def benchmark_vector_add(sizes: list[int], device: torch.device | str, configs=C
     from an idle GPU (its launch latency counted); on a GPU "GPU GB/s" replays 10 calls from a CUDA graph.
     """
     device = torch.device(device)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    sms = sm_count(device)
     rows = []
     for n in sizes:
         x = torch.randn(n, device=device).to(dtype)
