@@ -18,9 +18,10 @@ at the H200's 4.8 TB/s: 5% of torch._scaled_mm's 0.86 ms there, so a forward tha
 A program per tile made that line out of reach: under delayed scaling each of the 16,384 tiles of 8192² added its
 amax with two atomics on the same two words, which the GPU serializes, and the cast of q took 78 µs, slower than
 torch's own x.to(float8_e4m3fn) (63 µs). So a fixed grid, CAST_PROGRAMS_PER_SM per SM, walks the tiles and each
-program adds its amax once: 56 µs (3.6 TB/s), and the delayed forward reached 0.96x of _scaled_mm alone on GPU
-time in three runs (0.958 to 0.966; current scaling 0.93x; H200, 2026-12-03, `python -m frugal bench --section
-fp8`). Timed from Python, 10 calls back to back, the same runs gave 0.89x to 0.91x.
+program adds its amax once: 56 µs (3.6 TB/s). The delayed forward then took 0.93 ms against 0.87-0.88 ms for
+_scaled_mm alone, 0.93x to 0.94x, timed in turns from 50-call CUDA graphs and from 50 and 200 calls back to back
+(H200, 2026-12-03); the bench's shorter timings scattered from 0.89x to 0.97x over four runs. The gap is the
+cast's 56 µs: even at the 42 µs floor it would be 0.95x.
 The cast gets cheaper still only by leaving its own pass. `gelu=True` computes F.gelu(x) in the cast's registers:
 the GELU a transformer's MLP runs before its second matmul then reads its input once and writes fp8 (2n + 2n
 bytes with both layouts), where an eager GELU writes bf16 (2n + 2n) and the cast reads it back (frugal.fp8's
