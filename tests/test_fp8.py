@@ -529,8 +529,6 @@ def test_delayed_cast_pushes_its_amax_into_the_history_as_delayed_scale_does():
     assert (core > 0).all() and core.max() < 40                         # filled; the spike has left the window
 
 
-
-
 @pytest.mark.parametrize("gelu", [False, True])
 def test_the_cast_writes_the_same_bits_whatever_its_grid_and_tile(gelu):
     """fp8_cast's programs each walk tiles p, p + P, ...: one program for all 45 tiles, 4 programs (uneven
@@ -551,6 +549,8 @@ def test_the_cast_writes_the_same_bits_whatever_its_grid_and_tile(gelu):
     assert first[3][0] == fp8.amax(F.gelu(x) if gelu else x) and torch.equal(first[1], first[0].t())
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(first, other))
+
+
 def test_the_speed_path_recasts_the_weight_after_a_fused_adamw_step():
     """Fused AdamW (train.make_optimizer's on CUDA) updates weights without moving their version counter, so the
     cached fp8 weight must be dropped by the backward that feeds the step: after each step the layer's output

@@ -121,15 +121,14 @@ def _time_in_turns(cases: list, device: torch.device, quick: bool) -> list[dict]
                                    inner=1 if quick else 10).times_s
                 if graphed is False:
                     continue
-                if graphed is not None:
+                checked = graphed is not None and graphed.check_finite
+                if checked:
                     graphed.check_finite = False
-                gpu += [t * 1e-3 for t in _gpu_ms(fn, device, quick).values()]
-                if graphed is not None:
+                gpu += _gpu_ms(fn, device, quick).values()                   # ms, or nothing off a GPU
+                if checked:
                     graphed.check_finite = True
-    rows = []
-    for (row, _, _), (py, gpu) in zip(cases, samples):
-        rows.append({**row, "ms": statistics.median(py) * 1e3, **({"GPU ms": statistics.median(gpu) * 1e3} if gpu else {})})
-    return rows
+    return [{**row, "ms": statistics.median(py) * 1e3, **({"GPU ms": statistics.median(gpu)} if gpu else {})}
+            for (row, _, _), (py, gpu) in zip(cases, samples)]
 
 
 GELU_ALONE = "GELU alone (bf16, eager)"
